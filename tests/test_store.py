@@ -1,0 +1,104 @@
+"""Keys, manifests and atomic publication of the content-addressed store."""
+
+import json
+import sys
+import subprocess
+
+import pytest
+
+from pipeline import store
+
+
+def test_key_is_stable_and_order_independent():
+    a = store.compute_key("train", {"lr": 1e-3, "steps": 10}, "code", {"data": "k1", "model": "k2"})
+    b = store.compute_key("train", {"steps": 10, "lr": 1e-3}, "code", {"model": "k2", "data": "k1"})
+    assert a == b and len(a) == store.KEY_LENGTH
+    assert all(c in "0123456789abcdef" for c in a)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stage": "evaluate"},
+        {"params": {"lr": 2e-3, "steps": 10}},
+        {"code": "other code"},
+        {"inputs": {"data": "k1", "model": "k3"}},
+    ],
+)
+def test_key_changes_with_each_ingredient(change):
+    base = {"stage": "train", "params": {"lr": 1e-3, "steps": 10}, "code": "code",
+            "inputs": {"data": "k1", "model": "k2"}}
+    assert store.compute_key(**base) != store.compute_key(**{**base, **change})
+
+
+def test_source_digest_sees_content_and_names(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    first = store.source_digest(["a.py", "b.py"], root=tmp_path)
+    assert first == store.source_digest(["b.py", "a.py"], root=tmp_path)
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert store.source_digest(["a.py", "b.py"], root=tmp_path) != first
+
+
+def test_publish_writes_manifest_last_and_renames(tmp_path):
+    out = tmp_path / "store" / "stage" / "abc"
+    with store.publishing(out, "abc", "stage", {"p": 1}, {"in": "k"}) as (work, info):
+        assert work == store.staging_dir(out) and not out.exists()
+        (work / "sub").mkdir()
+        (work / "sub" / "x.bin").write_bytes(b"hello")
+        info["figure"] = 3
+    manifest = store.read_manifest(out, verify="full")
+    assert manifest["key"] == "abc" and manifest["params"] == {"p": 1}
+    assert manifest["files"]["sub/x.bin"]["size"] == 5
+    assert manifest["files"]["sub/x.bin"]["sha256"] == store.file_sha256(out / "sub" / "x.bin")
+    assert manifest["info"] == {"figure": 3}
+    assert not store.staging_dir(out).exists()
+
+
+def test_failed_stage_publishes_nothing_and_keeps_staging_for_resume(tmp_path):
+    out = tmp_path / "abc"
+    with pytest.raises(RuntimeError):
+        with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+            (work / "done-part").write_text("kept")
+            raise RuntimeError("killed")
+    assert not out.exists()
+    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        assert (work / "done-part").read_text() == "kept"
+    assert (out / store.MANIFEST).exists()
+
+
+def test_publish_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "abc"
+    with store.publishing(out, "abc", "stage", {}, {}):
+        pass
+    with pytest.raises(store.StoreError, match="already published"):
+        with store.publishing(out, "abc", "stage", {}, {}):
+            pass
+
+
+def test_read_manifest_detects_tampering(tmp_path):
+    out = tmp_path / "abc"
+    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        (work / "w.txt").write_text("12345")
+    (out / "w.txt").write_text("54321")
+    store.read_manifest(out, verify="fast")  # same size: only the full check sees it
+    with pytest.raises(store.StoreError, match="sha256"):
+        store.read_manifest(out, verify="full")
+    (out / "w.txt").write_text("1")
+    with pytest.raises(store.StoreError, match="size"):
+        store.read_manifest(out, verify="fast")
+    (out / store.MANIFEST).unlink()
+    with pytest.raises(store.StoreError, match="not a complete artifact"):
+        store.read_manifest(out)
+
+
+def test_stage_cli_rejects_unknown_params(tmp_path):
+    out = tmp_path / "store" / "prepare_model" / "0123456789abcdef"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.prepare_model", "--out", str(out),
+         "--key", "0123456789abcdef", "--params", json.dumps({"sorce": "local"})],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "unknown field(s) ['sorce']" in result.stderr
+    assert not out.exists()

@@ -1,0 +1,56 @@
+rule templates:
+    input:
+        unpack(stage_inputs("templates")),
+    output:
+        directory(f"{STORE}/templates/{{key}}"),
+    params:
+        json=stage_params("templates"),
+        inputs=input_args,
+    log:
+        f"{LOGS}/templates/{{key}}.log",
+    threads: stage_threads("templates")
+    resources:
+        mem_mb=stage_resource("templates", "mem_mb", 8000),
+        runtime=stage_resource("templates", "runtime", 60),
+        gpu=stage_resource("templates", "gpu", 0),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipeline.templates --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+rule import_latentqa:
+    input:
+        unpack(stage_inputs("import_latentqa")),
+    output:
+        directory(f"{STORE}/import_latentqa/{{key}}"),
+    params:
+        json=stage_params("import_latentqa"),
+        inputs=input_args,
+    log:
+        f"{LOGS}/import_latentqa/{{key}}.log",
+    threads: 1
+    resources:
+        mem_mb=stage_resource("import_latentqa", "mem_mb", 2000),
+        runtime=stage_resource("import_latentqa", "runtime", 10),
+    shell:
+        "python -m pipeline.import_latentqa --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+rule filter:
+    input:
+        unpack(stage_inputs("filter")),
+    output:
+        directory(f"{STORE}/filter/{{key}}"),
+    params:
+        json=stage_params("filter"),
+        inputs=input_args,
+    log:
+        f"{LOGS}/filter/{{key}}.log",
+    threads: 1
+    resources:
+        mem_mb=stage_resource("filter", "mem_mb", 4000),
+        runtime=stage_resource("filter", "runtime", 10),
+    shell:
+        "python -m pipeline.filter --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
