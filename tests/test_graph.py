@@ -1,0 +1,90 @@
+"""Keys of an experiment's stage graph change exactly where a setting or input changes."""
+
+import copy
+
+import pytest
+
+from conftest import REPO, SHARED_EVAL
+from pipeline import stage
+from pipeline.graph import deep_merge, experiment_graph
+
+
+@pytest.fixture
+def experiment(tiny_model_dir):
+    return {
+        "model": {"source": "local", "name": str(tiny_model_dir)},
+        "data": {"templates": {"completion_tokens": 4}},
+        "train": {"read_layer": 1, "mode": "cached", "max_steps": 2},
+        "evaluate": {},
+        "control": {},
+        "report": {},
+    }
+
+
+def keys(config):
+    return {name: node.key for name, node in experiment_graph("tiny", config, REPO).items()}
+
+
+def changed(before, after):
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_keys_are_deterministic_and_defaults_do_not_matter(experiment):
+    explicit = copy.deepcopy(experiment)
+    explicit["train"]["write_layer"] = 0  # the default, written out
+    assert keys(experiment) == keys(explicit)
+
+
+@pytest.mark.parametrize(
+    "section, setting, value, expected",
+    [
+        ("evaluate", "max_new_tokens", 7, {"evaluate", "report"}),
+        ("train", "lr", 5e-4, {"train", "evaluate", "control", "report"}),
+        ("cache", "batch_size", 3, {"activation_cache", "train", "evaluate", "control",
+                                    "report"}),
+        ("filter", "max_tokens", 100, {"filter", "activation_cache", "train", "evaluate",
+                                       "control", "report"}),
+    ],
+)
+def test_a_setting_changes_its_stage_and_descendants_only(experiment, section, setting, value,
+                                                          expected):
+    before = keys(experiment)
+    after = keys(deep_merge(experiment, {section: {setting: value}}))
+    assert changed(before, after) == expected
+
+
+def test_train_read_layer_flows_into_the_cache(experiment):
+    graph = experiment_graph("tiny", deep_merge(experiment, {"train": {"read_layer": 2}}), REPO)
+    assert graph["activation_cache"].params["layers"] == [2]
+
+
+def test_on_the_fly_training_has_no_cache(experiment):
+    graph = experiment_graph("tiny", deep_merge(experiment, {"train": {"mode": "on_the_fly"}}),
+                             REPO)
+    assert "activation_cache" not in graph and "cache" not in graph["train"].inputs
+
+
+def test_model_files_are_part_of_every_key(experiment, tmp_path, tiny_model_dir):
+    import shutil
+
+    copy_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy_dir)
+    moved = deep_merge(experiment, {"model": {"name": str(copy_dir)}})
+    before = keys(moved)
+    config = (copy_dir / "config.json").read_text().replace('"rms_norm_eps"', '"rms_norm_eps" ')
+    (copy_dir / "config.json").write_text(config)
+    assert changed(before, keys(moved)) == set(before)
+
+
+def test_unknown_setting_names_the_experiment_and_field(experiment):
+    bad = deep_merge(experiment, {"train": {"lerning_rate": 1.0}})
+    with pytest.raises(stage.ParamsError, match=r"experiments\.tiny\.train.*lerning_rate"):
+        experiment_graph("tiny", bad, REPO)
+
+
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="../shared/latentqa_eval is absent")
+def test_imported_data_is_keyed_by_file_content(experiment):
+    with_import = deep_merge(experiment, {"data": {"latentqa": {"path": str(SHARED_EVAL)}}})
+    graph = experiment_graph("tiny", with_import, REPO)
+    assert graph["data:latentqa"].external["source"]
+    assert "latentqa" in graph["evaluate"].inputs
