@@ -92,7 +92,7 @@ def experiment_schema() -> dict[str, Any]:
     data = {}
     for source, stage_name in graph.DATA_SOURCES.items():
         extra = {}
-        if stage_name != "templates":
+        if stage_name == "import_latentqa":
             extra["path"] = {"type": "string", "description": "folder of the source files"}
         data[source] = dataclass_schema(stages.params_class(stage_name), extra)
     sections["data"] = {"type": "object", "additionalProperties": False, "properties": data,

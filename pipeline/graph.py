@@ -16,7 +16,7 @@ from typing import Any
 from pipeline import stage as stage_cli
 from pipeline import stages, store
 
-DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa"}
+DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa", "curated": "curate"}
 """Config keys under ``data`` and the stage each one runs."""
 
 
@@ -83,7 +83,7 @@ def experiment_graph(name: str, config: Mapping[str, Any], root: str | Path = ".
         node = Node(stage_name, {})
         if stage_name == "templates":
             node.inputs["model"] = model
-        else:
+        elif stage_name == "import_latentqa":
             src = root / values.pop("path")
             node.inputs["source"] = str(src)
             node.external["source"] = _dir_digest(src, "*.json")

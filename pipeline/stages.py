@@ -35,6 +35,7 @@ STAGES: dict[str, StageSpec] = {
     "prepare_model": StageSpec("prepare_model", "ModelSpec"),
     "templates": StageSpec("templates", "TemplateParams", ("data/templates/*.yaml",)),
     "import_latentqa": StageSpec("import_latentqa", "ImportParams"),
+    "curate": StageSpec("curate", "CurateParams", ("data/curation/*.yaml",)),
     "filter": StageSpec("filter", "FilterParams"),
     "activation_cache": StageSpec("activation_cache", "CacheParams"),
     "train": StageSpec("train", "TrainParams"),

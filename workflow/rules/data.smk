@@ -54,3 +54,24 @@ rule filter:
     shell:
         "python -m pipeline.filter --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+# Calls an OpenAI-compatible endpoint; completed calls are cached outside the store, so a rerun
+# after a crash (or with a changed filter) repeats none of them.
+rule curate:
+    input:
+        unpack(stage_inputs("curate")),
+    output:
+        directory(f"{STORE}/curate/{{key}}"),
+    params:
+        json=stage_params("curate"),
+        inputs=input_args,
+    log:
+        f"{LOGS}/curate/{{key}}.log",
+    threads: 1
+    resources:
+        mem_mb=stage_resource("curate", "mem_mb", 2000),
+        runtime=stage_resource("curate", "runtime", 240),
+    shell:
+        "python -m pipeline.curate --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

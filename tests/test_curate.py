@@ -1,0 +1,375 @@
+"""Stage `curate` against a local OpenAI-compatible server: faults, filters, crash and rerun."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai_server import FakeOpenAI, fingerprint
+
+from pipeline import stage
+from pipeline.curate import (
+    FAMILY_FILES,
+    CurateParams,
+    item_rows,
+    load_template,
+    make_label,
+    parse_item,
+    render,
+    run,
+)
+from pipeline.curation_filters import (
+    CurationFilters,
+    filter_generated,
+    is_refusal,
+    near_duplicates,
+)
+from pipeline.request_cache import RequestCache
+from pipeline.schema import DataError, read_dialogs, validate_record
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-0123456789-never-logged"
+
+
+def params(server: FakeOpenAI, tmp_path: Path, **kw) -> CurateParams:
+    values = dict(
+        base_url=server.base_url,
+        model="fake",
+        api_key_env="",
+        samples_per_family=8,
+        dialogs_per_sample=2,
+        qa_per_sample=2,
+        concurrency=4,
+        timeout_s=0.5,
+        max_attempts=4,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        cache_dir=str(tmp_path / "cache"),
+        filters={"eval_fraction": 0.25},
+    )
+    values.update(kw)
+    return stage.build_params(CurateParams, values)
+
+
+def run_stage(p: CurateParams, workdir: Path) -> tuple[list[dict], dict]:
+    workdir.mkdir(parents=True)
+    run(p, {}, workdir, {})
+    return read_dialogs(workdir / "dialogs.parquet"), json.loads(
+        (workdir / "curate_report.json").read_text()
+    )
+
+
+PERSONA_FAULTS = {
+    1: ["429", "ok"],
+    2: ["500", "500", "ok"],
+    3: ["sleep", "ok"],
+    4: ["malformed"],
+    5: ["truncated"],
+    6: ["refusal"],
+    7: ["refusal_text"],
+}
+
+
+def persona_faults(info, n):
+    actions = PERSONA_FAULTS.get(info["seed"], ["ok"]) if info["family"] == "persona" else ["ok"]
+    return actions[min(n, len(actions) - 1)]
+
+
+def test_stage_survives_faults_and_a_rerun_sends_nothing(tmp_path):
+    with FakeOpenAI(persona_faults, retry_after="0.1", sleep_s=1.2) as server:
+        p = params(server, tmp_path)
+        rows, report = run_stage(p, tmp_path / "a")
+        calls = server.calls.copy()
+        # Fully cached: no client is made, so not even a key is needed.
+        p.api_key_env = "CURATE_TEST_UNSET_KEY"
+        again, report2 = run_stage(p, tmp_path / "b")
+    # 24 calls, plus 1 + 2 + 1 retries; never more than max_attempts per request.
+    assert calls.total() == 24 + 4 and max(calls.values()) <= p.max_attempts
+    assert report["backend"]["by_error"] == {"429": 1, "500": 2, "timeout": 1}
+    dropped = report["responses_dropped"]
+    assert (dropped["malformed_json"], dropped["truncated"], dropped["refusal"]) == (1, 1, 2)
+    assert dropped["request_failed"] == dropped["schema"] == 0
+    # 20 good items x 2 kinds x 2 dialog turns, all valid rows of the shared schema.
+    assert len(rows) == 80 and report["rows_written"] == 80
+    assert {r["source"] for r in rows} == {"openai:fake"}
+    assert {(r["kind"], r["n_masked_turns"]) for r in rows} == {
+        ("system", 1),
+        ("stimulus_completion", 2),
+    }
+    assert all(r["label"].split("-")[0] in FAMILY_FILES for r in rows)
+    train = {r["label"] for r in rows if r["split"] == "train"}
+    held = {r["label"] for r in rows if r["split"] == "eval"}
+    assert train and held and not train & held
+    assert report["tokens"]["fresh"]["completion"] == 50 * 24
+    # The rerun is served entirely from the cache and writes the same data.
+    assert server.calls == calls
+    assert report2["sent"] == 0 and report2["cached_before_run"] == 24
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+    assert report2["tokens"]["cached"] == report["tokens"]["fresh"]
+
+
+def test_calls_failing_after_retries_fail_the_stage_and_only_they_are_resent(tmp_path):
+    broken = {"on": True}
+
+    def faults(info, n):
+        return "500" if broken["on"] and info["seed"] == 2 else "ok"
+
+    with FakeOpenAI(faults) as server:
+        p = params(server, tmp_path, families=["goal"], max_attempts=2)
+        with pytest.raises(RuntimeError, match="1 of 8 calls failed"):
+            run_stage(p, tmp_path / "a")
+        assert len(RequestCache(p.cache_dir)) == 7
+        before = server.calls.total()
+        broken["on"] = False
+        rows, report = run_stage(p, tmp_path / "b")
+    assert server.calls.total() - before == 1 and report["sent"] == 1
+    assert report["cached_before_run"] == 7 and len(rows) == 8 * 2 * 2
+
+
+def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
+    out = tmp_path / "store" / "curate" / "k1"
+    with FakeOpenAI(delay_s=0.4) as server:
+        p = dict(
+            base_url=server.base_url,
+            model="fake",
+            api_key_env="CURATE_TEST_KEY",
+            families=["persona"],
+            samples_per_family=16,
+            dialogs_per_sample=2,
+            concurrency=2,
+            timeout_s=5.0,
+            backoff_base_s=0.01,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        argv = ["--out", str(out), "--key", "k1", "--params", json.dumps(p)]
+        env = dict(os.environ, CURATE_TEST_KEY=SECRET, HF_HUB_OFFLINE="1")
+        log = open(tmp_path / "first.log", "w")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.curate", *argv],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        cache = RequestCache(tmp_path / "cache")
+        deadline = time.monotonic() + 60
+        while len(cache) < 4 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        log.close()
+        completed = {
+            fingerprint(
+                {"messages": e["request"]["messages"], "seed": e["request"]["sampling"]["seed"]}
+            )
+            for e in (json.loads(f.read_text()) for f in (tmp_path / "cache").glob("??/*.json"))
+        }
+        assert 4 <= len(completed) < 16, (tmp_path / "first.log").read_text()[-2000:]
+        assert not (out / "_manifest.json").exists()
+        before = server.calls.copy()
+        server.delay_s = 0.0
+
+        monkeypatch.setenv("CURATE_TEST_KEY", SECRET)
+        stage.main("curate", CurateParams, run, argv)
+    assert all(server.calls[fp] == before[fp] == 1 for fp in completed)
+    assert len(server.calls) == 16 and max(server.calls.values()) <= 2  # in flight at the kill
+    assert all(entry["auth"] == f"Bearer {SECRET}" for entry in server.log)
+    report = json.loads((out / "curate_report.json").read_text())
+    assert report["cached_before_run"] == len(completed)
+    assert report["sent"] == 16 - len(completed) and report["rows_written"] == 16 * 2 * 2
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["params"]["api_key_env"] == "CURATE_TEST_KEY"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_parse_item_is_strict():
+    good = {
+        "label": "x",
+        "control": "c",
+        "acknowledgement": "a",
+        "dialogs": [{"user": "u", "assistant": "v"}],
+        "qa": [{"question": "q", "answer": "a"}],
+    }
+    text = json.dumps(good)
+    assert parse_item({"content": text})[0] == good
+    assert parse_item({"content": f"```json\n{text}\n```"})[0] == good
+    assert parse_item({"content": None, "refusal": "No."})[1] == "refusal"
+    assert parse_item({"content": "  "})[1] == "empty"
+    assert parse_item({"content": text[:30], "finish_reason": "length"})[1] == "truncated"
+    assert parse_item({"content": text[:30], "finish_reason": "stop"})[1] == "malformed_json"
+    assert parse_item({"content": "I'm sorry, but I can't help with that."})[1] == "refusal"
+    # Python literals are not JSON, and nothing is ever evaluated.
+    assert parse_item({"content": str(good)})[1] == "malformed_json"
+    for broken in (
+        {**good, "qa": []},
+        {**good, "extra": 1},
+        {**good, "control": " "},
+        {k: v for k, v in good.items() if k != "label"},
+    ):
+        assert parse_item({"content": json.dumps(broken)})[1] == "schema"
+
+
+def test_item_rows_build_every_kind(tmp_path):
+    item = {
+        "label": "x",
+        "control": "Be a potter.",
+        "acknowledgement": "Sure.",
+        "dialogs": [
+            {"user": "Hi?", "assistant": "Clay!"},
+            {"user": "Tea?", "assistant": "Kiln."},
+            {"user": "Cut?", "assistant": "No."},
+        ],
+        "qa": [{"question": "Who?", "answer": "A potter."}] * 3,
+    }
+    p = CurateParams(
+        kinds=["control", "system", "stimulus", "stimulus_completion"],
+        model="m",
+        dialogs_per_sample=2,
+        qa_per_sample=1,
+    )
+    rows = [validate_record(r, "<t>", i) for i, r in enumerate(item_rows(item, "persona-x", p))]
+    assert [r["kind"] for r in rows] == ["control"] + ["system"] * 2 + ["stimulus"] * 2 + [
+        "stimulus_completion"
+    ] * 2
+    by_kind = {r["kind"]: r for r in reversed(rows)}  # the first row of each kind
+    assert [m["role"] for m in by_kind["system"]["messages"]] == ["system", "user", "assistant"]
+    assert [m["role"] for m in by_kind["stimulus"]["messages"]] == ["user", "assistant", "user"]
+    assert by_kind["stimulus_completion"]["messages"][-1]["content"] == "Clay!"
+    assert [r["n_masked_turns"] for r in rows] == [0, 1, 1, 2, 2, 2, 2]
+    assert all(len(r["qa"]) == 1 and r["source"] == "openai:m" for r in rows)
+
+
+def test_labels_are_family_slugs_and_never_merge_distinct_controls():
+    used: dict[str, str] = {}
+    assert (
+        make_label("persona", "Retired Glass-Blower!", "c1", used) == "persona-retired-glass-blower"
+    )
+    assert (
+        make_label("persona", "retired glass blower", "c1", used) == "persona-retired-glass-blower"
+    )
+    assert (
+        make_label("persona", "retired glass blower", "c2", used)
+        == "persona-retired-glass-blower-2"
+    )
+    assert make_label("goal", "goal-save water", "c3", used) == "goal-save-water"
+
+
+def dialog(label: str, control: str, user: str, reply: str, kind: str = "system") -> dict:
+    return {
+        "label": label,
+        "kind": kind,
+        "n_masked_turns": 1,
+        "source": "openai:m",
+        "split": "train",
+        "messages": [
+            {"role": "system", "content": control},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": reply},
+        ],
+        "qa": [{"question": "What persona?", "answer": label}],
+    }
+
+
+def test_filters_drop_by_reason_and_split_by_label():
+    words = "amber basalt cedar dune ember fjord garnet harbor indigo juniper kelp lantern".split()
+    rows = []
+    for i in range(8):
+        control = f"You are persona {i}: " + " ".join(words[i:] + words[:i])
+        rows.append(
+            dialog(f"persona-p{i}", control, f"Question {i} about weather?", f"Answer {i}.")
+        )
+    rows.append(dict(rows[0]))  # exact duplicate
+    rows.append(dialog("persona-r", "You are a cook.", "Soup?", "As an AI, I cannot cook."))
+    rows.append(dialog("persona-s", "You are a baker.", "Bread?", "."))
+    rows.append(dialog("persona-long", "You are a baker.", "Bread?", "dough " * 2000))
+    # Same control as persona-p1 but one word changed: a near duplicate under another label.
+    rows.append(dialog("persona-twin", rows[1]["messages"][0]["content"] + " truly", "Q?", "A."))
+    # Same label and control, a reworded copy of a dialog turn.
+    rows.append(
+        dialog(
+            "persona-p2",
+            rows[2]["messages"][0]["content"],
+            "Question 2 about weather!",
+            "Answer 2.",
+        )
+    )
+    rows.append({**rows[3], "kind": "sideways"})
+    kept, report = filter_generated(rows, CurationFilters(eval_fraction=0.25))
+    assert report["dropped"] == {
+        "invalid": 1,
+        "duplicate": 1,
+        "refusal": 1,
+        "too_short": 1,
+        "too_long": 1,
+        "near_duplicate_control": 1,
+        "near_duplicate": 1,
+    }
+    assert sorted(r["label"] for r in kept) == [f"persona-p{i}" for i in range(8)]
+    assert report["labels"] == {"train": 6, "eval": 2}
+    train = {r["label"] for r in kept if r["split"] == "train"}
+    assert not train & {r["label"] for r in kept if r["split"] == "eval"}
+
+
+def test_near_duplicates_use_shingle_jaccard():
+    texts = [
+        "the quick brown fox jumps over the lazy dog today",
+        "The quick brown fox jumps over the lazy dog, today!",
+        "the quick brown fox naps under the warm sun today",
+        "a completely different sentence about tea",
+    ]
+    assert near_duplicates(texts, 0.8, 3) == [None, 0, None, None]
+    assert near_duplicates(texts, 0.2, 1)[2] == 0
+    assert is_refusal("I\u2019m sorry, but I can\u2019t help with that.")
+    assert not is_refusal("Sorry to hear the ferry left; I can help you rebook.")
+
+
+def test_shipped_templates_load_and_render():
+    for family, name in FAMILY_FILES.items():
+        template = load_template(REPO / "data" / "curation" / name, family)
+        assert template.version and len(template.themes) >= 10
+        messages = render(template, 21, 3, 4)
+        user = messages[1]["content"]
+        assert template.themes[1] in user and "variant 2" in user and "$" not in user
+        assert "3 exchanges" in user and "4 " in user
+
+
+def test_bad_templates_name_the_field(tmp_path):
+    good = (REPO / "data" / "curation" / "goals.yaml").read_text()
+    path = tmp_path / "goals.yaml"
+    path.write_text(good.replace("theme: $theme", "theme: $mood"))
+    with pytest.raises(DataError, match="'user'.*placeholder"):
+        load_template(path, "goal")
+    path.write_text(good.replace("version: 1", "versoin: 1"))
+    with pytest.raises(DataError, match="versoin"):
+        load_template(path, "goal")
+    path.write_text(good)
+    with pytest.raises(DataError, match="family"):
+        load_template(path, "persona")
+
+
+def test_params_refuse_a_key_in_place_of_a_variable_name():
+    with pytest.raises(stage.ParamsError) as info:
+        stage.build_params(CurateParams, {"api_key_env": SECRET})
+    assert SECRET not in str(info.value)
+    with pytest.raises(stage.ParamsError):
+        stage.build_params(CurateParams, {"kinds": ["poem"]})
+
+
+def test_no_eval_or_exec_anywhere_in_the_package():
+    pattern = re.compile(r"(?<![\w.])(eval|exec)\s*\(")
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        source = path.read_text()
+        assert not pattern.search(source), f"{path}: eval/exec call"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in {"eval", "exec", "compile"}, path
