@@ -1,0 +1,635 @@
+"""Stage `train`: fit the decoder's LoRA adapter (DESIGN §5 step 4), on one process or many.
+
+Launched as ``torchrun --standalone --nproc_per_node N -m pipeline.train --out DIR --key KEY
+--params JSON --input model=DIR --input data=DIR [--input cache=DIR]``, or as a plain
+``python -m pipeline.train ...`` (one process, no process group). Inputs: ``model`` a prepared
+model folder, ``data`` a filter artifact (``dialogs.parquet``) or a dialogs Parquet file, and in
+``cached`` mode ``cache`` an activation cache of the same data.
+
+One base model is in memory: the decoder is the PEFT model, the target the same module inside
+``disable_adapter()``. Each optimizer step consumes one global batch (see ``pipeline.sampling``);
+the loss is the mean NLL over every answer token of the global batch, so the result does not
+depend on how the batch is split over processes and micro-steps. Checkpoints land in the stage's
+staging folder, which survives a killed run, and a rerun resumes from the latest complete one.
+Only rank 0 publishes the artifact: ``adapter/`` (PEFT format), ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pipeline import stage, store
+from pipeline.checkpointing import TrainState
+from pipeline.decoder import DecoderBatch, answer_loss, collate
+from pipeline.dialogs import (
+    DecoderExample,
+    TokenizedRead,
+    build_decoder_example,
+    parse_positions,
+    tokenize_read_dialog,
+)
+from pipeline.lora import DEFAULT_TARGETS, add_lora, trainable_parameters
+from pipeline.modeling import decoder_layers, load_model
+from pipeline.patching import gather, read_activations
+from pipeline.sampling import BucketedBatchSampler
+
+log = logging.getLogger("pipeline.train")
+INTERRUPTED_EXIT = 143  # 128 + SIGTERM: the scheduler must see that the stage did not finish
+
+
+@dataclass
+class TrainParams:
+    """Decoder training."""
+
+    read_layer: int
+    """The target block whose output the decoder reads (0-based; output = hidden_states[L+1])."""
+    write_layer: int = 0
+    """The decoder block whose output is replaced at the placeholders."""
+    mode: str = "on_the_fly"
+    """``cached``: read the activation cache input; ``on_the_fly``: run the target each step."""
+    positions: str = "all"
+    """Read positions: ``all`` or ``last:K``; must match the cache in cached mode."""
+    align_positions: bool = True
+    """Give the placeholders the target's position ids."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Module names that get LoRA (default: all attention and MLP projections)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear warmup, in optimizer steps, before the cosine decay to zero."""
+    max_steps: int = 200
+    """Optimizer steps in total."""
+    per_device_batch_size: int = 8
+    """Examples per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step per process."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    seed: int = 0
+    """Seed of the adapter init, the batch order and dropout."""
+    dtype: str = "float32"
+    """``float32`` or ``bfloat16`` (base weights in bf16, adapter in fp32, bf16 autocast)."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every this many optimizer steps (0: only on SIGTERM)."""
+    eval_every: int = 25
+    """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
+    eval_examples: int = 64
+    """How many examples of the eval split the held-out loss uses."""
+    parallel: str = "ddp"
+    """``ddp`` (replicated model) or ``fsdp`` (decoder blocks sharded; for models too big)."""
+    wandb: bool = False
+    """Log to Weights & Biases (offline unless WANDB_MODE says otherwise)."""
+    device: str = "auto"
+    """``auto`` (this process's GPU if any, else CPU), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self):
+        if self.mode not in ("cached", "on_the_fly"):
+            raise ValueError(f"mode must be 'cached' or 'on_the_fly', not {self.mode!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+        parse_positions(self.positions)
+        for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    """This process's place in the run (world size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = Dist(rank, world, local, resolve_device(device, local))
+    if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)
+    if world > 1:
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=ctx.device if backend == "nccl" else None)
+    return ctx
+
+
+def barrier(ctx: Dist) -> None:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_reduce_sum(ctx: Dist, tensor: torch.Tensor) -> torch.Tensor:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+    return tensor
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    dialog: int
+    """Index of the read dialog in its ExampleSet."""
+    decoder: DecoderExample
+    n_answer: int
+    """Labelled tokens the loss counts (labels after the first position)."""
+    length: int
+    """Tokens this example costs (decoder prompt, plus the target's dialog on the fly)."""
+
+
+@dataclass
+class ExampleSet:
+    examples: list[Example]
+    dialog_ids: list[str]
+    reads: list[TokenizedRead | None]
+    """The target's tokens per dialog (on the fly); None with a cache."""
+    cache: Any = None
+
+
+def read_dialogs_input(path: Path) -> list[dict]:
+    """The dialogs of a data artifact (its ``dialogs.parquet``) or of a Parquet file."""
+    from pipeline.schema import read_dialogs
+
+    path = Path(path)
+    return read_dialogs(path / "dialogs.parquet" if path.is_dir() else path)
+
+
+def _open_cache(cache_dir: Path | None, params) -> Any:
+    if cache_dir is None:
+        raise ValueError("mode 'cached' needs an input named 'cache' (an activation cache)")
+    from pipeline.activation_cache import ActivationCache
+
+    cache = ActivationCache(Path(cache_dir))
+    if params.read_layer not in cache.layers():
+        raise ValueError(
+            f"{cache_dir}: read_layer {params.read_layer} is not cached (layers {cache.layers()})"
+        )
+    try:
+        cached = store.read_manifest(cache_dir, verify="none").get("params", {}).get("positions")
+    except store.StoreError:
+        cached = None
+    if cached is not None and cached != params.positions:
+        raise ValueError(
+            f"{cache_dir}: the cache read positions {cached!r}, "
+            f"training asks for {params.positions!r}"
+        )
+    return cache
+
+
+def build_examples(
+    dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
+) -> tuple[ExampleSet, ExampleSet]:
+    """One example per (dialog, qa pair): all of split ``train``; a fixed sample of ``eval``."""
+    cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
+    cached_ids = set(cache.ids()) if cache is not None else set()
+    sets = {}
+    for split in ("train", "eval"):
+        rows = [d for d in dialogs if d["split"] == split]
+        examples, ids, reads = [], [], []
+        for row in rows:
+            if cache is not None:
+                if row["id"] not in cached_ids:
+                    raise ValueError(f"dialog {row['id']} ({split}) is not in the cache")
+                read, positions = None, cache.read_positions(row["id"])
+            else:
+                read = tokenize_read_dialog(
+                    tokenizer, row["messages"], row["n_masked_turns"], params.positions
+                )
+                positions = read.read_positions
+            ids.append(row["id"])
+            reads.append(read)
+            for qa in row["qa"]:
+                ex = build_decoder_example(
+                    tokenizer, positions, qa["question"], qa["answer"], params.align_positions
+                )
+                n_answer = sum(label != -100 for label in ex.labels[1:])
+                cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
+                examples.append(Example(len(ids) - 1, ex, n_answer, cost))
+        if split == "eval" and len(examples) > params.eval_examples:
+            chosen = random.Random(params.seed).sample(range(len(examples)), params.eval_examples)
+            examples = [examples[i] for i in sorted(chosen)]
+        if split == "eval":  # neighbours of similar length pad little
+            examples.sort(key=lambda ex: ex.length)
+        sets[split] = ExampleSet(examples, ids, reads, cache)
+    if not sets["train"].examples:
+        raise ValueError("the data has no examples in split 'train'")
+    return sets["train"], sets["eval"]
+
+
+def make_batch(
+    data: ExampleSet,
+    indices: list[int],
+    model,
+    pad_id: int,
+    params,
+    ctx: Dist,
+    autocast,
+    trainable: list[torch.Tensor] = (),
+) -> tuple[DecoderBatch, int]:
+    """The decoder batch of ``indices``, with activations read (or loaded); target tokens run.
+
+    ``trainable``: the optimizer's parameters, whose ``requires_grad`` is restored after the target
+    forward (needed under FSDP, see below).
+    """
+    examples = [data.examples[i] for i in indices]
+    dialogs = sorted({ex.dialog for ex in examples})
+    target_tokens = 0
+    if data.cache is not None:
+        acts = {d: data.cache.get(data.dialog_ids[d], params.read_layer) for d in dialogs}
+    else:
+        reads = [data.reads[d] for d in dialogs]
+        width = max(len(r.input_ids) for r in reads)
+        ids = torch.full((len(reads), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reads), width), dtype=torch.long)
+        for row, read in enumerate(reads):
+            ids[row, : len(read.input_ids)] = torch.tensor(read.input_ids)
+            mask[row, : len(read.input_ids)] = 1
+        target_tokens = int(mask.sum())
+        was_training = model.training
+        # PEFT's disable_adapter turns requires_grad off and on again on the module's current
+        # parameters; under FSDP those may be the unsharded views, so the sharded weights the
+        # optimizer holds would stay frozen.
+        model.eval()
+        with model.disable_adapter(), torch.no_grad(), autocast():
+            out = read_activations(
+                model, ids.to(ctx.device), mask.to(ctx.device), [params.read_layer]
+            )[params.read_layer]
+        model.train(was_training)
+        for param in trainable:
+            param.requires_grad_(True)
+        rows = gather(out, [r.read_positions for r in reads])
+        acts = dict(zip(dialogs, rows, strict=True))
+    batch = collate([ex.decoder for ex in examples], [acts[ex.dialog] for ex in examples], pad_id)
+    return batch.to(ctx.device), target_tokens
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived; a checkpoint was saved and the stage must not publish."""
+
+
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``total`` (``step`` = steps already taken)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _wrap(model, params: TrainParams, ctx: Dist):
+    """DDP or FSDP around the PEFT model; returns the module the training forward goes through."""
+    if ctx.world_size == 1 and params.parallel == "ddp":
+        return model
+    if params.parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.fsdp import fully_shard
+
+    # Shard each block (all LoRA weights live in blocks); the small rest (embeddings, head) stays
+    # replicated and frozen. Each block is then its own FSDP root.
+    for block in decoder_layers(model):
+        fully_shard(block)
+    model.to(ctx.device)
+    return model
+
+
+@contextlib.contextmanager
+def _no_grad_sync(train_model, params: TrainParams, active: bool):
+    """Skip the gradient all-reduce on micro-steps that are not the last of a step."""
+    if not active:
+        yield
+    elif params.parallel == "ddp" and hasattr(train_model, "no_sync"):
+        with train_model.no_sync():
+            yield
+    elif params.parallel == "fsdp":
+        blocks = decoder_layers(train_model)
+        for block in blocks:
+            block.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def _init_wandb(params: TrainParams, workdir: Path):
+    os.environ.setdefault("WANDB_MODE", "offline")
+    import wandb
+
+    return wandb.init(project="latentqa", config=asdict(params), dir=str(workdir))
+
+
+def run(
+    params: TrainParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any], ctx: Dist
+) -> None:
+    started = time.time()
+    stop_requested = False
+
+    def on_sigterm(_signum, _frame):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    random.seed(params.seed)
+    torch.manual_seed(params.seed)
+    barrier(ctx)  # rank 0 has made the staging folder
+    rank0 = ctx.rank == 0
+    fsdp = params.parallel == "fsdp"
+    load_device = "cpu" if fsdp else ctx.device
+    model, tokenizer = load_model(inputs["model"], params.dtype, load_device)
+    n_blocks = len(decoder_layers(model))
+    for name in ("read_layer", "write_layer"):
+        if not 0 <= getattr(params, name) < n_blocks:
+            raise ValueError(f"{name}={getattr(params, name)} but the model has {n_blocks} blocks")
+    dialogs = read_dialogs_input(inputs["data"])
+    train_set, eval_set = build_examples(dialogs, tokenizer, params, inputs.get("cache"))
+    model = add_lora(
+        model,
+        params.lora_r,
+        params.lora_alpha,
+        params.lora_dropout,
+        params.lora_targets,
+        seed=params.seed,
+    )
+    model.train()
+    train_model = _wrap(model, params, ctx)
+    optimizer = torch.optim.AdamW(
+        trainable_parameters(model), lr=params.lr, weight_decay=params.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_lambda, warmup=params.warmup_steps, total=params.max_steps)
+    )
+    sampler = BucketedBatchSampler(
+        [ex.length for ex in train_set.examples],
+        params.per_device_batch_size,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+        grad_accum=params.grad_accum,
+        seed=params.seed,
+    )
+    state = TrainState(
+        workdir,
+        model,
+        optimizer,
+        scheduler,
+        sampler,
+        ctx.rank,
+        ctx.world_size,
+        partial(barrier, ctx),
+        fsdp,
+    )
+    resumed_from = state.resume()
+    autocast = partial(
+        torch.autocast,
+        device_type=ctx.device.type,
+        dtype=torch.bfloat16,
+        enabled=params.dtype == "bfloat16",
+    )
+    pad_id = tokenizer.pad_token_id
+    # The optimizer's own parameters: under FSDP, module.parameters() may be unsharded views.
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    keep = trainable if fsdp else []
+
+    def held_out_loss() -> float | None:
+        if not eval_set.examples:
+            return None
+        model.eval()
+        chunk = params.per_device_batch_size * ctx.world_size
+        totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+        with torch.no_grad():
+            for start in range(0, len(eval_set.examples), chunk):
+                indices = list(range(start, min(start + chunk, len(eval_set.examples))))
+                mine = indices[ctx.rank :: ctx.world_size]
+                # Every rank runs the same number of forwards (FSDP needs it): a rank without
+                # examples in this chunk runs one and discards it.
+                weight = 1.0 if mine else 0.0
+                batch, _ = make_batch(
+                    eval_set, mine or indices[:1], model, pad_id, params, ctx, autocast, keep
+                )
+                with autocast():
+                    nll, count = _answer_loss(model, batch, params.write_layer)
+                totals += weight * torch.stack([nll.sum().double(), count.sum().double()])
+        model.train()
+        totals = all_reduce_sum(ctx, totals)
+        return float(totals[0] / totals[1])
+
+    wandb_run = _init_wandb(params, workdir) if params.wandb and rank0 else None
+    step = state.step
+    last_eval = held_out_loss() if step == 0 else state.last_eval
+    if rank0 and step == 0:
+        state.append_metrics({"step": 0, "eval_loss": last_eval}, wandb_run)
+    bar = tqdm(
+        total=params.max_steps,
+        initial=step,
+        desc="train",
+        disable=not rank0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    while step < params.max_steps:
+        tick = time.time()
+        global_batch = sampler.global_batch(step)
+        global_tokens = sum(train_set.examples[i].n_answer for i in global_batch)
+        micro = sampler.micro_batches(step)
+        totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        for a, indices in enumerate(micro):
+            batch, target_tokens = make_batch(
+                train_set, indices, model, pad_id, params, ctx, autocast, keep
+            )
+            with _no_grad_sync(train_model, params, active=a < len(micro) - 1):
+                with autocast():
+                    nll, count = _answer_loss(train_model, batch, params.write_layer)
+                # Sum over answer tokens / answer tokens in the global batch; DDP and FSDP
+                # average gradients over processes, hence the world size factor.
+                (nll.sum() * (ctx.world_size / global_tokens)).backward()
+            totals += torch.tensor(
+                [
+                    float(nll.detach().sum()),
+                    float(batch.attention_mask.sum()),
+                    float(target_tokens),
+                    0.0,
+                ],
+                dtype=torch.float64,
+                device=ctx.device,
+            )
+        grad_norm = _clip(trainable, params.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        sampler.position = step
+        totals[3] = float(stop_requested)
+        totals = all_reduce_sum(ctx, totals)
+        seconds = time.time() - tick
+        tokens = float(totals[1] + totals[2])
+        state.tokens += tokens
+        state.train_seconds += seconds
+        record = {
+            "step": step,
+            "lr": lr,
+            "loss": float(totals[0]) / global_tokens,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens / seconds,
+            "epoch": round(sampler.epoch, 4),
+        }
+        if step == params.max_steps or (params.eval_every and step % params.eval_every == 0):
+            last_eval = held_out_loss()
+            record["eval_loss"] = last_eval
+        state.last_eval = last_eval
+        if rank0:
+            state.append_metrics(record, wandb_run)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens / seconds:.0f}")
+        interrupted = bool(totals[3] > 0)
+        if interrupted or (
+            params.checkpoint_every
+            and step % params.checkpoint_every == 0
+            and step < params.max_steps
+        ):
+            state.save(step)
+        if interrupted:
+            bar.close()
+            raise Interrupted(
+                f"SIGTERM: checkpoint saved at step {step} of {params.max_steps}; "
+                f"rerun the stage to resume"
+            )
+    bar.close()
+    state.save_final_adapter(workdir / "adapter")
+    if rank0:
+        final = state.read_metrics()
+        train_losses = [m["loss"] for m in final if "loss" in m]
+        eval_losses = [(m["step"], m["eval_loss"]) for m in final if m.get("eval_loss")]
+        info.update(
+            {
+                "steps": step,
+                "examples": {"train": len(train_set.examples), "eval": len(eval_set.examples)},
+                "global_batch_size": sampler.global_batch_size,
+                "world_size": ctx.world_size,
+                "first_loss": train_losses[0] if train_losses else None,
+                "final_loss": train_losses[-1] if train_losses else None,
+                "eval_loss_start": eval_losses[0][1] if eval_losses else None,
+                "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
+                "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+                "train_seconds": round(state.train_seconds, 2),
+                "wall_seconds_this_run": round(time.time() - started, 2),
+                "resumed_from_step": resumed_from,
+            }
+        )
+        # The artifact holds the result, not the means of resuming.
+        shutil.rmtree(state.root, ignore_errors=True)
+        if wandb_run is not None:
+            wandb_run.finish()
+    barrier(ctx)
+
+
+def _answer_loss(model, batch: DecoderBatch, write_layer: int):
+    return answer_loss(model, batch, write_layer, reduction="none")
+
+
+def _clip(parameters, max_norm: float) -> float | None:
+    if not max_norm:
+        return None
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _parse_args(argv: list[str]) -> tuple[TrainParams, dict[str, Path], Path]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", add_help=False)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--params", default="{}")
+    parser.add_argument("--input", action="append", default=[])
+    args, _ = parser.parse_known_args(argv)
+    params = stage.build_params(TrainParams, json.loads(args.params), where="train params")
+    inputs = {}
+    for pair in args.input:
+        name, _, path = pair.partition("=")
+        inputs[name] = Path(path)
+    return params, inputs, args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every process trains; rank 0 alone publishes, through ``stage.main``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    params, inputs, out = _parse_args(argv)
+    ctx = init_distributed(params.device)
+    code = 0
+    try:
+        if ctx.rank == 0:
+            stage.main("train", TrainParams, partial(run, ctx=ctx), argv)
+        else:
+            logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+            run(params, inputs, store.staging_dir(out), {}, ctx)
+    except Interrupted as exc:
+        log.warning("rank %d: %s", ctx.rank, exc)
+        print(f"train: {exc}", file=sys.stderr)
+        code = INTERRUPTED_EXIT
+    finally:
+        ctx.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The training stage under real torchrun: same result on 1 or 2 processes, resume after kills."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import store
+from pipeline.schema import write_dialogs
+from pipeline.train import TrainParams, build_examples, lr_lambda
+
+PERSONAS = [
+    "pirate",
+    "chef",
+    "doctor",
+    "farmer",
+    "pilot",
+    "poet",
+    "judge",
+    "sailor",
+    "baker",
+    "miner",
+    "clown",
+    "monk",
+]
+QUESTIONS = ["What is the weather like?", "Tell me about your day.", "Any advice for me?"]
+
+# Small, dropout-free, fast: 16 steps of global batch 4, checkpoints every 2.
+STEPS = 16
+BASE_PARAMS = {
+    "read_layer": 1,
+    "write_layer": 0,
+    "mode": "on_the_fly",
+    "positions": "all",
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "lr": 5e-3,
+    "warmup_steps": 2,
+    "max_steps": STEPS,
+    "grad_accum": 1,
+    "per_device_batch_size": 2,
+    "seed": 3,
+    "checkpoint_every": 2,
+    "eval_every": 4,
+    "eval_examples": 6,
+    "device": "cpu",
+}
+
+
+def dialog_records() -> list[dict]:
+    records = []
+    for i, persona in enumerate(PERSONAS):
+        for j, question in enumerate(QUESTIONS):
+            records.append(
+                {
+                    "label": persona,
+                    "kind": "system",
+                    "messages": [
+                        {"role": "system", "content": f"You are a {persona}."},
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": f"Well, as I see it {j}."},
+                    ],
+                    "n_masked_turns": 1,
+                    "qa": [
+                        {"question": "Who is the assistant?", "answer": f"A {persona}."},
+                        {"question": "Is the assistant a person?", "answer": "Yes."},
+                    ],
+                    "source": "test",
+                    "split": "train" if i < 9 else "eval",
+                }
+            )
+    return records
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    write_dialogs(dialog_records(), out / "dialogs.parquet")
+    return out
+
+
+def launch(
+    out: Path,
+    model_dir: Path,
+    data_dir: Path,
+    params: dict,
+    nproc: int | None,
+    extra_inputs: tuple[str, ...] = (),
+) -> subprocess.Popen:
+    """``torchrun`` with ``nproc`` processes, or a plain single process when ``nproc`` is None."""
+    head = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+        ]
+        if nproc
+        else [sys.executable]
+    )
+    cmd = head + [
+        "-m",
+        "pipeline.train",
+        "--out",
+        str(out),
+        "--key",
+        "testkey",
+        "--params",
+        json.dumps(params),
+        "--input",
+        f"model={model_dir}",
+        "--input",
+        f"data={data_dir}",
+    ]
+    for pair in extra_inputs:
+        cmd += ["--input", pair]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def train(out, model_dir, data_dir, params, nproc=None, extra_inputs=()) -> dict:
+    proc = launch(out, model_dir, data_dir, params, nproc, extra_inputs)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
+    return store.read_manifest(out, verify="full")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+def assert_same_adapter(a: Path, b: Path, atol: float = 1e-5) -> None:
+    left, right = adapter(a), adapter(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        torch.testing.assert_close(left[name], right[name], atol=atol, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
+    """One plain process, two micro-steps per optimizer step: global batch 4."""
+    out = tmp_path_factory.mktemp("single") / "train"
+    train(out, tiny_model_dir, data_dir, {**BASE_PARAMS, "grad_accum": 2})
+    return out
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    values = [lr_lambda(s, warmup=2, total=10) for s in range(11)]
+    assert values[0] < values[1] < values[2] == 1.0
+    assert all(a >= b for a, b in zip(values[2:], values[3:], strict=False))
+    assert values[10] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_examples_one_per_qa_pair_and_eval_split_held_out(tokenizer, data_dir):
+    from pipeline.schema import read_dialogs
+
+    params = TrainParams(**{**BASE_PARAMS, "eval_examples": 100})
+    train_set, eval_set = build_examples(
+        read_dialogs(data_dir / "dialogs.parquet"), tokenizer, params
+    )
+    assert len(train_set.examples) == 9 * 3 * 2
+    assert len(eval_set.examples) == 3 * 3 * 2
+    assert all(ex.n_answer > 0 for ex in train_set.examples + eval_set.examples)
+    # The placeholders are exactly the read (unmasked) positions of the dialog.
+    ex = train_set.examples[0]
+    read = train_set.reads[ex.dialog]
+    assert len(ex.decoder.placeholder_positions) == len(read.read_positions)
+    assert ex.decoder.position_ids[ex.decoder.placeholder_positions[0]] == read.read_positions[0]
+
+
+def test_single_process_publishes_a_peft_adapter(single_run, tiny_model_dir):
+    from peft import PeftModel
+
+    from pipeline.modeling import load_model
+
+    manifest = store.read_manifest(single_run, verify="full")
+    info = manifest["info"]
+    assert info["steps"] == STEPS and info["world_size"] == 1 and info["global_batch_size"] == 4
+    assert info["tokens_per_s"] > 0
+    assert not (single_run / "checkpoints").exists()
+    records = metrics(single_run)
+    assert [m["step"] for m in records] == list(range(STEPS + 1))
+    assert all(math.isfinite(m["loss"]) for m in records[1:])
+    # Training lowers the held-out loss of this easy data (answers shared across labels).
+    evals = [m["eval_loss"] for m in records if "eval_loss" in m]
+    assert len(evals) == STEPS // 4 + 1 and evals[-1] < evals[0]
+    base, _ = load_model(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, single_run / "adapter")
+    state = {k: v for k, v in peft_model.state_dict().items() if "lora_B" in k}
+    assert state and any(float(v.abs().max()) > 0 for v in state.values())
+
+
+def test_two_processes_match_one(tmp_path, single_run, tiny_model_dir, data_dir):
+    out = tmp_path / "train"
+    manifest = train(out, tiny_model_dir, data_dir, BASE_PARAMS, nproc=2)
+    assert manifest["info"]["world_size"] == 2
+    one, two = metrics(single_run), metrics(out)
+    for a, b in zip(one, two, strict=True):
+        assert a["step"] == b["step"]
+        for name in ("loss", "eval_loss", "lr"):
+            if name in a:
+                assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-6), (name, a, b)
+    assert_same_adapter(single_run, out)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and its workers at once, as a node failure would."""
+    for member in _process_tree(pid):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for_checkpoint(proc, out: Path, timeout: float = 120) -> Path:
+    root = store.staging_dir(out) / "checkpoints"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted(root.glob("step-*/complete")) if root.exists() else []
+        if found:
+            return found[0].parent
+        assert proc.poll() is None, "training ended before it wrote a checkpoint"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_killed_run_resumes_to_the_same_adapter(
+    how, tmp_path, single_run, tiny_model_dir, data_dir
+):
+    out = tmp_path / "train"
+    # Many steps, so that the kill lands mid-training; same global batch as single_run.
+    params = {**BASE_PARAMS, "grad_accum": 2}
+    proc = launch(out, tiny_model_dir, data_dir, params, nproc=None)
+    _wait_for_checkpoint(proc, out)
+    os.kill(proc.pid, signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")
+    expected = -signal.SIGKILL if how == "sigkill" else 143
+    assert proc.returncode == expected, output[-3000:]
+    assert not (out / store.MANIFEST).exists()
+    if how == "sigterm":
+        assert "checkpoint saved at step" in output
+    manifest = train(out, tiny_model_dir, data_dir, params)
+    resumed = manifest["info"]["resumed_from_step"]
+    assert resumed is not None and 0 < resumed < STEPS
+    assert [m["step"] for m in metrics(out)] == list(range(STEPS + 1))
+    for a, b in zip(metrics(single_run), metrics(out), strict=True):
+        assert b["loss" if "loss" in a else "eval_loss"] == pytest.approx(
+            a["loss" if "loss" in a else "eval_loss"], rel=1e-4, abs=1e-6
+        )
+    assert_same_adapter(single_run, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_killed_torchrun_resumes_to_the_same_adapter(
+    how, tmp_path, single_run, tiny_model_dir, data_dir
+):
+    out = tmp_path / "train"
+    proc = launch(out, tiny_model_dir, data_dir, BASE_PARAMS, nproc=2)
+    _wait_for_checkpoint(proc, out)
+    if how == "sigkill":
+        _kill_tree(proc.pid)
+    else:  # torchrun forwards SIGTERM to its workers (as on scancel or a Slurm time limit)
+        os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")
+    assert not (out / store.MANIFEST).exists(), output[-3000:]
+    if how == "sigterm":
+        assert "checkpoint saved at step" in output
+    manifest = train(out, tiny_model_dir, data_dir, BASE_PARAMS, nproc=2)
+    assert 0 < manifest["info"]["resumed_from_step"] < STEPS
+    assert_same_adapter(single_run, out)
+
+
+def test_cached_mode_matches_on_the_fly(tmp_path, single_run, tiny_model_dir, data_dir):
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.activation_cache",
+            "--out",
+            str(cache),
+            "--key",
+            "c",
+            "--params",
+            json.dumps({"layers": [BASE_PARAMS["read_layer"]], "device": "cpu"}),
+            "--input",
+            f"model={tiny_model_dir}",
+            "--input",
+            f"data={data_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "train"
+    params = {**BASE_PARAMS, "mode": "cached", "grad_accum": 2}
+    train(out, tiny_model_dir, data_dir, params, extra_inputs=(f"cache={cache}",))
+    # The cache holds bf16 activations: equal to the on-the-fly run up to that rounding.
+    for a, b in zip(metrics(single_run), metrics(out), strict=True):
+        key = "loss" if "loss" in a else "eval_loss"
+        assert b[key] == pytest.approx(a[key], rel=1e-3)
+    # Adam's normalised steps amplify the rounding for near-zero gradients: compare tensors as
+    # wholes rather than element by element.
+    left, right = adapter(single_run), adapter(out)
+    assert left.keys() == right.keys()
+    for name in left:
+        gap = float((left[name] - right[name]).norm() / left[name].norm())
+        assert gap < 0.05, (name, gap)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_matches_one(tmp_path, single_run, tiny_model_dir, data_dir):
+    out = tmp_path / "train"
+    train(out, tiny_model_dir, data_dir, {**BASE_PARAMS, "parallel": "fsdp"}, nproc=2)
+    for a, b in zip(metrics(single_run), metrics(out), strict=True):
+        key = "loss" if "loss" in a else "eval_loss"
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)
+    assert_same_adapter(single_run, out)
