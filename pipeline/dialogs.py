@@ -1,0 +1,209 @@
+"""Token ids of read dialogs and decoder prompts (DESIGN §5, steps 1 and 3), for any chat template.
+
+Turn boundaries are found by rendering prefixes of the conversation with the tokenizer's own chat
+template, never from per-model token tables. Placeholders are inserted as token ids, so their count
+is exact whatever the tokenizer would make of a string of placeholder characters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+ACKNOWLEDGEMENT = "Okay, I have read the activations. What would you like to know?"
+PLACEHOLDER_TEXT = "?"
+_SENTINEL = "\u2063PLACEHOLDER\u2063"  # cannot occur in a template's own text
+
+
+@dataclass(frozen=True)
+class TokenizedRead:
+    input_ids: list[int]
+    read_positions: list[int]
+    """Indices into ``input_ids`` whose activations the decoder reads."""
+
+
+@dataclass(frozen=True)
+class DecoderExample:
+    input_ids: list[int]
+    placeholder_positions: list[int]
+    """Where the read activations are written."""
+    position_ids: list[int]
+    labels: list[int]
+    """-100 except the answer tokens and the end-of-turn token."""
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Ids of rendered chat text: the template already wrote every special token it wants."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def parse_positions(positions: str) -> int | None:
+    """``"all"`` -> None, ``"last:K"`` -> K."""
+    if positions == "all":
+        return None
+    head, sep, count = positions.partition(":")
+    if head == "last" and sep and count.isdigit() and int(count) > 0:
+        return int(count)
+    raise ValueError(f"positions must be 'all' or 'last:K' with K > 0, not {positions!r}")
+
+
+def _boundary(tokenizer, prefix_text: str, full_text: str, full_ids: list[int]) -> int:
+    """The index of the first token of ``full_ids`` that lies entirely after ``prefix_text``."""
+    if not full_text.startswith(prefix_text):
+        raise ValueError(
+            "the chat template does not render a conversation's first turns as a prefix of the "
+            "whole conversation, so masked turns cannot be separated from read ones; "
+            f"prefix {prefix_text[-80:]!r} vs conversation {full_text[: len(prefix_text)][-80:]!r}"
+        )
+    prefix_ids = encode(tokenizer, prefix_text)
+    if full_ids[: len(prefix_ids)] == prefix_ids:
+        return len(prefix_ids)
+    # A token merged across the boundary: fall back to character offsets and leave out any token
+    # that holds masked text, so nothing of the masked turns is ever read.
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("turn boundary falls inside a token and the tokenizer gives no offsets")
+    offsets = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    cut = len(prefix_text)
+    return next(
+        (i for i, (start, _end) in enumerate(offsets["offset_mapping"]) if start >= cut),
+        len(full_ids),
+    )
+
+
+def tokenize_read_dialog(
+    tokenizer, messages: list[dict], n_masked_turns: int, positions: str = "all"
+) -> TokenizedRead:
+    """The target's ids for a read dialog and the positions the decoder may read.
+
+    Read positions are the tokens of the turns after the first ``n_masked_turns`` (with the
+    generation prompt when the dialog ends with a user turn), minus a leading BOS token. With no
+    masked turns that includes any preamble the template adds (a default system prompt).
+    """
+    if not messages:
+        raise ValueError("a read dialog needs at least one message")
+    if not 0 <= n_masked_turns < len(messages):
+        raise ValueError(f"n_masked_turns={n_masked_turns} must be in [0, {len(messages)})")
+    keep_last = parse_positions(positions)
+    full_text = render(tokenizer, messages, add_generation_prompt=messages[-1]["role"] == "user")
+    input_ids = encode(tokenizer, full_text)
+    start = 0
+    if n_masked_turns:
+        prefix_text = render(tokenizer, messages[:n_masked_turns])
+        start = _boundary(tokenizer, prefix_text, full_text, input_ids)
+    if (
+        start == 0
+        and tokenizer.bos_token_id is not None
+        and input_ids[:1] == [tokenizer.bos_token_id]
+    ):
+        start = 1
+    read = list(range(start, len(input_ids)))
+    if not read:
+        raise ValueError("the read dialog has no tokens after its masked turns")
+    if keep_last is not None:
+        read = read[-keep_last:]
+    return TokenizedRead(input_ids=input_ids, read_positions=read)
+
+
+def placeholder_id(tokenizer) -> int:
+    """A plain (non-special) token id, written once per read activation."""
+    ids = encode(tokenizer, PLACEHOLDER_TEXT)
+    if len(ids) != 1 or ids[0] in set(tokenizer.all_special_ids):
+        raise ValueError(f"{PLACEHOLDER_TEXT!r} is not a single plain token for this tokenizer")
+    return ids[0]
+
+
+def _special_ids(tokenizer) -> set[int]:
+    special = set(tokenizer.all_special_ids)
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special.update(i for i, tok in decoder.items() if getattr(tok, "special", False))
+    return special
+
+
+def _answer_labels(tokenizer, answer_ids: list[int]) -> list[int]:
+    """Label the answer up to and including the first special token (the end of the turn)."""
+    special = _special_ids(tokenizer)
+    labels = [-100] * len(answer_ids)
+    for i, token in enumerate(answer_ids):
+        labels[i] = token
+        if token in special:
+            break
+    return labels
+
+
+@lru_cache(maxsize=32)
+def _end_of_turn_ids(tokenizer) -> tuple[int, ...]:
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    prompt = render(tokenizer, messages[:1], add_generation_prompt=True)
+    full = render(tokenizer, messages)
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if full.startswith(prompt):
+        answer = encode(tokenizer, full[len(prompt) :])
+        labels = _answer_labels(tokenizer, answer)
+        last = [t for t in labels if t != -100][-1:]
+        ids.update(t for t in last if t in _special_ids(tokenizer))
+    return tuple(sorted(ids))
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: eos and the template's end-of-turn token."""
+    return list(_end_of_turn_ids(tokenizer))
+
+
+def build_decoder_example(
+    tokenizer,
+    read_positions: list[int],
+    question: str,
+    answer: str | None,
+    align_positions: bool = True,
+) -> DecoderExample:
+    """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any).
+
+    ``answer=None`` ends the prompt with the generation prompt (for reading), all labels -100.
+    """
+    n = len(read_positions)
+    if n == 0:
+        raise ValueError("a decoder example needs at least one read position")
+    messages = [
+        {"role": "user", "content": _SENTINEL},
+        {"role": "assistant", "content": ACKNOWLEDGEMENT},
+        {"role": "user", "content": question},
+    ]
+    prompt_text = render(tokenizer, messages, add_generation_prompt=True)
+    if prompt_text.count(_SENTINEL) != 1:
+        raise ValueError("the chat template does not keep the user's text verbatim")
+    before, after = prompt_text.split(_SENTINEL)
+    before_ids = encode(tokenizer, before)
+    input_ids = before_ids + [placeholder_id(tokenizer)] * n + encode(tokenizer, after)
+    labels = [-100] * len(input_ids)
+    if answer is not None:
+        full_text = render(tokenizer, [*messages, {"role": "assistant", "content": answer}])
+        if not full_text.startswith(prompt_text):
+            raise ValueError("the chat template does not render the answer after the prompt")
+        answer_ids = encode(tokenizer, full_text[len(prompt_text) :])
+        input_ids += answer_ids
+        labels += _answer_labels(tokenizer, answer_ids)
+    placeholders = list(range(len(before_ids), len(before_ids) + n))
+    if align_positions:
+        # Placeholders sit where the target saw those tokens; what follows must keep increasing.
+        tail_start = max(len(before_ids) - 1, max(read_positions)) + 1
+        tail = len(input_ids) - len(before_ids) - n
+        position_ids = (
+            list(range(len(before_ids)))
+            + list(read_positions)
+            + list(range(tail_start, tail_start + tail))
+        )
+    else:
+        position_ids = list(range(len(input_ids)))
+    return DecoderExample(
+        input_ids=input_ids,
+        placeholder_positions=placeholders,
+        position_ids=position_ids,
+        labels=labels,
+    )

@@ -1,0 +1,273 @@
+"""Patched decoder forwards: identity round trip, answer loss, LoRA gradients, cached generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
+from pipeline.dialogs import build_decoder_example, end_of_turn_ids, tokenize_read_dialog
+from pipeline.patching import gather, patch_layer, read_activations
+
+DIALOGS = [
+    (
+        [
+            {"role": "system", "content": "You are a pirate."},
+            {"role": "user", "content": "How is the sea today?"},
+        ],
+        1,
+    ),
+    (
+        [
+            {"role": "user", "content": "Talk like a robot."},
+            {"role": "assistant", "content": "Beep. Affirmative."},
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "content": "Four, human."},
+        ],
+        2,
+    ),
+    ([{"role": "user", "content": "Hi!"}], 0),
+]
+QA = [
+    ("Who is the assistant?", "A pirate."),
+    ("What persona?", "A robot that beeps."),
+    ("Anything odd?", "No."),
+]
+
+
+def examples(tokenizer, answers=True, align=True):
+    reads = [tokenize_read_dialog(tokenizer, m, k) for m, k in DIALOGS]
+    exs = [
+        build_decoder_example(tokenizer, r.read_positions, q, a if answers else None, align)
+        for r, (q, a) in zip(reads, QA, strict=True)
+    ]
+    return reads, exs
+
+
+def target_activations(model, tokenizer, reads, layer):
+    """Read activations of each dialog run alone (no padding involved)."""
+    out = []
+    for read in reads:
+        ids = torch.tensor([read.input_ids])
+        acts = read_activations(model, ids, torch.ones_like(ids), [layer])[layer]
+        out.append(gather(acts, [read.read_positions])[0])
+    return out
+
+
+@pytest.mark.parametrize("write_layer", [0, 2])
+@pytest.mark.parametrize("side", ["right", "left"])
+@torch.no_grad()
+def test_writing_own_outputs_back_leaves_logits_unchanged(tiny_model, tokenizer, write_layer, side):
+    reads, exs = examples(tokenizer)
+    dim = tiny_model.config.hidden_size
+    dummy = [torch.zeros(len(ex.placeholder_positions), dim) for ex in exs]
+    batch = collate(exs, dummy, tokenizer.pad_token_id, padding_side=side)
+    own = read_activations(
+        tiny_model,
+        batch.input_ids,
+        batch.attention_mask,
+        [write_layer],
+        position_ids=batch.position_ids,
+    )[write_layer]
+    rows = [[p for p in row.tolist() if p >= 0] for row in batch.patch_positions]
+    batch = collate(exs, [a for a in gather(own, rows)], tokenizer.pad_token_id, side)
+    plain = tiny_model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+    ).logits
+    patched = decoder_logits(tiny_model, batch, write_layer)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(patched[real], plain[real])
+    # and the patch does act: other values change the logits after the placeholders
+    other = collate(
+        exs, target_activations(tiny_model, tokenizer, reads, 1), tokenizer.pad_token_id, side
+    )
+    assert not torch.allclose(decoder_logits(tiny_model, other, write_layer)[real], plain[real])
+
+
+def test_collate_layout(tokenizer):
+    _, exs = examples(tokenizer)
+    acts = [torch.randn(len(ex.placeholder_positions), 8) for ex in exs]
+    for side in ("right", "left"):
+        batch = collate(exs, acts, tokenizer.pad_token_id, padding_side=side)
+        for i, ex in enumerate(exs):
+            real = batch.attention_mask[i].bool()
+            assert batch.input_ids[i][real].tolist() == ex.input_ids
+            assert batch.position_ids[i][real].tolist() == ex.position_ids
+            assert batch.labels[i][real].tolist() == ex.labels
+            n = len(ex.placeholder_positions)
+            pos = batch.patch_positions[i]
+            assert (pos[n:] == -1).all()
+            assert batch.input_ids[i, pos[:n]].tolist() == [
+                ex.input_ids[p] for p in ex.placeholder_positions
+            ]
+            torch.testing.assert_close(batch.patch_values[i, :n], acts[i])
+    with pytest.raises(ValueError, match="placeholders"):
+        collate(exs, [a[:-1] for a in acts], tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def test_answer_loss_matches_manual_cross_entropy(tiny_model, tokenizer):
+    reads, exs = examples(tokenizer)
+    acts = target_activations(tiny_model, tokenizer, reads, 1)
+    batch = collate(exs, acts, tokenizer.pad_token_id)
+    logits = decoder_logits(tiny_model, batch, 0)
+    manual = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch.labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+    loss = answer_loss(tiny_model, batch, 0)
+    torch.testing.assert_close(loss, manual, rtol=1e-5, atol=1e-5)
+    nll, counts = answer_loss(tiny_model, batch, 0, reduction="none")
+    assert counts.tolist() == [sum(t != -100 for t in ex.labels) for ex in exs]
+    torch.testing.assert_close(nll.sum() / counts.sum(), loss)
+    # per-example values do not depend on padding side or batch company
+    left = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
+    torch.testing.assert_close(
+        answer_loss(tiny_model, left, 0, reduction="none")[0], nll, rtol=1e-4, atol=1e-4
+    )
+    alone = collate(exs[1:2], acts[1:2], tokenizer.pad_token_id)
+    torch.testing.assert_close(
+        answer_loss(tiny_model, alone, 0, reduction="none")[0], nll[1:2], rtol=1e-4, atol=1e-4
+    )
+
+
+def lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    )
+    return get_peft_model(model, config)
+
+
+def check_grads(model):
+    lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_params
+    for name, param in lora_params:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            assert param.grad is None, name
+
+
+@pytest.mark.parametrize("source", ["fixed", "same_model_no_grad", "same_model_with_grad"])
+def test_gradients_reach_lora_and_no_base_weight(tiny_model, tokenizer, source):
+    model = lora(tiny_model)
+    model.train()
+    reads, exs = examples(tokenizer)
+    if source == "fixed":
+        acts = [torch.randn(len(r.read_positions), model.config.hidden_size) for r in reads]
+    else:
+        with model.disable_adapter(), torch.set_grad_enabled(source == "same_model_with_grad"):
+            acts = target_activations(model, tokenizer, reads, 1)
+        # the target path holds no trainable parameter: nothing to differentiate there
+        assert not any(a.requires_grad for a in acts)
+    batch = collate(exs, acts, tokenizer.pad_token_id)
+    answer_loss(model, batch, 0).backward()
+    check_grads(model)
+
+
+def test_adapter_changes_decoder_not_target(tiny_model, tokenizer):
+    reads, _ = examples(tokenizer)
+    ids = torch.tensor([reads[0].input_ids])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        before = read_activations(tiny_model, ids, mask, [1])[1]
+        model = lora(tiny_model)
+        with model.disable_adapter():
+            target = read_activations(model, ids, mask, [1])[1]
+        decoder = read_activations(model, ids, mask, [1])[1]
+    torch.testing.assert_close(target, before)
+    assert not torch.allclose(decoder, target)
+
+
+def sharpen(model, seed=1):
+    """Larger random weights: the default init makes greedy decoding repeat one token."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    return model
+
+
+def full_recompute_greedy(model, batch, write_layer, steps):
+    """Reference: every step reruns the whole sequence with the patch on, no cache."""
+    ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+    out = []
+    for _ in range(steps):
+        with patch_layer(model, write_layer, batch.patch_positions, batch.patch_values):
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits
+        token = logits[:, -1].argmax(-1)
+        out.append(token)
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(token)[:, None]], 1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+    return torch.stack(out, 1).tolist()
+
+
+@pytest.mark.parametrize("write_layer", [0, 2])
+@torch.no_grad()
+def test_cached_generation_equals_full_recompute(tiny_model, tokenizer, write_layer):
+    sharpen(tiny_model)
+    reads, exs = examples(tokenizer, answers=False)
+    acts = target_activations(tiny_model, tokenizer, reads, 1)
+    batch = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
+    steps = 8
+    got = generate_ids(
+        tiny_model, batch, write_layer, stop_ids=[-5], pad_id=0, max_new_tokens=steps
+    )
+    want = full_recompute_greedy(tiny_model, batch, write_layer, steps)
+    assert got == want
+    assert len({token for row in got for token in row}) > 3  # not one repeated token
+    # the patch matters: other activations give other continuations
+    shuffled = collate(exs, [a.flip(0) * 3 for a in acts], tokenizer.pad_token_id, "left")
+    assert generate_ids(tiny_model, shuffled, write_layer, [-5], 0, steps) != got
+    # batched generation equals one prompt at a time
+    single = collate(exs[2:], acts[2:], tokenizer.pad_token_id, "left")
+    assert generate_ids(tiny_model, single, write_layer, [-5], 0, steps) == got[2:]
+
+
+@torch.no_grad()
+def test_generate_stops_and_decodes(tiny_model, tokenizer):
+    sharpen(tiny_model)
+    reads, exs = examples(tokenizer, answers=False)
+    acts = target_activations(tiny_model, tokenizer, reads, 1)
+    batch = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
+    rows = generate_ids(tiny_model, batch, 0, stop_ids=[-5], pad_id=0, max_new_tokens=6)
+    assert [len(r) for r in rows] == [6, 6, 6]
+    first = rows[0][2]
+    cut = rows[0].index(first) + 1
+    stopped = generate_ids(tiny_model, batch, 0, stop_ids=[first], pad_id=0, max_new_tokens=6)
+    assert stopped[0] == rows[0][:cut]
+    stops = end_of_turn_ids(tokenizer)
+    real = generate_ids(tiny_model, batch, 0, stops, tokenizer.pad_token_id, max_new_tokens=6)
+    texts = generate(tiny_model, tokenizer, batch, 0, max_new_tokens=6)
+    assert texts == [
+        tokenizer.decode([t for t in r if t not in stops], skip_special_tokens=True).strip()
+        for r in real
+    ]
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(tiny_model, tokenizer, collate(exs, acts, tokenizer.pad_token_id, "right"), 0)

@@ -1,0 +1,166 @@
+"""Read positions exclude masked turns exactly; decoder prompts hold exact placeholder counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.dialogs import (
+    ACKNOWLEDGEMENT,
+    build_decoder_example,
+    end_of_turn_ids,
+    parse_positions,
+    placeholder_id,
+    tokenize_read_dialog,
+)
+
+CONTROL = "Pretend you are a pirate captain looking for treasure."
+CONTROL_REPLY = "Arr, I be the captain of this ship!"
+STIMULUS = "What do you think about the weather today?"
+COMPLETION = "Fair winds and clear skies for sailing."
+SYSTEM = "You are a grumpy medieval blacksmith."
+
+# (kind, messages, n_masked_turns, texts that must be read, texts that must not)
+CASES = [
+    (
+        "control",
+        [{"role": "user", "content": CONTROL}, {"role": "assistant", "content": CONTROL_REPLY}],
+        0,
+        [CONTROL, CONTROL_REPLY],
+        [],
+    ),
+    (
+        "stimulus",
+        [
+            {"role": "user", "content": CONTROL},
+            {"role": "assistant", "content": CONTROL_REPLY},
+            {"role": "user", "content": STIMULUS},
+        ],
+        2,
+        [STIMULUS],
+        [CONTROL, CONTROL_REPLY, "pirate", "captain"],
+    ),
+    (
+        "stimulus_completion",
+        [
+            {"role": "user", "content": CONTROL},
+            {"role": "assistant", "content": CONTROL_REPLY},
+            {"role": "user", "content": STIMULUS},
+            {"role": "assistant", "content": COMPLETION},
+        ],
+        2,
+        [STIMULUS, COMPLETION],
+        [CONTROL, CONTROL_REPLY, "pirate", "captain"],
+    ),
+    (
+        "system",
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": STIMULUS},
+            {"role": "assistant", "content": COMPLETION},
+        ],
+        1,
+        [STIMULUS, COMPLETION],
+        [SYSTEM, "blacksmith", "system"],
+    ),
+]
+
+
+def read_text(tokenizer, read) -> str:
+    return tokenizer.decode([read.input_ids[i] for i in read.read_positions])
+
+
+@pytest.mark.parametrize("kind,messages,masked,present,absent", CASES, ids=[c[0] for c in CASES])
+def test_read_positions_exclude_masked_turns(tokenizer, kind, messages, masked, present, absent):
+    read = tokenize_read_dialog(tokenizer, messages, masked)
+    text = read_text(tokenizer, read)
+    for snippet in present:
+        assert snippet in text
+    for snippet in absent:
+        assert snippet not in text
+    # Exactly the masked part is left out: the unread tokens decode to the rendered masked turns.
+    unread = tokenizer.decode(read.input_ids[: read.read_positions[0]])
+    rendered = tokenizer.apply_chat_template(messages[:masked], tokenize=False) if masked else ""
+    assert unread == (rendered or tokenizer.bos_token)
+    assert read.read_positions == list(range(read.read_positions[0], len(read.input_ids)))
+
+
+def test_first_read_token_starts_the_first_unmasked_turn(tokenizer):
+    _, messages, masked, _, _ = CASES[1]
+    read = tokenize_read_dialog(tokenizer, messages, masked)
+    assert read.input_ids[read.read_positions[0]] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    # the generation prompt is added after a final user turn and is read
+    assert read_text(tokenizer, read).endswith("<|im_start|>assistant\n")
+
+
+def test_leading_bos_is_not_read(tokenizer):
+    _, messages, _, _, _ = CASES[0]
+    read = tokenize_read_dialog(tokenizer, messages, 0)
+    assert read.input_ids[0] == tokenizer.bos_token_id
+    assert read.read_positions[0] == 1
+
+
+def test_last_k_positions(tokenizer):
+    _, messages, masked, _, _ = CASES[2]
+    full = tokenize_read_dialog(tokenizer, messages, masked)
+    last = tokenize_read_dialog(tokenizer, messages, masked, positions="last:5")
+    assert last.read_positions == full.read_positions[-5:]
+    huge = tokenize_read_dialog(tokenizer, messages, masked, positions="last:100000")
+    assert huge.read_positions == full.read_positions
+
+
+@pytest.mark.parametrize("bad", ["first:3", "last:0", "last:x", "", "ALL"])
+def test_bad_positions_rejected(bad):
+    with pytest.raises(ValueError):
+        parse_positions(bad)
+
+
+def test_masking_every_turn_is_rejected(tokenizer):
+    with pytest.raises(ValueError, match="n_masked_turns"):
+        tokenize_read_dialog(tokenizer, [{"role": "user", "content": "hi"}], 1)
+
+
+@pytest.mark.parametrize("n", [1, 7, 33])
+def test_decoder_example_structure(tokenizer, n):
+    read_positions = list(range(40, 40 + n))
+    ex = build_decoder_example(tokenizer, read_positions, "Who are you?", "A pirate.")
+    pid = placeholder_id(tokenizer)
+    assert [ex.input_ids[p] for p in ex.placeholder_positions] == [pid] * n
+    first, last = ex.placeholder_positions[0], ex.placeholder_positions[-1]
+    assert ex.placeholder_positions == list(range(first, first + n))
+    # the user turn holds exactly the n placeholders: the template's own text follows
+    assert ex.input_ids[: last + 1].count(pid) == n
+    assert ex.input_ids[last + 1] != pid
+    text = tokenizer.decode(ex.input_ids)
+    assert ACKNOWLEDGEMENT in text and "Who are you?" in text
+    labelled = [t for t in ex.labels if t != -100]
+    assert tokenizer.decode(labelled) == "A pirate.<|im_end|>"
+    # labels are a contiguous tail ending just before the template's trailing newline
+    first = ex.labels.index(labelled[0])
+    assert ex.labels[first : first + len(labelled)] == labelled
+    assert ex.input_ids[first : first + len(labelled)] == labelled
+    assert len(ex.position_ids) == len(ex.input_ids) == len(ex.labels)
+
+
+def test_aligned_position_ids(tokenizer):
+    read_positions = [3, 4, 5, 90, 91]
+    ex = build_decoder_example(tokenizer, read_positions, "Q?", "A.", align_positions=True)
+    start = ex.placeholder_positions[0]
+    assert ex.position_ids[:start] == list(range(start))
+    assert [ex.position_ids[p] for p in ex.placeholder_positions] == read_positions
+    tail = ex.position_ids[ex.placeholder_positions[-1] + 1 :]
+    assert tail[0] == 92 and tail == list(range(92, 92 + len(tail)))
+    plain = build_decoder_example(tokenizer, read_positions, "Q?", "A.", align_positions=False)
+    assert plain.position_ids == list(range(len(plain.input_ids)))
+    assert plain.input_ids == ex.input_ids
+
+
+def test_reading_prompt_ends_with_generation_prompt(tokenizer):
+    ex = build_decoder_example(tokenizer, [1, 2], "Who are you?", None)
+    assert set(ex.labels) == {-100}
+    assert tokenizer.decode(ex.input_ids).endswith(
+        "Who are you?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_end_of_turn_ids(tokenizer):
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_of_turn_ids(tokenizer)
