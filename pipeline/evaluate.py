@@ -1,0 +1,726 @@
+"""Stage `evaluate`: decoder metrics beside the controls that make them interpretable (DESIGN §7).
+
+Inputs: ``model`` (prepared model folder), ``train`` (train artifact: ``adapter/`` and a manifest
+whose params give the read settings), ``data`` (filter artifact: ``dialogs.parquet``),
+``relations`` (``data/relations.yaml``), optionally ``latentqa`` (imported LatentQA dialogs).
+
+Every metric scores the same items under four conditions (:data:`CONDITIONS`), and reports the
+grounding gap (true minus shuffled, paired per item) with its spread over items. Outputs:
+``eval.json``, ``tables.md``, ``predictions.jsonl`` (one line per item and condition) and
+``plot_<metric>.png`` plus ``plot_overview.png``. One base model is in memory: "untrained" is the
+same module with its adapter disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pipeline import stage
+from pipeline.decoder import answer_loss, collate
+from pipeline.dialogs import DecoderExample, build_decoder_example, tokenize_read_dialog
+from pipeline.read import (
+    DecoderSettings,
+    Read,
+    compute_reads,
+    generate_batched,
+    load_decoder,
+    target_mode,
+)
+from pipeline.relations import load_relations, relation_items
+from pipeline.schema import read_dialogs
+from pipeline.scoring import JudgeParams, LLMJudge, load_similarity, normalized_match, summarize
+
+log = logging.getLogger("pipeline.evaluate")
+
+UNITS = {
+    "loglik": "log-likelihood per answer token (nats)",
+    "match": "fraction of items matched",
+    "similarity": "similarity to the reference",
+}
+CONDITIONS = {
+    "true": "the decoder reads the item's own activations",
+    "shuffled": "the decoder reads another item's activations (a fixed derangement that avoids "
+    "items of the same label where possible)",
+    "untrained": "the base model (adapter disabled) reads the item's own activations "
+    "(Patchscope-style)",
+    "text_only": "the decoder is given the read dialog's unmasked tokens as text in place of the "
+    "placeholders, with no activations",
+}
+
+
+@dataclass
+class EvalParams:
+    """Decoder evaluation: item caps, generation lengths and scorers."""
+
+    batch_size: int = 16
+    """Decoder prompts per forward pass."""
+    max_new_tokens: int = 16
+    """Greedy tokens generated for control recovery (answers are short noun phrases)."""
+    relation_tokens: int = 20
+    """Feature extraction: the object must appear within this many generated tokens."""
+    max_loglik_items: int = 48
+    """Held-out (dialog, QA pair) items whose reference answers are scored by log-likelihood."""
+    max_recovery_items: int = 24
+    """Control-recovery items, for seen labels and again for held-out labels."""
+    max_latentqa_items: int = 16
+    """Imported LatentQA (dialog, QA pair) items (when that data is given)."""
+    max_relation_items: int = 40
+    """Relation-fact items, balanced over relations."""
+    recovery_qa_index: int = 0
+    """Which QA pair of a template dialog asks for its control (the first: "What persona ...")."""
+    max_read_tokens: int = 384
+    """Items whose read dialog is longer (in target tokens) are left out."""
+    latentqa_source: str = "latentqa-import"
+    """The ``source`` of imported LatentQA rows; other rows count as template data."""
+    similarity: str = "auto"
+    """LatentQA scorer: ``minilm`` (sentence embeddings), ``token_f1`` (lexical) or ``auto``."""
+    judge: JudgeParams = field(default_factory=JudgeParams)
+    """The optional LLM judge of LatentQA answers (off by default)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed of item sampling, the derangement and the bootstrap."""
+    dtype: str = "float32"
+    """Compute dtype of the model."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        if self.similarity not in ("auto", "minilm", "token_f1"):
+            raise stage.ParamsError(
+                f"evaluate: similarity {self.similarity!r} is not one of auto, minilm, token_f1"
+            )
+        small = [
+            n
+            for n in ("batch_size", "max_new_tokens", "relation_tokens", "max_read_tokens")
+            if getattr(self, n) < 1
+        ]
+        small += [
+            n
+            for n in (
+                "max_loglik_items",
+                "max_recovery_items",
+                "max_latentqa_items",
+                "max_relation_items",
+                "recovery_qa_index",
+                "bootstrap",
+            )
+            if getattr(self, n) < 0
+        ]
+        if small:
+            raise stage.ParamsError(f"evaluate: {small} out of range")
+
+
+@dataclass
+class Item:
+    """One question about one read dialog."""
+
+    id: str
+    group: str
+    """Items of one group (label) never lend each other activations when avoidable."""
+    dialog: tuple[tuple[tuple[str, str], ...], int]
+    """(messages as (role, content) pairs, n_masked_turns): the key of its read."""
+    question: str
+    reference: str
+    accept: tuple[str, ...] = ()
+    """Other references that also count as a match (object aliases)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Metric:
+    name: str
+    kind: str
+    """``loglik``, ``match`` or ``similarity``."""
+    description: str
+    items: list[Item]
+    notes: list[str] = field(default_factory=list)
+    max_new_tokens: int = 24
+
+
+def dialog_key(messages: list[dict], n_masked: int):
+    return tuple((m["role"], m["content"]) for m in messages), int(n_masked)
+
+
+def derangement(groups: list[str], seed: int) -> list[int]:
+    """``perm[i] != i`` for all i, and ``groups[perm[i]] != groups[i]`` whenever no group holds
+    more than half the items: items are laid out group by group (groups in seeded order) and each
+    takes the activations of the item ``m`` places on, ``m`` being the largest group's size."""
+    n = len(groups)
+    if n < 2:
+        return list(range(n))
+    rng = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    names = sorted(by_group)
+    rng.shuffle(names)
+    layout = [i for name in names for i in by_group[name]]
+    shift = max(len(v) for v in by_group.values())
+    shift = shift if shift % n else 1
+    perm = [0] * n
+    for p, i in enumerate(layout):
+        perm[i] = layout[(p + shift) % n]
+    return perm
+
+
+def text_only_example(
+    tokenizer, read: Read, question: str, answer: str | None, align: bool
+) -> DecoderExample:
+    """The decoder prompt with the read tokens themselves where the placeholders would be."""
+    ex = build_decoder_example(tokenizer, read.read_positions, question, answer, align)
+    ids = list(ex.input_ids)
+    for slot, pos in zip(ex.placeholder_positions, read.read_positions, strict=True):
+        ids[slot] = read.input_ids[pos]
+    return DecoderExample(ids, [], ex.position_ids, ex.labels)
+
+
+def condition_inputs(
+    condition: str,
+    items: list[Item],
+    reads: dict,
+    perm: list[int],
+    tokenizer,
+    settings: DecoderSettings,
+    with_answer: bool,
+):
+    """(examples, activations, donor item ids) of the items under one condition."""
+    examples, acts, donors = [], [], []
+    for i, item in enumerate(items):
+        read = reads[item.dialog]
+        answer = item.reference if with_answer else None
+        donor = item
+        if condition == "shuffled":
+            donor = items[perm[i]]
+            read = reads[donor.dialog]
+        if condition == "text_only":
+            examples.append(
+                text_only_example(tokenizer, read, item.question, answer, settings.align_positions)
+            )
+            acts.append(torch.zeros(0, read.acts.shape[-1]))
+        else:
+            examples.append(
+                build_decoder_example(
+                    tokenizer, read.read_positions, item.question, answer, settings.align_positions
+                )
+            )
+            acts.append(read.acts)
+        donors.append(donor.id)
+    return examples, acts, donors
+
+
+@torch.no_grad()
+def loglik_batched(
+    model, tokenizer, examples, acts, write_layer: int, batch_size: int, desc: str
+) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each example's labelled answer tokens."""
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
+        chunk = order[start : start + batch_size]
+        batch = collate(
+            [examples[i] for i in chunk], [acts[i] for i in chunk], tokenizer.pad_token_id
+        ).to(device)
+        nll, count = answer_loss(model, batch, write_layer, reduction="none")
+        for i, a, b in zip(chunk, nll.tolist(), count.tolist(), strict=True):
+            out[i] = (a, int(b))
+    return out
+
+
+def run_condition(
+    model, tokenizer, metric: Metric, condition: str, reads, perm, settings, params: EvalParams
+) -> list[dict[str, Any]]:
+    """Per item: the donor, the prediction (or NLL) and the raw score (None = score later)."""
+    loglik = metric.kind == "loglik"
+    examples, acts, donors = condition_inputs(
+        condition, metric.items, reads, perm, tokenizer, settings, with_answer=loglik
+    )
+    desc = f"{metric.name}/{condition}"
+    with target_mode(model) if condition == "untrained" else contextlib.nullcontext():
+        if loglik:
+            results = loglik_batched(
+                model, tokenizer, examples, acts, settings.write_layer, params.batch_size, desc
+            )
+            return [
+                {"donor": d, "nll": nll, "tokens": n, "score": -nll / max(n, 1)}
+                for d, (nll, n) in zip(donors, results, strict=True)
+            ]
+        texts = generate_batched(
+            model,
+            tokenizer,
+            examples,
+            acts,
+            settings.write_layer,
+            params.batch_size,
+            metric.max_new_tokens,
+            desc,
+        )
+    rows = []
+    for item, donor, text in zip(metric.items, donors, texts, strict=True):
+        score = None
+        if metric.kind == "match":
+            score = float(
+                any(normalized_match(text, ref) for ref in (item.reference, *item.accept))
+            )
+        rows.append({"donor": donor, "prediction": text, "score": score})
+    return rows
+
+
+# --- items ----------------------------------------------------------------------------------
+
+
+def _fits(tokenizer, messages, masked, limit) -> bool:
+    return len(tokenize_read_dialog(tokenizer, messages, masked).input_ids) <= limit
+
+
+def qa_items(rows, tokenizer, cap: int, seed: int, limit: int, qa_index: int | None = None):
+    """Up to ``cap`` (dialog, QA pair) items from ``rows`` (all pairs, or pair ``qa_index``)."""
+    pool = []
+    for row in rows:
+        pairs = (
+            enumerate(row["qa"])
+            if qa_index is None
+            else ([(qa_index, row["qa"][qa_index])] if qa_index < len(row["qa"]) else [])
+        )
+        for j, qa in pairs:
+            pool.append((row, j, qa))
+    random.Random(seed).shuffle(pool)
+    items = []
+    for row, j, qa in pool:
+        if len(items) >= cap:
+            break
+        if not _fits(tokenizer, row["messages"], row["n_masked_turns"], limit):
+            continue
+        items.append(
+            Item(
+                f"{row['id']}:{j}",
+                row["label"],
+                dialog_key(row["messages"], row["n_masked_turns"]),
+                qa["question"],
+                qa["answer"],
+                meta={
+                    "dialog_id": row["id"],
+                    "label": row["label"],
+                    "kind": row["kind"],
+                    "split": row["split"],
+                },
+            )
+        )
+    return items
+
+
+def build_metrics(
+    params: EvalParams, rows, latentqa_rows, relations_file: Path, tokenizer
+) -> list[Metric]:
+    templ = [r for r in rows if r["source"] != params.latentqa_source]
+    held = [r for r in templ if r["split"] == "eval"]
+    seen = [r for r in templ if r["split"] == "train"]
+    lim, seed, k = params.max_read_tokens, params.seed, params.recovery_qa_index
+    seen_items = qa_items(seen, tokenizer, params.max_recovery_items, seed, lim, k)
+    metrics = [
+        Metric(
+            "answer_loglik",
+            "loglik",
+            "mean log-likelihood per reference-answer token (nats; higher is better) on "
+            "held-out labels (eval split)",
+            qa_items(held, tokenizer, params.max_loglik_items, seed, lim),
+        ),
+        Metric(
+            "recovery_heldout",
+            "match",
+            "control recovery on held-out labels: the greedy answer contains the reference's "
+            "key phrase (normalised match)",
+            qa_items(held, tokenizer, params.max_recovery_items, seed, lim, k),
+            max_new_tokens=params.max_new_tokens,
+        ),
+        Metric(
+            "recovery_seen",
+            "match",
+            "control recovery on seen labels: the greedy answer contains the reference's key "
+            "phrase (normalised match)",
+            seen_items,
+            [
+                f"seen labels: {len(seen_items)} dialogs sampled from the TRAIN split; the "
+                "decoder was trained on these very dialogs and questions, so this measures "
+                "fitting, not generalisation"
+            ],
+            max_new_tokens=params.max_new_tokens,
+        ),
+    ]
+    if latentqa_rows:
+        lqa = qa_items(latentqa_rows, tokenizer, params.max_latentqa_items, seed, lim)
+        metrics.append(
+            Metric(
+                "latentqa_loglik",
+                "loglik",
+                "imported LatentQA eval split: mean log-likelihood per "
+                "reference-answer token (nats)",
+                lqa,
+            )
+        )
+        metrics.append(
+            Metric(
+                "latentqa_recovery",
+                "similarity",
+                "imported LatentQA eval split: similarity of the greedy answer to "
+                "the reference answer",
+                lqa,
+                max_new_tokens=params.max_new_tokens,
+            )
+        )
+    facts = relation_items(load_relations(relations_file), None, seed)
+    rel_items = []
+    for fact in facts:
+        if len(rel_items) >= params.max_relation_items:
+            break
+        rel_items.append(
+            Item(
+                fact.id,
+                fact.subject,
+                dialog_key(fact.messages, 0),
+                fact.question,
+                fact.object,
+                fact.aliases,
+                {"relation": fact.relation, "subject": fact.subject},
+            )
+        )
+    metrics.append(
+        Metric(
+            "feature_extraction",
+            "match",
+            f"relation facts: the object appears in the first "
+            f"{params.relation_tokens} generated tokens; the read dialog is one "
+            f"user sentence mentioning the subject, nothing masked",
+            rel_items,
+            max_new_tokens=params.relation_tokens,
+        )
+    )
+    return metrics
+
+
+# --- tables and plots -----------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(summary: dict) -> str:
+    low, high = summary["ci95"]
+    return "–" if low is None else f"[{low:.3f}, {high:.3f}]"
+
+
+def write_tables(report: dict, path: Path) -> None:
+    """Readable Markdown: a summary of every metric, then one table per metric."""
+    conds = list(CONDITIONS)
+    lines = [
+        "# Decoder evaluation",
+        "",
+        "Decoder: read layer {read_layer}, write layer {write_layer}, positions "
+        "{positions}.".format(**report["decoder"]),
+        "",
+        "Conditions: " + "; ".join(f"**{c}**: {d}" for c, d in CONDITIONS.items()) + ".",
+        "Grounding gap: true minus shuffled, paired per item (mean and 95% bootstrap CI).",
+        "",
+        "| metric | n | " + " | ".join(conds) + " | grounding gap | gap 95% CI |",
+        "|---|---|" + "---|" * (len(conds) + 2),
+    ]
+    for name, r in report["metrics"].items():
+        if "conditions" not in r:
+            lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in conds) + " | – | – |")
+            continue
+        lines.append(
+            f"| {name} | {r['n']} | "
+            + " | ".join(_fmt(r["conditions"][c]["mean"]) for c in conds)
+            + f" | {_fmt(r['grounding_gap']['mean'])} | {_ci(r['grounding_gap'])} |"
+        )
+    for name, r in report["metrics"].items():
+        lines += ["", f"## {name}", "", r["description"] + "."]
+        if "scorer" in r:
+            lines.append(f"Scorer: {r['scorer']['name']} ({r['scorer']['kind']}).")
+        lines += [f"Note: {note}." for note in r.get("notes", [])]
+        if "conditions" not in r:
+            lines.append(f"Skipped: {r['skipped']}.")
+            continue
+        ppl = any("perplexity" in v for v in r["conditions"].values())
+        lines += [
+            "",
+            "| condition | mean | 95% CI | std | n |" + (" perplexity |" if ppl else ""),
+            "|---|---|---|---|---|" + ("---|" if ppl else ""),
+        ]
+        rows = [(c, r["conditions"][c]) for c in conds]
+        rows += [
+            ("grounding gap (true − shuffled)", r["grounding_gap"]),
+            ("text-only gap (true − text_only)", r["text_only_gap"]),
+        ]
+        for label, v in rows:
+            lines.append(
+                f"| {label} | {_fmt(v['mean'])} | {_ci(v)} | {_fmt(v['std'])} | "
+                f"{v['n']} |" + (f" {_fmt(v.get('perplexity'), 2)} |" if ppl else "")
+            )
+        if r.get("by_relation"):
+            lines += ["", "| relation | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+            for rel, scores in r["by_relation"].items():
+                lines.append(f"| {rel} | " + " | ".join(_fmt(scores[c]) for c in conds) + " |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_plots(report: dict, folder: Path) -> None:
+    """One bar chart per metric (conditions, 95% CI error bars) and an overview of them all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {n: r for n, r in report["metrics"].items() if "conditions" in r}
+    if not shown:
+        return
+
+    def draw(ax, name, r):
+        conds = list(CONDITIONS)
+        means = [r["conditions"][c]["mean"] or 0.0 for c in conds]
+        low = [
+            m - (r["conditions"][c]["ci95"][0] if r["conditions"][c]["ci95"][0] is not None else m)
+            for m, c in zip(means, conds, strict=True)
+        ]
+        high = [
+            (r["conditions"][c]["ci95"][1] if r["conditions"][c]["ci95"][1] is not None else m) - m
+            for m, c in zip(means, conds, strict=True)
+        ]
+        ax.bar(
+            conds,
+            means,
+            yerr=[low, high],
+            capsize=4,
+            color=["#2b6cb0", "#a0aec0", "#dd6b20", "#38a169"],
+        )
+        gap = r["grounding_gap"]
+        ax.set_title(f"{name} (n={r['n']})\ngap {_fmt(gap['mean'])} {_ci(gap)}", fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_ylabel(UNITS.get(r.get("kind", ""), "score"), fontsize=8)
+        if r.get("kind") == "match":
+            ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelsize=8)
+
+    for name, r in shown.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        draw(ax, name, r)
+        fig.tight_layout()
+        fig.savefig(folder / f"plot_{name}.png", dpi=100)
+        plt.close(fig)
+    cols = min(3, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, shown.items(), strict=False):
+        draw(ax, name, r)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(folder / "plot_overview.png", dpi=100)
+    plt.close(fig)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def _conditions_summary(rows_by_cond: dict[str, list[dict]], params: EvalParams) -> dict:
+    out: dict[str, Any] = {"conditions": {}}
+    for cond, rows in rows_by_cond.items():
+        out["conditions"][cond] = summarize(
+            [r["score"] for r in rows], params.bootstrap, params.seed
+        )
+        if rows and "nll" in rows[0]:
+            tokens = sum(r["tokens"] for r in rows)
+            nll = sum(r["nll"] for r in rows)
+            out["conditions"][cond]["perplexity"] = float(torch.tensor(nll / max(tokens, 1)).exp())
+    true = [r["score"] for r in rows_by_cond["true"]]
+    for name, other in (("grounding_gap", "shuffled"), ("text_only_gap", "text_only")):
+        diffs = [
+            a - b
+            for a, b in zip(true, [r["score"] for r in rows_by_cond[other]], strict=True)
+            if a is not None and b is not None
+        ]
+        out[name] = summarize(diffs, params.bootstrap, params.seed)
+    return out
+
+
+def evaluate(
+    model,
+    tokenizer,
+    settings: DecoderSettings,
+    metrics: list[Metric],
+    params: EvalParams,
+    similarity=None,
+    judge=None,
+):
+    """(eval results by metric, prediction records)."""
+    dialogs = sorted({item.dialog for m in metrics for item in m.items})
+    computed = compute_reads(
+        model,
+        tokenizer,
+        [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs],
+        settings,
+        params.batch_size,
+    )
+    reads = dict(zip(dialogs, computed, strict=True))
+    results: dict[str, Any] = {}
+    predictions: list[dict[str, Any]] = []
+    for metric in metrics:
+        if len(metric.items) < 2:
+            results[metric.name] = {
+                "description": metric.description,
+                "n": len(metric.items),
+                "skipped": "fewer than 2 items: no shuffled control possible",
+            }
+            continue
+        started = time.time()
+        perm = derangement([it.group for it in metric.items], params.seed)
+        by_cond = {
+            c: run_condition(model, tokenizer, metric, c, reads, perm, settings, params)
+            for c in CONDITIONS
+        }
+        extra: dict[str, Any] = {}
+        if metric.kind == "similarity":
+            for rows in by_cond.values():
+                scores = similarity.score(
+                    [r["prediction"] for r in rows], [it.reference for it in metric.items]
+                )
+                for r, s in zip(rows, scores, strict=True):
+                    r["score"] = s
+            extra["scorer"] = {"name": similarity.name, "kind": similarity.kind}
+        summary = _conditions_summary(by_cond, params)
+        result = {
+            "description": metric.description,
+            "kind": metric.kind,
+            "n": len(metric.items),
+            **extra,
+            **summary,
+            "shuffled_same_group": sum(
+                metric.items[p].group == it.group for it, p in zip(metric.items, perm, strict=True)
+            ),
+            "seconds": round(time.time() - started, 1),
+        }
+        if metric.notes:
+            result["notes"] = metric.notes
+        if metric.name == "feature_extraction":
+            result["by_relation"] = _by_relation(metric, by_cond)
+        results[metric.name] = result
+        if metric.kind == "similarity" and judge is not None:
+            results[metric.name + "_judge"] = _judge(metric, by_cond, judge, params)
+        for cond, rows in by_cond.items():
+            for item, row in zip(metric.items, rows, strict=True):
+                predictions.append(
+                    {
+                        "metric": metric.name,
+                        "item": item.id,
+                        "condition": cond,
+                        "question": item.question,
+                        "reference": item.reference,
+                        **item.meta,
+                        **row,
+                    }
+                )
+    return results, predictions
+
+
+def _by_relation(metric: Metric, by_cond) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for cond, rows in by_cond.items():
+        for item, row in zip(metric.items, rows, strict=True):
+            out.setdefault(item.meta["relation"], {}).setdefault(cond, []).append(row["score"])
+    return {rel: {c: sum(v) / len(v) for c, v in conds.items()} for rel, conds in out.items()}
+
+
+def _judge(metric: Metric, by_cond, judge, params: EvalParams) -> dict[str, Any]:
+    per_cond = max(1, params.judge.max_items // len(CONDITIONS))
+    items = metric.items[:per_cond]
+    judged = {}
+    for cond, rows in by_cond.items():
+        scores = judge.score(
+            [it.question for it in items],
+            [it.reference for it in items],
+            [r["prediction"] for r in rows[: len(items)]],
+        )
+        judged[cond] = [{"score": s} for s in scores]
+        for row, score in zip(rows, scores, strict=False):
+            row["judge"] = score  # lands in predictions.jsonl beside the similarity score
+    return {
+        "description": f"{metric.description}, judged YES/NO by {params.judge.model}",
+        "n": len(items),
+        "scorer": {"name": params.judge.model, "kind": "llm_judge"},
+        "judge_failures": judge.failures,
+        **_conditions_summary(judged, params),
+    }
+
+
+def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
+    for name in ("model", "train", "data", "relations"):
+        if name not in inputs:
+            raise SystemExit(f"evaluate: needs --input {name}=PATH")
+    started = time.time()
+    train_manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
+    settings = DecoderSettings.from_manifest(train_manifest)
+    model, tokenizer = load_decoder(
+        inputs["model"], inputs["train"] / "adapter", train_manifest, params.dtype, params.device
+    )
+    rows = read_dialogs(inputs["data"] / "dialogs.parquet")
+    if "latentqa" in inputs:
+        latentqa_rows = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
+    else:
+        latentqa_rows = [r for r in rows if r["source"] == params.latentqa_source]
+    metrics = build_metrics(params, rows, latentqa_rows, inputs["relations"], tokenizer)
+    similarity = load_similarity(params.similarity) if latentqa_rows else None
+    judge = LLMJudge(params.judge) if params.judge.enabled and latentqa_rows else None
+    results, predictions = evaluate(model, tokenizer, settings, metrics, params, similarity, judge)
+    report = {
+        "decoder": {
+            **asdict(settings),
+            "train_key": train_manifest.get("key"),
+            "model_key": train_manifest.get("inputs", {}).get("model"),
+        },
+        "conditions": CONDITIONS,
+        "gaps": {
+            "grounding_gap": "true minus shuffled, paired per item",
+            "text_only_gap": "true minus text_only, paired per item",
+        },
+        "metrics": results,
+        "seconds": round(time.time() - started, 1),
+    }
+    (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for record in predictions:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_tables(report, workdir / "tables.md")
+    write_plots(report, workdir)
+    info["seconds"] = report["seconds"]
+    info["metrics"] = {
+        name: {
+            "n": r["n"],
+            **{
+                c: round(v["mean"], 4)
+                for c, v in r.get("conditions", {}).items()
+                if v["mean"] is not None
+            },
+            "grounding_gap": r.get("grounding_gap", {}).get("mean"),
+        }
+        for name, r in results.items()
+    }
+    log.info("evaluated %d metrics in %.0f s", len(results), report["seconds"])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    stage.main("evaluate", EvalParams, run)

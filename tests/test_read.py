@@ -1,0 +1,223 @@
+"""The reading command: decoder lookup, inputs, JSONL answers, and the base-model check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from pipeline import read, store
+from pipeline.read import BaseModelMismatch, check_base_model, load_dialogs, load_questions
+from pipeline.schema import DataError
+
+MODEL_KEY = "aaaaaaaaaaaaaaaa"
+
+
+def _train_artifact(root: Path, model_dir: Path, model_key: str) -> Path:
+    from pipeline.lora import add_lora
+    from pipeline.modeling import load_model
+
+    model, _ = load_model(model_dir)
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, seed=1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    train = root / "train"
+    peft_model.save_pretrained(train / "adapter")
+    store.write_manifest(
+        train,
+        "b" * 16,
+        "train",
+        {"read_layer": 2, "write_layer": 0, "positions": "all", "align_positions": True},
+        {"model": model_key},
+    )
+    return train
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model_dir):
+    """A prepared model folder with a manifest (as in the store) and a train artifact on it."""
+    root = tmp_path_factory.mktemp("read")
+    model = root / "prepare_model" / MODEL_KEY
+    shutil.copytree(tiny_model_dir, model)
+    store.write_manifest(model, MODEL_KEY, "prepare_model", {}, {})
+    return model, _train_artifact(root, model, MODEL_KEY)
+
+
+def test_read_cli_prompt_writes_one_answer_per_question(prepared, tmp_path):
+    model, train = prepared
+    out = tmp_path / "answers.jsonl"
+    read.main(
+        [
+            "--adapter",
+            str(train),
+            "--model",
+            str(model),
+            "--prompt",
+            "My grandmother keeps bees behind her cottage in Wales.",
+            "--question",
+            "What does the user's grandmother keep?",
+            "--question",
+            "Where is the cottage?",
+            "--max-new-tokens",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question"] for r in records] == [
+        "What does the user's grandmother keep?",
+        "Where is the cottage?",
+    ]
+    assert all(
+        r["dialog"] == 0 and isinstance(r["answer"], str) and r["n_read_tokens"] > 10
+        for r in records
+    )
+
+
+def test_read_cli_experiment_dialog_file_and_stdout(prepared, tmp_path, capsys, monkeypatch):
+    model, train = prepared
+    view = tmp_path / "results" / "exp"
+    view.mkdir(parents=True)
+    (view / "view.json").write_text(json.dumps({"train": str(train), "prepare_model": str(model)}))
+    dialogs = tmp_path / "dialogs.jsonl"
+    dialogs.write_text(
+        json.dumps([{"role": "user", "content": "Hi there"}])
+        + "\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a pirate."},
+                    {"role": "user", "content": "Hello"},
+                ],
+                "n_masked_turns": 1,
+            }
+        )
+        + "\n"
+    )
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Who is speaking?\n\nWhat is the mood?\n")
+    monkeypatch.chdir(tmp_path)
+    read.main(
+        [
+            "--experiment",
+            "exp",
+            "--dialogs",
+            str(dialogs),
+            "--questions",
+            str(questions),
+            "--max-new-tokens",
+            "3",
+            "--batch-size",
+            "3",
+        ]
+    )
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["dialog"], r["question"]) for r in records] == [
+        (0, "Who is speaking?"),
+        (0, "What is the mood?"),
+        (1, "Who is speaking?"),
+        (1, "What is the mood?"),
+    ]
+
+
+def test_masked_turns_are_not_read(prepared):
+    model, train = prepared
+    settings = read.DecoderSettings(read_layer=2)
+    decoder, tokenizer = read.load_decoder(model, train / "adapter", None, device="cpu")
+    system = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Hello"},
+    ]
+    masked, unmasked = read.compute_reads(decoder, tokenizer, [(system, 1), (system, 0)], settings)
+    assert len(masked.read_positions) < len(unmasked.read_positions)
+    assert masked.input_ids == unmasked.input_ids
+    assert masked.acts.shape == (len(masked.read_positions), 64)
+
+
+def test_mismatched_base_model_is_a_clear_error(prepared, tmp_path, tokenizer):
+    model, train = prepared
+    from transformers import AutoModelForCausalLM
+
+    # Another base model of a different size: caught from the adapter's weight shapes.
+    other = tmp_path / "prepare_model" / "cccccccccccccccc"
+    AutoModelForCausalLM.from_config(
+        tiny_config("llama", len(tokenizer), hidden_size=32, intermediate_size=64)
+    ).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(SystemExit, match="trained on"):
+        read.main(
+            ["--adapter", str(train), "--model", str(other), "--prompt", "hi", "--question", "q"]
+        )
+    # The same architecture but another prepared model: caught from the manifests' keys.
+    twin = tmp_path / "prepare_model" / "dddddddddddddddd"
+    shutil.copytree(model, twin)
+    (twin / store.MANIFEST).unlink()
+    store.write_manifest(twin, "d" * 16, "prepare_model", {}, {})
+    manifest = json.loads((train / store.MANIFEST).read_text())
+    with pytest.raises(BaseModelMismatch, match=MODEL_KEY):
+        check_base_model(train / "adapter", twin, manifest)
+    # Without the train manifest, the adapter's recorded base path still gives it away.
+    with pytest.raises(BaseModelMismatch, match="dddddddddddddddd"):
+        check_base_model(train / "adapter", twin, None)
+    check_base_model(train / "adapter", model, manifest)  # the right model passes
+
+
+def test_load_dialogs_forms_and_errors(tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([{"role": "user", "content": "a"}]))
+    assert load_dialogs(one) == [([{"role": "user", "content": "a"}], 0)]
+    many = tmp_path / "many.json"
+    many.write_text(
+        json.dumps(
+            [
+                [{"role": "user", "content": "a"}],
+                {
+                    "messages": [
+                        {"role": "system", "content": "s"},
+                        {"role": "user", "content": "b"},
+                    ],
+                    "n_masked_turns": 1,
+                },
+            ]
+        )
+    )
+    assert [k for _, k in load_dialogs(many)] == [0, 1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('[{"role": "user", "content": "a"}]\n[{"role": "robot", "content": "b"}]\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: record 1: field 'messages\[0\].role'"):
+        load_dialogs(bad)
+    masked = tmp_path / "masked.json"
+    masked.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}], "n_masked_turns": 1})
+    )
+    with pytest.raises(DataError, match="n_masked_turns"):
+        load_dialogs(masked)
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps(["A?", "B?"]))
+    assert load_questions(questions) == ["A?", "B?"]
+
+
+def test_cli_argument_errors(capsys):
+    with pytest.raises(SystemExit):
+        read.main(["--prompt", "hi", "--question", "q"])
+    assert "--experiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no view"):
+        read.main(
+            [
+                "--experiment",
+                "nope",
+                "--results",
+                "/nonexistent",
+                "--prompt",
+                "hi",
+                "--question",
+                "q",
+            ]
+        )

@@ -1,0 +1,167 @@
+"""Scorers: normalised match, lexical and semantic similarity, the LLM judge, summaries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from pipeline import scoring
+from pipeline.scoring import (
+    JudgeParams,
+    LLMJudge,
+    TokenF1Similarity,
+    normalize,
+    normalized_match,
+    summarize,
+    token_f1,
+)
+
+
+def test_normalize_strips_case_articles_punctuation_accents():
+    assert normalize("A Retired Lighthouse-Keeper!") == "retired lighthouse keeper"
+    assert normalize("The café, an idea.") == "cafe idea"
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "The assistant is a retired lighthouse keeper.",
+        "retired lighthouse keeper",
+        "I think: A RETIRED LIGHTHOUSE KEEPER, who lived on an island",
+        "The persona is the retired lighthouse-keeper",
+    ],
+)
+def test_normalized_match_positives(prediction):
+    assert normalized_match(prediction, "A retired lighthouse keeper.")
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "A lighthouse keeper.",  # part of the key phrase is missing
+        "A retired keeper of a lighthouse.",  # words out of order
+        "A retired lighthouse keeperess",  # not the same word
+        "",
+    ],
+)
+def test_normalized_match_negatives(prediction):
+    assert not normalized_match(prediction, "A retired lighthouse keeper.")
+
+
+def test_normalized_match_is_word_based():
+    assert normalized_match("The symbol is Mo.", "Mo")
+    assert not normalized_match("The symbol is Mon.", "Mo")
+    assert not normalized_match("anything", "The")  # a reference of articles only has no key
+
+
+def test_token_f1():
+    assert token_f1("a retired lighthouse keeper", "The retired lighthouse keeper.") == 1.0
+    assert token_f1("pirate", "retired lighthouse keeper") == 0.0
+    assert 0 < token_f1("old lighthouse keeper", "retired lighthouse keeper") < 1
+    assert TokenF1Similarity().kind == "lexical"
+
+
+def test_load_similarity_names_lexical_fallback(monkeypatch):
+    monkeypatch.setattr(scoring, "minilm_available", lambda: False)
+    sim = scoring.load_similarity("auto")
+    assert (sim.name, sim.kind) == ("token_f1", "lexical")
+    with pytest.raises(ValueError, match="similarity"):
+        scoring.load_similarity("bogus")
+
+
+@pytest.mark.skipif(
+    not scoring.minilm_available(),
+    reason=f"sentence-embedding model not installed ({scoring.MINILM_INSTALL})",
+)
+def test_minilm_similarity_orders_by_meaning():
+    sim = scoring.load_similarity("minilm")
+    assert sim.kind == "semantic"
+    ref = "A retired lighthouse keeper."
+    close, far, empty = sim.score(
+        ["An old man who used to look after a lighthouse.", "The weather is sunny today.", ""],
+        [ref, ref, ref],
+    )
+    # Paraphrase with almost no shared words scores above an unrelated sentence.
+    assert close > far + 0.2
+    assert token_f1("An old man who used to look after a lighthouse.", ref) < 0.4
+    assert empty == 0.0
+
+
+def test_summarize():
+    out = summarize([1.0, 0.0, 1.0, 1.0, None], n_boot=200, seed=0)
+    assert out["n"] == 4 and out["mean"] == pytest.approx(0.75)
+    assert out["ci95"][0] <= 0.75 <= out["ci95"][1]
+    assert summarize([], 10)["mean"] is None
+    assert summarize([0.5], 10)["ci95"] == [0.5, 0.5]
+
+
+class _FakeChat(BaseHTTPRequestHandler):
+    replies: list[str] = []
+    seen: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"auth": self.headers.get("Authorization"), "body": body})
+        reply = type(self).replies.pop(0)
+        if reply == "500":
+            self.send_response(500)
+            self.end_headers()
+            return
+        payload = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": reply},
+                }
+            ],
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_llm_judge_through_openai_client(monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _FakeChat.replies = ["YES", "no.", "maybe", "500", "500", "500"]
+        _FakeChat.seen = []
+        monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test-123")
+        params = JudgeParams(
+            enabled=True,
+            model="judge-model",
+            api_key_env="JUDGE_TEST_KEY",
+            base_url=f"http://127.0.0.1:{server.server_port}/v1",
+            timeout_s=5,
+        )
+        judge = LLMJudge(params)
+        judge.client = judge.client.with_options(max_retries=0)
+        scores = judge.score(["q"] * 4, ["Paris"] * 4, ["Paris", "Rome", "?", "x"])
+        assert scores == [1.0, 0.0, None, None]
+        assert judge.failures == 2
+        assert _FakeChat.seen[0]["auth"] == "Bearer sk-test-123"
+        assert _FakeChat.seen[0]["body"]["model"] == "judge-model"
+        assert "Paris" in _FakeChat.seen[0]["body"]["messages"][0]["content"]
+    finally:
+        server.shutdown()
+
+
+def test_llm_judge_needs_key_from_environment(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="NO_SUCH_JUDGE_KEY"):
+        LLMJudge(JudgeParams(enabled=True, api_key_env="NO_SUCH_JUDGE_KEY"))
