@@ -34,7 +34,7 @@ def tiny_config(model_dir: Path) -> dict:
             "tiny": {
                 "model": {"source": "local", "name": str(model_dir)},
                 "data": {"templates": {"labels_per_family": 3, "stimuli_per_label": 2,
-                                       "completion_tokens": 3, "batch_size": 8}},
+                                       "completion_tokens": 0, "batch_size": 8}},
                 "filter": {"eval_fraction": 0.3},
                 "train": {"read_layer": 1, "mode": "cached", "max_steps": 2, "warmup_steps": 1,
                           "per_device_batch_size": 4, "checkpoint_every": 1, "eval_every": 1,
