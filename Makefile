@@ -37,9 +37,9 @@ test-slurm: setup
 lint: setup
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/ruff format --check pipeline tests
-	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakefmt --check workflow
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 
 format: setup
 	$(BIN)/ruff format pipeline tests
-	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/snakefmt workflow

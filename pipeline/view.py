@@ -56,18 +56,50 @@ def current(view_dir: Path) -> dict[str, str] | None:
 def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> bool:
     """Point ``view_dir`` at the graph's artifacts; returns whether it changed.
 
-    With ``only_if_complete`` nothing happens unless every artifact is published.
+    With ``only_if_complete`` a view whose artifacts are not all published yet is left as it is,
+    but marked out of date.
     """
     view_dir = Path(view_dir)
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
+    if current(view_dir) == artifacts:
+        if _mtime(view_dir) <= OUTDATED:  # current again: a setting was reverted
+            _set_mtime(view_dir, None)
+        return False
     if only_if_complete and not all(
         (Path(path) / store.MANIFEST).exists() for path in artifacts.values()
     ):
-        return False
-    if current(view_dir) == artifacts:
+        mark_outdated(view_dir)
         return False
     _write_view(view_dir, artifacts)
     return True
+
+
+OUTDATED = 1.0
+"""The mtime of a stale view: the epoch plus one second (Snakemake reads an mtime of 0 as none)."""
+
+
+def mark_outdated(view_dir: Path) -> None:
+    """Date a stale view to the epoch, so that a scheduler going by mtimes rebuilds it.
+
+    Snakemake, with only the mtime trigger, reruns a job whose output exists only when an input
+    is newer; the artifacts a stale view should point to may not exist yet, so the view itself
+    must look old. A view that is current again (a reverted setting) gets today's date back.
+    """
+    _set_mtime(view_dir, OUTDATED)
+
+
+def _mtime(view_dir: Path) -> float:
+    stamp = view_dir / ".snakemake_timestamp"
+    path = stamp if stamp.exists() else view_dir
+    return path.stat().st_mtime if path.exists() else float("inf")
+
+
+def _set_mtime(view_dir: Path, when: float | None) -> None:
+    """Set the view's mtime to ``when`` (None: now)."""
+    # Snakemake dates a directory output by its .snakemake_timestamp file, if it has one.
+    for path in (view_dir / ".snakemake_timestamp", view_dir):
+        if path.exists():
+            os.utime(path, None if when is None else (when, when), follow_symlinks=False)
 
 
 def main(argv: list[str] | None = None) -> None:

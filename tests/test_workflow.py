@@ -21,7 +21,7 @@ import yaml
 
 from conftest import REPO
 
-COPIED = ("Snakefile", "workflow", "pipeline", "data", "config")
+COPIED = ("workflow", "pipeline", "data", "config")
 DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
 
 

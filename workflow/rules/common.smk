@@ -4,8 +4,10 @@
 import json
 import shlex
 import sys
+from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+REPO = str(Path(workflow.basedir).parent)
+sys.path.insert(0, REPO)
 
 from pipeline.graph import Node, deep_merge, experiment_graph
 from pipeline.view import refresh_view
@@ -22,7 +24,7 @@ def _build_graphs():
     graphs, errors = {}, {}
     for name, values in EXPERIMENTS.items():
         try:
-            graphs[name] = experiment_graph(name, values, root=workflow.basedir)
+            graphs[name] = experiment_graph(name, values, root=REPO)
         except FileNotFoundError as exc:
             # An experiment whose model is not on this machine must not break the others.
             errors[name] = str(exc)
