@@ -75,7 +75,7 @@ def build_params(cls: type[T], values: Mapping[str, Any] | None, where: str = "p
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # missing fields, or a dataclass's own checks
         raise ParamsError(f"{where}: {exc}") from exc
 
 

@@ -61,6 +61,10 @@ class TemplateParams:
     device: str = "cpu"
     """Device for generation (cpu, cuda, cuda:1, ...)."""
 
+    def __post_init__(self):
+        # Checked when the workflow parses the config, not minutes into a run.
+        _check(self)
+
 
 @dataclass(frozen=True)
 class Template:
@@ -311,7 +315,6 @@ def _check(params: TemplateParams) -> None:
 def run(
     params: TemplateParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]
 ) -> None:
-    _check(params)
     directory = inputs.get("templates") or resolve_dir(params.templates_dir)
     templates = cap_labels(
         load_templates(directory, params.families), params.labels_per_family, params.seed
