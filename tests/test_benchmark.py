@@ -1,0 +1,126 @@
+"""The benchmark on a tiny model: its output structure, and ratios that come from its figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import benchmark
+from pipeline.benchmark import BenchSpec
+
+
+def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = [
+        "--model", str(tiny_model_dir), "--repeats", "1", "--steps", "2", "--warmup", "0",
+        "--examples", "8", "--batch-size", "4", "--read-layer", "1", "--json", str(out),
+    ]  # fmt: skip
+    assert benchmark.main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+
+    assert set(result["runs"]) == {"a", "b", "c"}
+    assert result["read_layer"] == 1 and result["n_layers"] == 4
+    assert result["cache_bytes"] > 0
+    for design, runs in result["runs"].items():
+        assert len(runs) == 1 and runs[0]["design"] == design
+        assert runs[0]["tokens"] > 0 and runs[0]["tokens_per_s"] > 0
+        assert runs[0]["peak_memory_bytes"] > runs[0]["peak_memory_net_bytes"] > 0
+        assert runs[0]["model_flops_per_s"] > 0 and runs[0]["mfu"] is None  # no CUDA here
+    for caching in result["caching_runs"]:
+        assert caching["early_stop"]["tokens"] == caching["full_forward"]["tokens"] > 0
+
+    runs, summary = result["runs"], result["summary"]
+    tps = {d: runs[d][0]["tokens_per_s"] for d in runs}
+    peak = {d: runs[d][0]["peak_memory_bytes"] for d in runs}
+    early = result["caching_runs"][0]["early_stop"]["tokens_per_s"]
+    full = result["caching_runs"][0]["full_forward"]["tokens_per_s"]
+    expected = {
+        "tokens_per_s_c_over_a": tps["c"] / tps["a"],
+        "peak_memory_b_over_a": peak["b"] / peak["a"],
+        "peak_memory_c_over_a": peak["c"] / peak["a"],
+        "caching_early_over_full": early / full,
+    }
+    for name, value in expected.items():
+        assert math.isclose(summary["ratios"][name], value, rel_tol=1e-9)
+        target = summary["targets"][name]
+        op, threshold = target["target"].split()
+        assert target["met"] == (
+            value >= float(threshold) if op == ">=" else value <= float(threshold)
+        )
+        assert f"| {name} | {value:.2f} |" in printed
+    # The reference holds two copies of the weights; a shared copy cannot need more.
+    weights = {d: runs[d][0]["weights_bytes"] for d in runs}
+    assert weights["a"] > 1.5 * weights["b"] and weights["b"] == weights["c"]
+    assert peak["a"] > peak["b"]
+    assert "(c) 1 copy, cached activations" in printed
+
+
+def test_summarize_takes_medians_per_design():
+    def run(tps, peak):
+        return {"tokens_per_s": tps, "peak_memory_bytes": peak, "peak_memory_net_bytes": peak}
+
+    runs = {
+        "a": [run(10, 100), run(30, 300), run(20, 200)],
+        "b": [run(11, 50), run(12, 60), run(13, 70)],
+        "c": [run(50, 40), run(40, 50), run(45, 90)],
+    }
+    caching = [
+        {"early_stop": {"tokens_per_s": e}, "full_forward": {"tokens_per_s": f}}
+        for e, f in ((30, 10), (40, 20), (50, 30))
+    ]
+    summary = benchmark.summarize(runs, caching)
+    assert summary["designs"]["a"]["tokens_per_s"] == 20
+    assert summary["ratios"]["tokens_per_s_c_over_a"] == pytest.approx(45 / 20)
+    assert summary["ratios"]["peak_memory_b_over_a"] == pytest.approx(60 / 200)
+    assert summary["ratios"]["peak_memory_c_over_a"] == pytest.approx(50 / 200)
+    # medians of each variant, not a median of per-repeat ratios
+    assert summary["ratios"]["caching_early_over_full"] == pytest.approx(40 / 20)
+    assert all(t["met"] for t in summary["targets"].values())
+    slow = {**runs, "c": [run(21, 150)] * 3}
+    assert benchmark.summarize(slow, caching)["targets"]["tokens_per_s_c_over_a"]["met"] is False
+
+
+def test_scaling_grows_with_examples_and_layers(tiny_model_dir, tmp_path):
+    spec = BenchSpec(model=str(tiny_model_dir), examples=16, batch_size=4, read_layer=3)
+    rows = benchmark.run_scaling(spec, tmp_path, sizes=[4, 16], layer_counts=(1, 3))
+    by = {(r["examples"], r["read_layers"]): r for r in rows}
+    assert set(by) == {(4, 1), (16, 1), (16, 3)}
+    assert by[(16, 1)]["read_tokens"] > by[(4, 1)]["read_tokens"]
+    assert by[(16, 1)]["cache_bytes"] > by[(4, 1)]["cache_bytes"]
+    # bf16 rows: each extra layer adds 2 bytes x read tokens x d (plus a few header bytes)
+    extra = by[(16, 3)]["cache_bytes"] - by[(16, 1)]["cache_bytes"]
+    assert 0 <= extra - 2 * 2 * by[(16, 1)]["read_tokens"] * 64 < 512
+    assert all(r["train_epoch_seconds"] > 0 and r["cache_seconds"] > 0 for r in rows)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_template_dialogs_mask_the_control(tokenizer):
+    dialogs = benchmark.template_dialogs("data/templates", 10, seed=1)
+    assert len({d["id"] for d in dialogs}) == 10
+    assert all(d["n_masked_turns"] == 1 and d["messages"][0]["role"] == "system" for d in dialogs)
+    work = benchmark.build_workload(tokenizer, dialogs, batch_size=4, seed=1)
+    assert sorted(i for b in work.batches for i in b) == list(range(10))
+    for dialog, read in zip(dialogs, work.reads, strict=True):
+        text = tokenizer.decode([read.input_ids[p] for p in read.read_positions])
+        assert dialog["messages"][1]["content"] in text
+        assert dialog["messages"][0]["content"] not in text
+
+
+def test_importable_without_polars_or_snakemake():
+    code = (
+        "import sys; sys.modules['polars'] = None; sys.modules['snakemake'] = None; "
+        "import pipeline.benchmark"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_median_ignores_missing_figures():
+    assert benchmark._median(
+        [{"mfu": None}, {"mfu": 0.5}, {"mfu": 0.3}], "mfu"
+    ) == statistics.median([0.5, 0.3])
