@@ -21,8 +21,10 @@ import yaml
 from pipeline import graph, stages
 
 RESOURCE_FIELDS = {
-    "threads": {"description": "CPU threads, or 'all' for the cores Snakemake was given",
-                "type": ["integer", "string"]},
+    "threads": {
+        "description": "CPU threads, or 'all' for the cores Snakemake was given",
+        "type": ["integer", "string"],
+    },
     "mem_mb": {"description": "memory in MB", "type": "integer"},
     "runtime": {"description": "wall time in minutes", "type": "integer"},
     "gpu": {"description": "GPUs per job (SLURM)", "type": "integer"},
@@ -36,10 +38,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for current, following in zip(body, body[1:], strict=False):
-        if (isinstance(current, ast.AnnAssign) and isinstance(current.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
+        if (
+            isinstance(current, ast.AnnAssign)
+            and isinstance(current.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[current.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -85,8 +90,7 @@ def experiment_schema() -> dict[str, Any]:
         "cache": dataclass_schema(stages.params_class("activation_cache")),
         "train": dataclass_schema(stages.params_class("train")),
         "evaluate": dataclass_schema(stages.params_class("evaluate")),
-        "control": {"anyOf": [dataclass_schema(stages.params_class("control")),
-                              {"type": "null"}]},
+        "control": {"anyOf": [dataclass_schema(stages.params_class("control")), {"type": "null"}]},
         "report": dataclass_schema(stages.params_class("report")),
     }
     data = {}
@@ -95,11 +99,16 @@ def experiment_schema() -> dict[str, Any]:
         if stage_name == "import_latentqa":
             extra["path"] = {"type": "string", "description": "folder of the source files"}
         data[source] = dataclass_schema(stages.params_class(stage_name), extra)
-    sections["data"] = {"type": "object", "additionalProperties": False, "properties": data,
-                        "description": "data sources, each run by its own stage"}
+    sections["data"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": data,
+        "description": "data sources, each run by its own stage",
+    }
     resource = {"type": "object", "additionalProperties": False, "properties": RESOURCE_FIELDS}
     sections["resources"] = {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "properties": {name: resource for name in stages.STAGES},
         "description": "per-stage scheduling resources (not part of any key)",
     }
@@ -117,12 +126,19 @@ def config_schema() -> dict[str, Any]:
         "properties": {
             "store": {"type": "string", "description": "the content-addressed store"},
             "logs": {"type": "string", "description": "where rule logs go"},
-            "default_experiments": {"type": "array", "items": {"type": "string"},
-                                    "description": "what a bare `snakemake` builds"},
-            "defaults": {"$ref": "#/$defs/experiment",
-                         "description": "settings every experiment starts from"},
-            "experiments": {"type": "object",
-                            "additionalProperties": {"$ref": "#/$defs/experiment"}},
+            "default_experiments": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "what a bare `snakemake` builds",
+            },
+            "defaults": {
+                "$ref": "#/$defs/experiment",
+                "description": "settings every experiment starts from",
+            },
+            "experiments": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/$defs/experiment"},
+            },
         },
         "$defs": {"experiment": experiment_schema()},
     }

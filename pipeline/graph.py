@@ -62,7 +62,9 @@ def _dir_digest(path: Path, pattern: str = "*") -> str:
     return store.source_digest([p.resolve() for p in files], root="/")
 
 
-def experiment_graph(name: str, config: Mapping[str, Any], root: str | Path = ".") -> dict[str, Node]:
+def experiment_graph(
+    name: str, config: Mapping[str, Any], root: str | Path = "."
+) -> dict[str, Node]:
     """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``)."""
     from pipeline.prepare_model import fingerprint
 
@@ -90,8 +92,11 @@ def experiment_graph(name: str, config: Mapping[str, Any], root: str | Path = ".
         node.params = full_params(stage_name, values, f"{where}.data.{source}")
         nodes[f"data:{source}"] = data_nodes[f"data_{source}"] = node
 
-    filtered = Node("filter", full_params("filter", config.get("filter"), f"{where}.filter"),
-                    {**data_nodes, "model": model})
+    filtered = Node(
+        "filter",
+        full_params("filter", config.get("filter"), f"{where}.filter"),
+        {**data_nodes, "model": model},
+    )
     nodes["filter"] = filtered
 
     train_params = full_params("train", config.get("train"), f"{where}.train")
@@ -100,15 +105,20 @@ def experiment_graph(name: str, config: Mapping[str, Any], root: str | Path = ".
         cache_values = dict(config.get("cache") or {})
         cache_values.setdefault("layers", [train_params["read_layer"]])
         cache_values["positions"] = train_params["positions"]
-        cache = Node("activation_cache",
-                     full_params("activation_cache", cache_values, f"{where}.cache"),
-                     {"model": model, "data": filtered})
+        cache = Node(
+            "activation_cache",
+            full_params("activation_cache", cache_values, f"{where}.cache"),
+            {"model": model, "data": filtered},
+        )
         nodes["activation_cache"] = cache
         train.inputs["cache"] = cache
     nodes["train"] = train
 
-    evaluate = Node("evaluate", full_params("evaluate", config.get("evaluate"), f"{where}.evaluate"),
-                    {"model": model, "train": train, "data": filtered})
+    evaluate = Node(
+        "evaluate",
+        full_params("evaluate", config.get("evaluate"), f"{where}.evaluate"),
+        {"model": model, "train": train, "data": filtered},
+    )
     evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
     if "latentqa" in sources:
         evaluate.inputs["latentqa"] = data_nodes["data_latentqa"]
@@ -116,14 +126,21 @@ def experiment_graph(name: str, config: Mapping[str, Any], root: str | Path = ".
 
     report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}
     if config.get("control") is not None:
-        control = Node("control", full_params("control", config["control"], f"{where}.control"),
-                       {"model": model, "train": train,
-                        "prompts": str(root / "data" / "steering" / "prompts.yaml"),
-                        "qa": str(root / "data" / "steering" / "qa.yaml")})
+        control = Node(
+            "control",
+            full_params("control", config["control"], f"{where}.control"),
+            {
+                "model": model,
+                "train": train,
+                "prompts": str(root / "data" / "steering" / "prompts.yaml"),
+                "qa": str(root / "data" / "steering" / "qa.yaml"),
+            },
+        )
         nodes["control"] = control
         report_inputs["control"] = control
-    nodes["report"] = Node("report", full_params("report", config.get("report"),
-                                                 f"{where}.report"), report_inputs)
+    nodes["report"] = Node(
+        "report", full_params("report", config.get("report"), f"{where}.report"), report_inputs
+    )
     for node in nodes.values():
         _assign_key(node)
     return nodes

@@ -43,8 +43,10 @@ def packaged_gguf(module: str, file: str | None = None) -> Path:
     folder = Path(next(iter(spec.submodule_search_locations)))
     candidates = sorted(folder.glob(file or "*.gguf"))
     if len(candidates) != 1:
-        raise FileNotFoundError(f"expected one GGUF file matching {file or '*.gguf'} in {folder}, "
-                                f"found {[c.name for c in candidates]}")
+        raise FileNotFoundError(
+            f"expected one GGUF file matching {file or '*.gguf'} in {folder}, "
+            f"found {[c.name for c in candidates]}"
+        )
     return candidates[0]
 
 
@@ -124,8 +126,12 @@ def run(spec: ModelSpec, inputs: dict[str, Path], workdir: Path, info: dict[str,
         hidden_size=model.config.hidden_size,
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    log.info("prepared %s (%s layers, d=%s)", info["architecture"], info["num_layers"],
-             info["hidden_size"])
+    log.info(
+        "prepared %s (%s layers, d=%s)",
+        info["architecture"],
+        info["num_layers"],
+        info["hidden_size"],
+    )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,11 @@ def _summary_lines(inputs: dict[str, Path], metrics: list[dict[str, Any]]) -> li
         lines.append(f"| {name} | {value} |")
     held = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
     if held:
-        lines += ["", f"Held-out answer loss: {held[0]:.3f} at the start, {held[-1]:.3f} "
-                      f"at the end ({len(held)} evaluations)."]
+        lines += [
+            "",
+            f"Held-out answer loss: {held[0]:.3f} at the start, {held[-1]:.3f} "
+            f"at the end ({len(held)} evaluations).",
+        ]
     for name, title in (("evaluate", "Evaluation"), ("control", "Control")):
         for table in ("tables.md", "control.md"):
             if name in inputs and (inputs[name] / table).exists():

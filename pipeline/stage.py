@@ -57,8 +57,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation in _SIMPLE:
         wrong_bool = isinstance(value, bool) and annotation is not bool
         if wrong_bool or not isinstance(value, _SIMPLE[annotation]):
-            raise ParamsError(f"{where}: expected {annotation.__name__}, "
-                              f"got {type(value).__name__} {value!r}")
+            raise ParamsError(
+                f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+            )
         return float(value) if annotation is float else value
     return value
 
@@ -70,8 +71,9 @@ def build_params(cls: type[T], values: Mapping[str, Any] | None, where: str = "p
     names = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ParamsError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; "
-                          f"known: {sorted(names)}")
+        raise ParamsError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
@@ -115,8 +117,9 @@ def main(
     parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
     raw = json.loads(args.params)
     params = build_params(params_cls, raw, where=f"{stage} params")
     inputs = _parse_inputs(args.input)

@@ -50,9 +50,7 @@ def source_digest(paths: Iterable[str | os.PathLike], root: str | os.PathLike = 
     return hashlib.sha256(canonical_json(sorted(entries)).encode()).hexdigest()
 
 
-def compute_key(
-    stage: str, params: Mapping[str, Any], code: str, inputs: Mapping[str, str]
-) -> str:
+def compute_key(stage: str, params: Mapping[str, Any], code: str, inputs: Mapping[str, str]) -> str:
     """The store key of a stage: a digest of everything that determines its output.
 
     ``inputs`` maps input names to the keys of upstream artifacts (or file digests).
@@ -171,8 +169,9 @@ def read_manifest(directory: str | os.PathLike, verify: str = "fast") -> dict[st
         if not file.is_file():
             raise StoreError(f"{directory}: {rel} is listed in the manifest but missing")
         if file.stat().st_size != entry["size"]:
-            raise StoreError(f"{directory}: {rel} has size {file.stat().st_size}, "
-                             f"manifest says {entry['size']}")
+            raise StoreError(
+                f"{directory}: {rel} has size {file.stat().st_size}, manifest says {entry['size']}"
+            )
         if verify == "full" and file_sha256(file) != entry["sha256"]:
             raise StoreError(f"{directory}: {rel} does not match its sha256 in the manifest")
     return manifest

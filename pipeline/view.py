@@ -103,7 +103,9 @@ def _set_mtime(view_dir: Path, when: float | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write results/<experiment>/ as links into the store")
+    parser = argparse.ArgumentParser(
+        description="Write results/<experiment>/ as links into the store"
+    )
     parser.add_argument("--view", required=True, type=Path)
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)

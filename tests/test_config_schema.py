@@ -7,8 +7,8 @@ import sys
 import jsonschema
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pipeline import config_schema
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -64,7 +64,10 @@ def test_snakemake_stops_at_start_on_an_unknown_key(tmp_path, config):
     path.write_text(yaml.safe_dump(bad))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "--cores", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "lerning_rate" in result.stdout + result.stderr

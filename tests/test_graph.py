@@ -3,8 +3,8 @@
 import copy
 
 import pytest
-
 from conftest import REPO, SHARED_EVAL
+
 from pipeline import stage
 from pipeline.graph import deep_merge, experiment_graph
 
@@ -40,14 +40,18 @@ def test_keys_are_deterministic_and_defaults_do_not_matter(experiment):
     [
         ("evaluate", "max_new_tokens", 7, {"evaluate", "report"}),
         ("train", "lr", 5e-4, {"train", "evaluate", "control", "report"}),
-        ("cache", "batch_size", 3, {"activation_cache", "train", "evaluate", "control",
-                                    "report"}),
-        ("filter", "max_tokens", 100, {"filter", "activation_cache", "train", "evaluate",
-                                       "control", "report"}),
+        ("cache", "batch_size", 3, {"activation_cache", "train", "evaluate", "control", "report"}),
+        (
+            "filter",
+            "max_tokens",
+            100,
+            {"filter", "activation_cache", "train", "evaluate", "control", "report"},
+        ),
     ],
 )
-def test_a_setting_changes_its_stage_and_descendants_only(experiment, section, setting, value,
-                                                          expected):
+def test_a_setting_changes_its_stage_and_descendants_only(
+    experiment, section, setting, value, expected
+):
     before = keys(experiment)
     after = keys(deep_merge(experiment, {section: {setting: value}}))
     assert changed(before, after) == expected
@@ -59,8 +63,9 @@ def test_train_read_layer_flows_into_the_cache(experiment):
 
 
 def test_on_the_fly_training_has_no_cache(experiment):
-    graph = experiment_graph("tiny", deep_merge(experiment, {"train": {"mode": "on_the_fly"}}),
-                             REPO)
+    graph = experiment_graph(
+        "tiny", deep_merge(experiment, {"train": {"mode": "on_the_fly"}}), REPO
+    )
     assert "activation_cache" not in graph and "cache" not in graph["train"].inputs
 
 

@@ -1,9 +1,7 @@
 """environment.yml and pyproject.toml must list the same dependencies."""
 
 import tomllib
-
 import yaml
-
 from conftest import REPO
 
 

@@ -1,8 +1,8 @@
 """Keys, manifests and atomic publication of the content-addressed store."""
 
 import json
-import sys
 import subprocess
+import sys
 
 import pytest
 
@@ -26,8 +26,12 @@ def test_key_is_stable_and_order_independent():
     ],
 )
 def test_key_changes_with_each_ingredient(change):
-    base = {"stage": "train", "params": {"lr": 1e-3, "steps": 10}, "code": "code",
-            "inputs": {"data": "k1", "model": "k2"}}
+    base = {
+        "stage": "train",
+        "params": {"lr": 1e-3, "steps": 10},
+        "code": "code",
+        "inputs": {"data": "k1", "model": "k2"},
+    }
     assert store.compute_key(**base) != store.compute_key(**{**base, **change})
 
 
@@ -95,9 +99,19 @@ def test_read_manifest_detects_tampering(tmp_path):
 def test_stage_cli_rejects_unknown_params(tmp_path):
     out = tmp_path / "store" / "prepare_model" / "0123456789abcdef"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.prepare_model", "--out", str(out),
-         "--key", "0123456789abcdef", "--params", json.dumps({"sorce": "local"})],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.prepare_model",
+            "--out",
+            str(out),
+            "--key",
+            "0123456789abcdef",
+            "--params",
+            json.dumps({"sorce": "local"}),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "unknown field(s) ['sorce']" in result.stderr

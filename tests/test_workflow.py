@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 COPIED = ("workflow", "pipeline", "data", "config")
@@ -33,16 +32,39 @@ def tiny_config(model_dir: Path) -> dict:
         "experiments": {
             "tiny": {
                 "model": {"source": "local", "name": str(model_dir)},
-                "data": {"templates": {"labels_per_family": 3, "stimuli_per_label": 2,
-                                       "completion_tokens": 0, "batch_size": 8}},
+                "data": {
+                    "templates": {
+                        "labels_per_family": 3,
+                        "stimuli_per_label": 2,
+                        "completion_tokens": 0,
+                        "batch_size": 8,
+                    }
+                },
                 "filter": {"eval_fraction": 0.3},
-                "train": {"read_layer": 1, "mode": "cached", "max_steps": 2, "warmup_steps": 1,
-                          "per_device_batch_size": 4, "checkpoint_every": 1, "eval_every": 1,
-                          "eval_examples": 4},
-                "evaluate": {"max_loglik_items": 4, "max_recovery_items": 2,
-                             "max_relation_items": 4, "max_new_tokens": 4, "bootstrap": 10},
-                "control": {"steps": 1, "n_prompts": 2, "n_eval_prompts": 2,
-                            "max_new_tokens": 4, "batch_size": 2},
+                "train": {
+                    "read_layer": 1,
+                    "mode": "cached",
+                    "max_steps": 2,
+                    "warmup_steps": 1,
+                    "per_device_batch_size": 4,
+                    "checkpoint_every": 1,
+                    "eval_every": 1,
+                    "eval_examples": 4,
+                },
+                "evaluate": {
+                    "max_loglik_items": 4,
+                    "max_recovery_items": 2,
+                    "max_relation_items": 4,
+                    "max_new_tokens": 4,
+                    "bootstrap": 10,
+                },
+                "control": {
+                    "steps": 1,
+                    "n_prompts": 2,
+                    "n_eval_prompts": 2,
+                    "max_new_tokens": 4,
+                    "batch_size": 2,
+                },
                 "report": {},
                 "resources": {"train": {"nproc": 1, "threads": 1}},
             }
@@ -56,14 +78,16 @@ class Workspace:
         for name in COPIED:
             source = REPO / name
             if source.is_dir():
-                shutil.copytree(source, root / name,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(source, root / name)
         self.config = tiny_config(model_dir)
         self.write_config()
-        self.env = {**os.environ, "PYTHONPATH": str(root),
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
 
     def write_config(self) -> None:
         (self.root / "config" / "config.yaml").write_text(yaml.safe_dump(self.config))
@@ -75,7 +99,11 @@ class Workspace:
     def snakemake(self, *args: str, timeout: int = 900) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "snakemake", "--cores", "2", *args, "results/tiny"],
-            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-6000:]
@@ -85,9 +113,10 @@ class Workspace:
         output = self.snakemake("-n")
         if "Nothing to be done" in output:
             return {}
-        table = output[output.index("Job stats:"):]
-        return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-                if m[1] != "total"}
+        table = output[output.index("Job stats:") :]
+        return {
+            m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+        }
 
     def view(self) -> dict:
         return json.loads((self.root / "results" / "tiny" / "view.json").read_text())
@@ -102,8 +131,16 @@ def built(tmp_path_factory, tiny_model_dir):
 
 def test_build_publishes_every_stage_and_the_view(built):
     view = built.view()
-    assert set(view) >= {"prepare_model", "data_templates", "filter", "activation_cache",
-                         "train", "evaluate", "control", "report"}
+    assert set(view) >= {
+        "prepare_model",
+        "data_templates",
+        "filter",
+        "activation_cache",
+        "train",
+        "evaluate",
+        "control",
+        "report",
+    }
     for path in view.values():
         assert (built.root / path / "_manifest.json").exists()
     assert (built.root / "results" / "tiny" / "adapter" / "adapter_config.json").exists()
