@@ -70,7 +70,7 @@ def test_patch_replaces_only_given_positions(tiny_model, tokenizer):
     before = read_activations(tiny_model, input_ids, mask, [1, 3])
     positions = torch.tensor([[2, 4, 5], [1, -1, -1]])
     values = torch.randn(2, 3, before[1].shape[-1])
-    with patch_layer(tiny_model, 1, positions, values):
+    with patch_layer(tiny_model, 1, positions, values, norm_match=False):
         after = read_activations(tiny_model, input_ids, mask, [1, 3])
     expected = before[1].clone()
     expected[0, [2, 4, 5]] = values[0]
@@ -83,6 +83,23 @@ def test_patch_replaces_only_given_positions(tiny_model, tokenizer):
     # removed on exit
     again = read_activations(tiny_model, input_ids, mask, [1])
     torch.testing.assert_close(again[1], before[1])
+
+
+@torch.no_grad()
+def test_norm_matched_patch_keeps_the_decoders_norm_and_the_targets_direction(
+    tiny_model, tokenizer
+):
+    input_ids, mask = batch_of(tokenizer, TEXTS)
+    before = read_activations(tiny_model, input_ids, mask, [1])[1]
+    positions = torch.tensor([[2, 4], [1, -1]])
+    values = 100 * torch.randn(2, 2, before.shape[-1])
+    with patch_layer(tiny_model, 1, positions, values):
+        after = read_activations(tiny_model, input_ids, mask, [1])[1]
+    for row, col, k in ((0, 2, 0), (0, 4, 1), (1, 1, 0)):
+        written = after[row, col]
+        torch.testing.assert_close(written.norm(), before[row, col].norm())
+        cosine = torch.nn.functional.cosine_similarity(written, values[row, k], dim=0)
+        assert cosine > 0.9999
 
 
 @torch.no_grad()
@@ -147,7 +164,7 @@ def test_tuple_outputs():
     acts = read_activations(model, ids, torch.ones_like(ids), [1])
     torch.testing.assert_close(acts[1], full[2])
     values = torch.randn(1, 1, 8)
-    with patch_layer(model, 1, torch.tensor([[2]]), values):
+    with patch_layer(model, 1, torch.tensor([[2]]), values, norm_match=False):
         patched = model(ids)
     torch.testing.assert_close(patched[2][0, 2], values[0, 0])
     torch.testing.assert_close(patched[2][0, :2], full[2][0, :2])
