@@ -3,16 +3,18 @@ rule templates:
         unpack(stage_inputs("templates")),
     output:
         directory(f"{STORE}/templates/{{key}}"),
-    params:
-        json=stage_params("templates"),
-        inputs=input_args,
     log:
         f"{LOGS}/templates/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: stage_threads("templates")
     resources:
         mem_mb=stage_resource("templates", "mem_mb", 8000),
         runtime=stage_resource("templates", "runtime", 60),
         gpu=stage_resource("templates", "gpu", 0),
+    params:
+        json=stage_params("templates"),
+        inputs=input_args,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.templates --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
@@ -23,15 +25,17 @@ rule import_latentqa:
         unpack(stage_inputs("import_latentqa")),
     output:
         directory(f"{STORE}/import_latentqa/{{key}}"),
-    params:
-        json=stage_params("import_latentqa"),
-        inputs=input_args,
     log:
         f"{LOGS}/import_latentqa/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=stage_resource("import_latentqa", "mem_mb", 2000),
         runtime=stage_resource("import_latentqa", "runtime", 10),
+    params:
+        json=stage_params("import_latentqa"),
+        inputs=input_args,
     shell:
         "python -m pipeline.import_latentqa --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
@@ -42,15 +46,17 @@ rule filter:
         unpack(stage_inputs("filter")),
     output:
         directory(f"{STORE}/filter/{{key}}"),
-    params:
-        json=stage_params("filter"),
-        inputs=input_args,
     log:
         f"{LOGS}/filter/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=stage_resource("filter", "mem_mb", 4000),
         runtime=stage_resource("filter", "runtime", 10),
+    params:
+        json=stage_params("filter"),
+        inputs=input_args,
     shell:
         "python -m pipeline.filter --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
@@ -63,15 +69,17 @@ rule curate:
         unpack(stage_inputs("curate")),
     output:
         directory(f"{STORE}/curate/{{key}}"),
-    params:
-        json=stage_params("curate"),
-        inputs=input_args,
     log:
         f"{LOGS}/curate/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=stage_resource("curate", "mem_mb", 2000),
         runtime=stage_resource("curate", "runtime", 240),
+    params:
+        json=stage_params("curate"),
+        inputs=input_args,
     shell:
         "python -m pipeline.curate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

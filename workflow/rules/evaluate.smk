@@ -3,16 +3,18 @@ rule evaluate:
         unpack(stage_inputs("evaluate")),
     output:
         directory(f"{STORE}/evaluate/{{key}}"),
-    params:
-        json=stage_params("evaluate"),
-        inputs=input_args,
     log:
         f"{LOGS}/evaluate/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: stage_threads("evaluate")
     resources:
         mem_mb=stage_resource("evaluate", "mem_mb", 16000),
         runtime=stage_resource("evaluate", "runtime", 120),
         gpu=stage_resource("evaluate", "gpu", 0),
+    params:
+        json=stage_params("evaluate"),
+        inputs=input_args,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
@@ -23,16 +25,18 @@ rule control:
         unpack(stage_inputs("control")),
     output:
         directory(f"{STORE}/control/{{key}}"),
-    params:
-        json=stage_params("control"),
-        inputs=input_args,
     log:
         f"{LOGS}/control/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: stage_threads("control")
     resources:
         mem_mb=stage_resource("control", "mem_mb", 16000),
         runtime=stage_resource("control", "runtime", 120),
         gpu=stage_resource("control", "gpu", 0),
+    params:
+        json=stage_params("control"),
+        inputs=input_args,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.control --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

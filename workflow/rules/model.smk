@@ -3,15 +3,17 @@ rule prepare_model:
         unpack(stage_inputs("prepare_model")),
     output:
         directory(f"{STORE}/prepare_model/{{key}}"),
-    params:
-        json=stage_params("prepare_model"),
-        inputs=input_args,
     log:
         f"{LOGS}/prepare_model/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: stage_threads("prepare_model")
     resources:
         mem_mb=stage_resource("prepare_model", "mem_mb", 8000),
         runtime=stage_resource("prepare_model", "runtime", 60),
+    params:
+        json=stage_params("prepare_model"),
+        inputs=input_args,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipeline.prepare_model --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

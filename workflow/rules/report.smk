@@ -8,15 +8,17 @@ rule report:
             caption="../report/report.rst",
             category="Decoder",
         ),
-    params:
-        json=stage_params("report"),
-        inputs=input_args,
     log:
         f"{LOGS}/report/{{key}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        json=stage_params("report"),
+        inputs=input_args,
     shell:
         "python -m pipeline.report --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
@@ -27,13 +29,15 @@ rule experiment:
         unpack(experiment_nodes),
     output:
         directory("results/{experiment}"),
-    params:
-        inputs=input_args,
     log:
         f"{LOGS}/experiment/{{experiment}}.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        inputs=input_args,
     shell:
         "python -m pipeline.view --view {output} {params.inputs} > {log} 2>&1"
