@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-COPIED = ("workflow", "pipeline", "data", "config")
+COPIED = ("workflow", "pipeline", "data", "config", "environment.yml")
 DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
 
 
