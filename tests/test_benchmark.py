@@ -30,7 +30,10 @@ def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsy
     for design, runs in result["runs"].items():
         assert len(runs) == 1 and runs[0]["design"] == design
         assert runs[0]["tokens"] > 0 and runs[0]["tokens_per_s"] > 0
-        assert runs[0]["peak_memory_bytes"] > runs[0]["peak_memory_net_bytes"] > 0
+        # On CPU the net figure is the high-water mark above the one after imports; a tiny model
+        # may never raise it, so it can be 0 there (never negative, never above the peak).
+        assert runs[0]["peak_memory_bytes"] > 0
+        assert 0 <= runs[0]["peak_memory_net_bytes"] < runs[0]["peak_memory_bytes"]
         assert runs[0]["model_flops_per_s"] > 0 and runs[0]["mfu"] is None  # no CUDA here
     for caching in result["caching_runs"]:
         assert caching["early_stop"]["tokens"] == caching["full_forward"]["tokens"] > 0
