@@ -40,7 +40,7 @@ import torch
 
 from pipeline.decoder import answer_loss, collate
 from pipeline.dialogs import build_decoder_example, tokenize_read_dialog
-from pipeline.lora import add_lora, trainable_parameters
+from pipeline.lora import add_lora, enable_gradient_checkpointing, trainable_parameters
 from pipeline.modeling import (
     attention_implementation,
     decoder_layers,
@@ -121,6 +121,8 @@ class BenchSpec:
     """(a)'s target forward: ``full`` (the reference code) or ``early`` (stop at the read layer)."""
     max_batch: int = 1024
     """Upper bound of the largest-batch search."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block in the backward pass (every design alike)."""
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -396,6 +398,8 @@ def make_trainer(design: str, spec: BenchSpec, cache_path: Path | None, work=Non
         dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
         work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
     decoder = add_lora(base, r=spec.lora_r, alpha=2 * spec.lora_r, seed=spec.seed)
+    if spec.gradient_checkpointing:
+        enable_gradient_checkpointing(decoder)
     cache = FileCache(cache_path) if design == "c" else None
     return Trainer(design, decoder, target, cache, work, spec, layer, tokenizer.pad_token_id)
 
@@ -685,9 +689,11 @@ def _mib(value: float | None) -> str:
 
 def format_report(result: dict) -> str:
     summary = result["summary"]
+    checkpointing = "on" if result["spec"].get("gradient_checkpointing") else "off"
     lines = [
         f"model: {result['model']}  device: {result['device']}  repeats: {result['repeats']}  "
-        f"batch: {result['spec']['batch_size']}  read layer: {result['read_layer']}",
+        f"batch: {result['spec']['batch_size']}  read layer: {result['read_layer']}  "
+        f"gradient checkpointing: {checkpointing}",
         "",
         "| design | tokens/s | peak MiB | peak MiB above imports | weights MiB | model TFLOP/s "
         "| MFU |",
@@ -821,6 +827,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="largest batch per design (auto: on CUDA only)",
     )
     parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute decoder blocks in the backward pass (all designs)",
+    )
     parser.add_argument("--json", type=Path, default=Path("results/benchmark.json"))
     parser.add_argument("--workdir", type=Path, default=None, help="keep worker files here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -855,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         reference_target=args.reference_target,
         max_batch=args.max_batch,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     search = args.batch_search == "on" or (args.batch_search == "auto" and device == "cuda")
     result = benchmark(spec, args.repeats, args.designs, args.scaling, search, args.workdir)

@@ -209,7 +209,7 @@ class TrainState:
         self.step = 0
         self.tokens = 0.0
         self.train_seconds = 0.0
-        self.last_eval: float | None = None
+        self.last_eval: dict[str, float | None] | None = None
 
     def _options(self, loading: bool = False):
         from torch.distributed.checkpoint.state_dict import StateDictOptions

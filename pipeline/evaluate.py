@@ -39,6 +39,7 @@ from pipeline.read import (
     target_mode,
 )
 from pipeline.relations import load_relations, relation_items
+from pipeline.sampling import derangement
 from pipeline.schema import read_dialogs
 from pipeline.scoring import JudgeParams, LLMJudge, load_similarity, normalized_match, summarize
 
@@ -152,28 +153,6 @@ class Metric:
 
 def dialog_key(messages: list[dict], n_masked: int):
     return tuple((m["role"], m["content"]) for m in messages), int(n_masked)
-
-
-def derangement(groups: list[str], seed: int) -> list[int]:
-    """``perm[i] != i`` for all i, and ``groups[perm[i]] != groups[i]`` whenever no group holds
-    more than half the items: items are laid out group by group (groups in seeded order) and each
-    takes the activations of the item ``m`` places on, ``m`` being the largest group's size."""
-    n = len(groups)
-    if n < 2:
-        return list(range(n))
-    rng = random.Random(seed)
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    names = sorted(by_group)
-    rng.shuffle(names)
-    layout = [i for name in names for i in by_group[name]]
-    shift = max(len(v) for v in by_group.values())
-    shift = shift if shift % n else 1
-    perm = [0] * n
-    for p, i in enumerate(layout):
-        perm[i] = layout[(p + shift) % n]
-    return perm
 
 
 def text_only_example(

@@ -64,3 +64,18 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"adapter state has unexpected keys, e.g. {unexpected[:5]}")
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Keep only each block's input for the backward pass and recompute the block there.
+
+    The decoder's activation memory falls from every block's intermediates to one block's, for
+    about one extra forward per step. The patch hook sits on the block, outside the checkpointed
+    forward, so it runs once. Only training mode checkpoints: the target forward is unaffected.
+    """
+    kwargs = {"use_reentrant": False}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; older: the alias
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

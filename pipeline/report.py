@@ -50,9 +50,18 @@ def plot_training(metrics: list[dict[str, Any]], path: Path, window: int) -> Non
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, alpha=0.3, color="C0")
         ax.plot(steps, _moving_average(list(losses), window), color="C0", label="train")
-    if held:
-        steps, losses = zip(*held, strict=True)
-        ax.plot(steps, losses, "o-", color="C1", label="held-out labels")
+    shuffled = [
+        (m["step"], m["eval_loss_shuffled"])
+        for m in metrics
+        if m.get("eval_loss_shuffled") is not None
+    ]
+    for points, color, label in (
+        (held, "C1", "held-out labels"),
+        (shuffled, "C2", "held-out, shuffled activations"),
+    ):
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, "o-", color=color, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("answer loss (nats/token)")
     ax.legend()
@@ -68,13 +77,17 @@ def _summary_lines(inputs: dict[str, Path], metrics: list[dict[str, Any]]) -> li
     lines += ["## Training", "", "| setting | value |", "| --- | --- |"]
     for name, value in sorted(train_manifest["params"].items()):
         lines.append(f"| {name} | {value} |")
-    held = [m["eval_loss"] for m in metrics if m.get("eval_loss") is not None]
+    held = [m for m in metrics if m.get("eval_loss") is not None]
     if held:
         lines += [
             "",
-            f"Held-out answer loss: {held[0]:.3f} at the start, {held[-1]:.3f} "
-            f"at the end ({len(held)} evaluations).",
+            f"Held-out answer loss: {held[0]['eval_loss']:.3f} at the start, "
+            f"{held[-1]['eval_loss']:.3f} at the end ({len(held)} evaluations).",
         ]
+        if held[-1].get("eval_loss_shuffled") is not None:
+            lines[-1] += (
+                f" With shuffled activations at the end: {held[-1]['eval_loss_shuffled']:.3f}."
+            )
     for name, title in (("evaluate", "Evaluation"), ("control", "Control")):
         for table in ("tables.md", "control.md"):
             if name in inputs and (inputs[name] / table).exists():

@@ -44,10 +44,15 @@ from pipeline.dialogs import (
     parse_positions,
     tokenize_read_dialog,
 )
-from pipeline.lora import DEFAULT_TARGETS, add_lora, trainable_parameters
+from pipeline.lora import (
+    DEFAULT_TARGETS,
+    add_lora,
+    enable_gradient_checkpointing,
+    trainable_parameters,
+)
 from pipeline.modeling import decoder_layers, load_model
 from pipeline.patching import gather, read_activations
-from pipeline.sampling import BucketedBatchSampler
+from pipeline.sampling import BucketedBatchSampler, derangement
 
 log = logging.getLogger("pipeline.train")
 INTERRUPTED_EXIT = 143  # 128 + SIGTERM: the scheduler must see that the stage did not finish
@@ -93,6 +98,8 @@ class TrainParams:
     """Seed of the adapter init, the batch order and dropout."""
     dtype: str = "float32"
     """``float32`` or ``bfloat16`` (base weights in bf16, adapter in fp32, bf16 autocast)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block in the backward pass: far less memory, one more forward."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many optimizer steps (0: only on SIGTERM)."""
     eval_every: int = 25
@@ -232,42 +239,54 @@ def _open_cache(cache_dir: Path | None, params) -> Any:
 
 def build_examples(
     dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
-) -> tuple[ExampleSet, ExampleSet]:
-    """One example per (dialog, qa pair): all of split ``train``; a fixed sample of ``eval``."""
+) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
+    """One example per (dialog, qa pair): all of split ``train``; a fixed sample of ``eval``; and
+    that sample again with each question put to another dialog's activations (a derangement
+    avoiding the dialog's own label), whose loss minus the true one is the grounding gap."""
     cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
     cached_ids = set(cache.ids()) if cache is not None else set()
     sets = {}
     for split in ("train", "eval"):
         rows = [d for d in dialogs if d["split"] == split]
-        examples, ids, reads = [], [], []
+        ids, reads, positions = [], [], []
         for row in rows:
             if cache is not None:
                 if row["id"] not in cached_ids:
                     raise ValueError(f"dialog {row['id']} ({split}) is not in the cache")
-                read, positions = None, cache.read_positions(row["id"])
+                read, read_positions = None, cache.read_positions(row["id"])
             else:
                 read = tokenize_read_dialog(
                     tokenizer, row["messages"], row["n_masked_turns"], params.positions
                 )
-                positions = read.read_positions
+                read_positions = read.read_positions
             ids.append(row["id"])
             reads.append(read)
-            for qa in row["qa"]:
-                ex = build_decoder_example(
-                    tokenizer, positions, qa["question"], qa["answer"], params.align_positions
-                )
-                n_answer = sum(label != -100 for label in ex.labels[1:])
-                cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
-                examples.append(Example(len(ids) - 1, ex, n_answer, cost))
-        if split == "eval" and len(examples) > params.eval_examples:
-            chosen = random.Random(params.seed).sample(range(len(examples)), params.eval_examples)
-            examples = [examples[i] for i in sorted(chosen)]
-        if split == "eval":  # neighbours of similar length pad little
-            examples.sort(key=lambda ex: ex.length)
+            positions.append(read_positions)
+        pairs = [(d, qa) for d, row in enumerate(rows) for qa in row["qa"]]
+        if split == "eval" and len(pairs) > params.eval_examples:
+            chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
+            pairs = [pairs[i] for i in sorted(chosen)]
+
+        def example(dialog: int, qa: dict, reads=reads, positions=positions) -> Example:
+            ex = build_decoder_example(
+                tokenizer, positions[dialog], qa["question"], qa["answer"], params.align_positions
+            )
+            n_answer = sum(label != -100 for label in ex.labels[1:])
+            read = reads[dialog]
+            cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
+            return Example(dialog, ex, n_answer, cost)
+
+        examples = [example(d, qa) for d, qa in pairs]
+        if split == "eval":  # neighbours of similar length pad little; item i pairs with i
+            order = sorted(range(len(pairs)), key=lambda i: examples[i].length)
+            examples = [examples[i] for i in order]
+            donor = derangement([row["label"] for row in rows], params.seed)
+            shuffled = [example(donor[pairs[i][0]], pairs[i][1]) for i in order]
+            sets["shuffled"] = ExampleSet(shuffled, ids, reads, cache)
         sets[split] = ExampleSet(examples, ids, reads, cache)
     if not sets["train"].examples:
         raise ValueError("the data has no examples in split 'train'")
-    return sets["train"], sets["eval"]
+    return sets["train"], sets["eval"], sets["shuffled"]
 
 
 def make_batch(
@@ -399,7 +418,9 @@ def run(
         if not 0 <= getattr(params, name) < n_blocks:
             raise ValueError(f"{name}={getattr(params, name)} but the model has {n_blocks} blocks")
     dialogs = read_dialogs_input(inputs["data"])
-    train_set, eval_set = build_examples(dialogs, tokenizer, params, inputs.get("cache"))
+    train_set, eval_set, shuffled_set = build_examples(
+        dialogs, tokenizer, params, inputs.get("cache")
+    )
     model = add_lora(
         model,
         params.lora_r,
@@ -408,6 +429,8 @@ def run(
         params.lora_targets,
         seed=params.seed,
     )
+    if params.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     train_model = _wrap(model, params, ctx)
     optimizer = torch.optim.AdamW(
@@ -447,21 +470,21 @@ def run(
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     keep = trainable if fsdp else []
 
-    def held_out_loss() -> float | None:
-        if not eval_set.examples:
+    def mean_loss(data: ExampleSet) -> float | None:
+        if not data.examples:
             return None
         model.eval()
         chunk = params.per_device_batch_size * ctx.world_size
         totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
         with torch.no_grad():
-            for start in range(0, len(eval_set.examples), chunk):
-                indices = list(range(start, min(start + chunk, len(eval_set.examples))))
+            for start in range(0, len(data.examples), chunk):
+                indices = list(range(start, min(start + chunk, len(data.examples))))
                 mine = indices[ctx.rank :: ctx.world_size]
                 # Every rank runs the same number of forwards (FSDP needs it): a rank without
                 # examples in this chunk runs one and discards it.
                 weight = 1.0 if mine else 0.0
                 batch, _ = make_batch(
-                    eval_set, mine or indices[:1], model, pad_id, params, ctx, autocast, keep
+                    data, mine or indices[:1], model, pad_id, params, ctx, autocast, keep
                 )
                 with autocast():
                     nll, count = _answer_loss(model, batch, params.write_layer)
@@ -470,11 +493,15 @@ def run(
         totals = all_reduce_sum(ctx, totals)
         return float(totals[0] / totals[1])
 
+    def held_out() -> dict[str, float | None]:
+        """Held-out answer loss with the true activations and with shuffled ones."""
+        return {"eval_loss": mean_loss(eval_set), "eval_loss_shuffled": mean_loss(shuffled_set)}
+
     wandb_run = _init_wandb(params, workdir) if params.wandb and rank0 else None
     step = state.step
-    last_eval = held_out_loss() if step == 0 else state.last_eval
+    last_eval = held_out() if step == 0 else state.last_eval
     if rank0 and step == 0:
-        state.append_metrics({"step": 0, "eval_loss": last_eval}, wandb_run)
+        state.append_metrics({"step": 0, **last_eval}, wandb_run)
     bar = tqdm(
         total=params.max_steps,
         initial=step,
@@ -532,8 +559,8 @@ def run(
             "epoch": round(sampler.epoch, 4),
         }
         if step == params.max_steps or (params.eval_every and step % params.eval_every == 0):
-            last_eval = held_out_loss()
-            record["eval_loss"] = last_eval
+            last_eval = held_out()
+            record.update(last_eval)
         state.last_eval = last_eval
         if rank0:
             state.append_metrics(record, wandb_run)
@@ -557,7 +584,7 @@ def run(
     if rank0:
         final = state.read_metrics()
         train_losses = [m["loss"] for m in final if "loss" in m]
-        eval_losses = [(m["step"], m["eval_loss"]) for m in final if m.get("eval_loss")]
+        evals = [m for m in final if m.get("eval_loss") is not None]
         info.update(
             {
                 "steps": step,
@@ -566,8 +593,9 @@ def run(
                 "world_size": ctx.world_size,
                 "first_loss": train_losses[0] if train_losses else None,
                 "final_loss": train_losses[-1] if train_losses else None,
-                "eval_loss_start": eval_losses[0][1] if eval_losses else None,
-                "eval_loss_final": eval_losses[-1][1] if eval_losses else None,
+                "eval_loss_start": evals[0]["eval_loss"] if evals else None,
+                "eval_loss_final": evals[-1]["eval_loss"] if evals else None,
+                "eval_loss_shuffled_final": evals[-1].get("eval_loss_shuffled") if evals else None,
                 "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
                 "train_seconds": round(state.train_seconds, 2),
                 "wall_seconds_this_run": round(time.time() - started, 2),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_tiny_model
 
 from pipeline.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
 from pipeline.dialogs import build_decoder_example, end_of_turn_ids, tokenize_read_dialog
+from pipeline.modeling import decoder_layers
 from pipeline.patching import gather, patch_layer, read_activations
 
 DIALOGS = [
@@ -271,3 +273,37 @@ def test_generate_stops_and_decodes(tiny_model, tokenizer):
     ]
     with pytest.raises(ValueError, match="left-padded"):
         generate(tiny_model, tokenizer, collate(exs, acts, tokenizer.pad_token_id, "right"), 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("write_layer", [0, 1])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, family, write_layer):
+    from pipeline.lora import enable_gradient_checkpointing
+
+    reads, exs = examples(tokenizer)
+    grads, losses = [], []
+    for checkpointing in (False, True):
+        model = build_tiny_model(family, tokenizer)
+        torch.manual_seed(0)
+        model = lora(model)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        with model.disable_adapter(), torch.no_grad():
+            acts = target_activations(model, tokenizer, reads, 2)
+        calls = []
+        # Checkpointing wraps a block's forward (its own hooks stay outside) and may stop the
+        # recomputation inside the MLP: count calls into the last block's MLP.
+        mlp = decoder_layers(model)[-1].mlp
+        handle = mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        loss = answer_loss(model, collate(exs, acts, tokenizer.pad_token_id), write_layer)
+        loss.backward()
+        handle.remove()
+        # The last block runs again in the backward pass exactly when checkpointing is on.
+        assert len(calls) == (2 if checkpointing else 1)
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0])
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

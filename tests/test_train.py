@@ -174,12 +174,21 @@ def test_examples_one_per_qa_pair_and_eval_split_held_out(tokenizer, data_dir):
     from pipeline.schema import read_dialogs
 
     params = TrainParams(**{**BASE_PARAMS, "eval_examples": 100})
-    train_set, eval_set = build_examples(
-        read_dialogs(data_dir / "dialogs.parquet"), tokenizer, params
-    )
+    dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    train_set, eval_set, shuffled_set = build_examples(dialogs, tokenizer, params)
     assert len(train_set.examples) == 9 * 3 * 2
-    assert len(eval_set.examples) == 3 * 3 * 2
-    assert all(ex.n_answer > 0 for ex in train_set.examples + eval_set.examples)
+    assert len(eval_set.examples) == len(shuffled_set.examples) == 3 * 3 * 2
+    # Item i of the shuffled set asks item i's question of another label's dialog.
+    labels = {d["id"]: d["label"] for d in dialogs}
+    for own, other in zip(eval_set.examples, shuffled_set.examples, strict=True):
+        assert labels[eval_set.dialog_ids[own.dialog]] != labels[eval_set.dialog_ids[other.dialog]]
+        tail = own.decoder.placeholder_positions[-1] + 1
+        assert (
+            own.decoder.labels[tail:]
+            == other.decoder.labels[other.decoder.placeholder_positions[-1] + 1 :]
+        )
+        read = shuffled_set.reads[other.dialog]
+        assert len(other.decoder.placeholder_positions) == len(read.read_positions)
     # The placeholders are exactly the read (unmasked) positions of the dialog.
     ex = train_set.examples[0]
     read = train_set.reads[ex.dialog]
