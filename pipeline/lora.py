@@ -17,8 +17,11 @@ def add_lora(
     dropout: float = 0.05,
     targets: Sequence[str] = DEFAULT_TARGETS,
     seed: int = 0,
+    layers: Sequence[int] | None = None,
 ):
     """Wrap ``model`` in a PEFT LoRA model; only the adapter's weights require gradients.
+
+    ``layers``: the block indices that get adapters (default: every block).
 
     The adapter's random init is seeded so that every process (and every resumed run) starts
     from the same weights. Adapter weights stay float32 when the base is bf16.
@@ -37,6 +40,7 @@ def add_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=list(targets),
+        layers_to_transform=list(layers) if layers is not None else None,
         task_type="CAUSAL_LM",
         bias="none",
     )

@@ -80,6 +80,8 @@ class TrainParams:
     """Dropout on the LoRA input."""
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Module names that get LoRA (default: all attention and MLP projections)."""
+    lora_blocks: str = "all"
+    """``all`` blocks get LoRA, or ``from_write``: the write block and above (backward stops)."""
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -120,6 +122,8 @@ class TrainParams:
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+        if self.lora_blocks not in ("all", "from_write"):
+            raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {self.lora_blocks!r}")
         parse_positions(self.positions)
         for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) < 1:
@@ -428,6 +432,7 @@ def run(
         params.lora_dropout,
         params.lora_targets,
         seed=params.seed,
+        layers=range(params.write_layer, n_blocks) if params.lora_blocks == "from_write" else None,
     )
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -307,3 +307,24 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, fam
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer):
+    from pipeline.lora import add_lora
+
+    reads, exs = examples(tokenizer)
+    model = add_lora(build_tiny_model("llama", tokenizer), r=4, dropout=0.0, layers=[1])
+    blocks = decoder_layers(model)
+    assert {
+        int(n.split("layers.")[1].split(".")[0])
+        for n, _ in model.named_parameters()
+        if "lora_" in n
+    } == {1}
+    model.train()
+    with model.disable_adapter(), torch.no_grad():
+        acts = target_activations(model, tokenizer, reads, 2)
+    reached = []
+    for i, block in enumerate(blocks):
+        block.register_full_backward_hook(lambda *_, i=i: reached.append(i))
+    answer_loss(model, collate(exs, acts, tokenizer.pad_token_id), 1).backward()
+    assert 0 not in reached and 1 in reached
