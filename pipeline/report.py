@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import stage
+from pipeline.markdown_html import markdown_to_html
 
 log = logging.getLogger("pipeline.report")
 
@@ -104,7 +105,9 @@ def run(params: ReportParams, inputs: dict[str, Path], workdir: Path, info: dict
     for name in ("evaluate", "control"):
         for png in sorted(inputs[name].glob("*.png")) if name in inputs else []:
             (workdir / f"{name}_{png.name}").write_bytes(png.read_bytes())
-    (workdir / "summary.md").write_text("\n".join(_summary_lines(inputs, metrics)) + "\n")
+    summary = "\n".join(_summary_lines(inputs, metrics)) + "\n"
+    (workdir / "summary.md").write_text(summary)
+    (workdir / "summary.html").write_text(markdown_to_html(summary, "Decoder report"))
     info["plots"] = sorted(p.name for p in workdir.glob("*.png"))
     log.info("report with %d plots", len(info["plots"]))
 

@@ -4,7 +4,7 @@ rule report:
     output:
         report(
             directory(f"{STORE}/report/{{key}}"),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.html"],
             caption="../report/report.rst",
             category="Decoder",
         ),
