@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -128,3 +129,13 @@ def test_median_ignores_missing_figures():
     assert benchmark._median(
         [{"mfu": None}, {"mfu": 0.5}, {"mfu": 0.3}], "mfu"
     ) == statistics.median([0.5, 0.3])
+
+
+def test_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
+    from pipeline.benchmark import worker_env
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert worker_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert worker_env()["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the user's setting wins
+    assert worker_env()["PATH"] == os.environ["PATH"]
