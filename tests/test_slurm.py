@@ -188,7 +188,8 @@ def test_every_stage_ran_through_sbatch(slurm_run):
             root / ".snakemake" / "slurm_logs" / f"rule_{rule}" / key / f"{job_id}.log"
         ).exists(), (rule, job_id)
         assert re.search(rf"_slurm_rpc_submit_batch_job: JobId={job_id}\b", scheduler), job_id
-        assert re.search(rf"Allocate JobId={job_id}\b", scheduler), job_id
+        # The main scheduler logs "Allocate", the backfill scheduler "Started": either started it.
+        assert re.search(rf"(Allocate|_start_job: Started) JobId={job_id}\b", scheduler), job_id
         if job_id != slurm_run["cancelled"]["job_id"]:
             assert re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0\b", scheduler), job_id
     # Only the view (a local rule) ran outside Slurm. Inside an allocation a job runs as a
