@@ -123,6 +123,8 @@ class BenchSpec:
     """Upper bound of the largest-batch search."""
     gradient_checkpointing: bool = False
     """Recompute each decoder block in the backward pass (every design alike)."""
+    live_memory: bool = False
+    """Fix glibc's mmap threshold in the workers: peak RSS tracks live memory, steps run slower."""
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -603,14 +605,18 @@ def worker_main(task_path: Path, result_path: Path) -> None:
 # --- the parent --------------------------------------------------------------------------------
 
 
-def worker_env() -> dict[str, str]:
-    """The workers' environment: glibc's malloc with a fixed mmap threshold.
+def worker_env(live_memory: bool) -> dict[str, str]:
+    """The workers' environment; with ``live_memory``, glibc's malloc with a fixed mmap threshold.
 
     By default glibc raises the threshold after each large free, so later large buffers come from
-    the heap and stay resident after they are freed: peak RSS then measured the allocator (about
-    1.1 GiB more for SmolLM2 at batch 8), not the design. A fixed threshold returns freed buffers
-    to the system; other C libraries ignore the variable. An explicit setting is kept.
+    the heap and stay resident after they are freed: peak RSS then also measures the allocator
+    (about 1.1 GiB more for SmolLM2 at batch 8). A fixed threshold returns freed buffers to the
+    system, at the price of a page-faulting mmap per large buffer (tokens/s falls by about 45%
+    on this CPU), so it is an option. Other C libraries ignore the variable; an explicit setting
+    is kept.
     """
+    if not live_memory:
+        return dict(os.environ)
     return {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
 
 
@@ -629,7 +635,11 @@ def run_task(task: dict, workdir: Path) -> dict:
         str(result_path),
     ]
     proc = subprocess.run(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=worker_env()
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=worker_env(task["spec"].get("live_memory", False)),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {name} failed:\n{proc.stderr[-4000:]}")
@@ -703,10 +713,11 @@ def _mib(value: float | None) -> str:
 def format_report(result: dict) -> str:
     summary = result["summary"]
     checkpointing = "on" if result["spec"].get("gradient_checkpointing") else "off"
+    live = "  live memory (fixed mmap threshold)" if result["spec"].get("live_memory") else ""
     lines = [
         f"model: {result['model']}  device: {result['device']}  repeats: {result['repeats']}  "
         f"batch: {result['spec']['batch_size']}  read layer: {result['read_layer']}  "
-        f"gradient checkpointing: {checkpointing}",
+        f"gradient checkpointing: {checkpointing}{live}",
         "",
         "| design | tokens/s | peak MiB | peak MiB above imports | weights MiB | model TFLOP/s "
         "| MFU |",
@@ -841,6 +852,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument(
+        "--live-memory",
+        action="store_true",
+        help="fix glibc's mmap threshold so peak RSS tracks live memory (slower steps)",
+    )
+    parser.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute decoder blocks in the backward pass (all designs)",
@@ -880,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_target=args.reference_target,
         max_batch=args.max_batch,
         gradient_checkpointing=args.gradient_checkpointing,
+        live_memory=args.live_memory,
     )
     search = args.batch_search == "on" or (args.batch_search == "auto" and device == "cuda")
     result = benchmark(spec, args.repeats, args.designs, args.scaling, search, args.workdir)

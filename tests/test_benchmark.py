@@ -131,11 +131,12 @@ def test_median_ignores_missing_figures():
     ) == statistics.median([0.5, 0.3])
 
 
-def test_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
+def test_live_memory_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
     from pipeline.benchmark import worker_env
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert worker_env()["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert "MALLOC_MMAP_THRESHOLD_" not in worker_env(False)
+    assert worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == "65536"
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
-    assert worker_env()["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the user's setting wins
-    assert worker_env()["PATH"] == os.environ["PATH"]
+    assert worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the user's setting wins
+    assert worker_env(True)["PATH"] == worker_env(False)["PATH"] == os.environ["PATH"]
