@@ -24,7 +24,7 @@ import torch
 
 from pipeline import stage, store
 from pipeline.dialogs import TokenizedRead, parse_positions, tokenize_read_dialog
-from pipeline.patching import gather, read_activations
+from pipeline.patching import gather, pad_batch, read_activations
 
 log = logging.getLogger("pipeline.activation_cache")
 
@@ -105,12 +105,7 @@ def _compute_shard(
     forwarded = 0
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        length = max(len(items[i].input_ids) for i in chunk)
-        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, : len(items[i].input_ids)] = torch.tensor(items[i].input_ids)
-            mask[row, : len(items[i].input_ids)] = 1
+        ids, mask = pad_batch([items[i].input_ids for i in chunk], pad_id)
         acts = read_activations(model, ids.to(device), mask.to(device), layers)
         forwarded += int(mask.sum())
         positions = [items[i].read_positions for i in chunk]

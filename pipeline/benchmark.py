@@ -48,7 +48,7 @@ from pipeline.modeling import (
     load_tokenizer,
     torch_dtype,
 )
-from pipeline.patching import gather, read_activations
+from pipeline.patching import gather, pad_batch, read_activations
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DESIGNS = {
@@ -278,12 +278,7 @@ def _sync(spec: BenchSpec) -> None:
 
 
 def _padded(reads, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r.input_ids) for r in reads)
-    ids = torch.full((len(reads), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(reads), width), dtype=torch.long)
-    for row, read in enumerate(reads):
-        ids[row, : len(read.input_ids)] = torch.tensor(read.input_ids)
-        mask[row, : len(read.input_ids)] = 1
+    ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
     return ids.to(device), mask.to(device)
 
 

@@ -41,7 +41,7 @@ from pipeline.decoder import answer_loss, collate
 from pipeline.dialogs import TokenizedRead, build_decoder_example, tokenize_read_dialog
 from pipeline.lora import DEFAULT_TARGETS
 from pipeline.modeling import decoder_layers, load_model
-from pipeline.patching import gather, read_activations
+from pipeline.patching import gather, pad_batch, read_activations
 from pipeline.schema import DataError
 
 log = logging.getLogger("pipeline.control")
@@ -316,12 +316,7 @@ class Rig:
 
     def read(self, reads: list[TokenizedRead], layers: list[int], isolate: bool = False):
         """Per layer, the (n_i, D) activations at each dialog's read positions."""
-        length = max(len(r.input_ids) for r in reads)
-        ids = torch.full((len(reads), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(reads):
-            ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            mask[i, : len(r.input_ids)] = 1
+        ids, mask = pad_batch([r.input_ids for r in reads], self.tokenizer.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         read = read_isolated if isolate else read_activations
         acts = read(self.model, ids, mask, layers)

@@ -6,6 +6,7 @@ LM whose blocks form a list, whether a block returns a tensor or a tuple.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
@@ -133,3 +134,17 @@ def gather(acts: torch.Tensor, positions: list[list[int]]) -> list[torch.Tensor]
         acts[i, torch.as_tensor(p, dtype=torch.long, device=acts.device)]
         for i, p in enumerate(positions)
     ]
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as (ids, attention mask), each (B, longest row), padded on ``side``."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

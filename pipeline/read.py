@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline import store
 from pipeline.decoder import collate, generate
 from pipeline.dialogs import DecoderExample, build_decoder_example, tokenize_read_dialog
-from pipeline.patching import gather, read_activations
+from pipeline.patching import gather, pad_batch, read_activations
 from pipeline.schema import ROLES, DataError
 
 KEY_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -107,14 +107,8 @@ def compute_reads(
         disable=len(order) <= batch_size,
     ):
         chunk = order[start : start + batch_size]
-        length = max(len(tokenized[i].input_ids) for i in chunk)
-        ids = torch.full((len(chunk), length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(chunk):
-            seq = tokenized[i].input_ids
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        positions = torch.arange(length).expand(len(chunk), -1)
+        ids, mask = pad_batch([tokenized[i].input_ids for i in chunk], pad)
+        positions = torch.arange(ids.shape[1]).expand(len(chunk), -1)
         with target_mode(model):
             acts = read_activations(
                 model,

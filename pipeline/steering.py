@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.dialogs import encode, end_of_turn_ids, render, tokenize_read_dialog
 from pipeline.modeling import decoder_layers
-from pipeline.patching import read_activations
+from pipeline.patching import pad_batch, read_activations
 
 
 def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
@@ -29,19 +29,6 @@ def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": prompt})
     return encode(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
-
-
-def _pad(
-    rows: Sequence[Sequence[int]], pad_id: int, side: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -96,7 +83,7 @@ def mean_user_activation(
     total, count = None, 0
     for chunk in _chunks(len(reads), batch_size):
         rows = [reads[i] for i in chunk]
-        ids, mask = _pad([r[0] for r in rows], tokenizer.pad_token_id, "right")
+        ids, mask = pad_batch([r[0] for r in rows], tokenizer.pad_token_id, "right")
         acts = read_activations(model, ids.to(device), mask.to(device), [layer])[layer].float()
         for i, (_ids, positions) in enumerate(rows):
             picked = acts[i, positions].sum(dim=0)
@@ -144,7 +131,7 @@ def generate(
     rows = [prompt_ids(tokenizer, p) for p in prompts]
     texts = []
     for chunk in tqdm(_chunks(len(rows), batch_size), desc=desc, leave=False):
-        ids, mask = _pad([rows[i] for i in chunk], tokenizer.pad_token_id, "left")
+        ids, mask = pad_batch([rows[i] for i in chunk], tokenizer.pad_token_id, "left")
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
         )
@@ -174,7 +161,7 @@ def completion_nll(
     nll, counts = [], []
     for chunk in _chunks(len(items), batch_size):
         rows = [items[i] for i in chunk]
-        ids, mask = _pad([h + t for h, t in rows], tokenizer.pad_token_id, "right")
+        ids, mask = pad_batch([h + t for h, t in rows], tokenizer.pad_token_id, "right")
         labels = torch.full_like(ids, -100)
         for i, (head, tail) in enumerate(rows):
             labels[i, len(head) : len(head) + len(tail)] = torch.tensor(tail, dtype=torch.long)

@@ -51,7 +51,7 @@ from pipeline.lora import (
     trainable_parameters,
 )
 from pipeline.modeling import decoder_layers, load_model
-from pipeline.patching import gather, read_activations
+from pipeline.patching import gather, pad_batch, read_activations
 from pipeline.sampling import BucketedBatchSampler, derangement
 
 log = logging.getLogger("pipeline.train")
@@ -315,12 +315,7 @@ def make_batch(
         acts = {d: data.cache.get(data.dialog_ids[d], params.read_layer) for d in dialogs}
     else:
         reads = [data.reads[d] for d in dialogs]
-        width = max(len(r.input_ids) for r in reads)
-        ids = torch.full((len(reads), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reads), width), dtype=torch.long)
-        for row, read in enumerate(reads):
-            ids[row, : len(read.input_ids)] = torch.tensor(read.input_ids)
-            mask[row, : len(read.input_ids)] = 1
+        ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
         target_tokens = int(mask.sum())
         was_training = model.training
         # PEFT's disable_adapter turns requires_grad off and on again on the module's current
