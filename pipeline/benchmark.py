@@ -111,6 +111,8 @@ class BenchSpec:
     """Read dialogs (one QA example each) built from data/templates."""
     lora_r: int = 16
     """LoRA rank (alpha = 2r, as the train stage's defaults)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (the train stage's default: none)."""
     lr: float = 1e-4
     """AdamW learning rate."""
     seed: int = 0
@@ -387,6 +389,13 @@ class Trainer:
         return int(batch.attention_mask.sum())
 
 
+def with_adapter(base, spec: BenchSpec):
+    """The decoder: ``base`` with the LoRA adapter the spec describes (alpha = 2r)."""
+    return add_lora(
+        base, r=spec.lora_r, alpha=2 * spec.lora_r, dropout=spec.lora_dropout, seed=spec.seed
+    )
+
+
 def make_trainer(design: str, spec: BenchSpec, cache_path: Path | None, work=None) -> Trainer:
     base, tokenizer = load_base(spec)
     layer = resolve_read_layer(spec, len(decoder_layers(base)))
@@ -394,7 +403,7 @@ def make_trainer(design: str, spec: BenchSpec, cache_path: Path | None, work=Non
     if work is None:
         dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
         work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
-    decoder = add_lora(base, r=spec.lora_r, alpha=2 * spec.lora_r, seed=spec.seed)
+    decoder = with_adapter(base, spec)
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(decoder)
     cache = FileCache(cache_path) if design == "c" else None
@@ -513,7 +522,7 @@ def run_scaling(spec: BenchSpec, workdir: Path, sizes=None, layer_counts=(1, 2, 
     )
     grid = [(n, 1) for n in sizes] + [(spec.examples, k) for k in layer_counts if k > 1]
     base_dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
-    decoder = add_lora(model, r=spec.lora_r, alpha=2 * spec.lora_r, seed=spec.seed)
+    decoder = with_adapter(model, spec)
     pad = tokenizer.pad_token_id
     rows = []
     for n, k in grid:
@@ -834,6 +843,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="the train stage's: 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-target", choices=("full", "early"), default="full")
     parser.add_argument("--repeats", type=int, default=3)
@@ -887,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         examples=args.examples,
         lora_r=args.lora_r,
+        lora_dropout=args.lora_dropout,
         seed=args.seed,
         reference_target=args.reference_target,
         max_batch=args.max_batch,

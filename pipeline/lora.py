@@ -14,7 +14,7 @@ def add_lora(
     model: nn.Module,
     r: int = 16,
     alpha: int = 32,
-    dropout: float = 0.05,
+    dropout: float = 0.0,
     targets: Sequence[str] = DEFAULT_TARGETS,
     seed: int = 0,
     layers: Sequence[int] | None = None,

@@ -140,3 +140,17 @@ def test_live_memory_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the user's setting wins
     assert worker_env(True)["PATH"] == worker_env(False)["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_adapter_dropout_follows_the_spec(tiny_model_dir, dropout):
+    from torch import nn
+
+    spec = BenchSpec(model=str(tiny_model_dir), lora_dropout=dropout)
+    decoder = benchmark.with_adapter(benchmark.load_base(spec)[0], spec)
+    layers = [m for n, m in decoder.named_modules() if n.endswith("lora_dropout.default")]
+    assert layers
+    if dropout:
+        assert all(isinstance(m, nn.Dropout) and m.p == dropout for m in layers)
+    else:  # PEFT puts no dropout module in at all: no mask, no copy of the input
+        assert all(isinstance(m, nn.Identity) for m in layers)
