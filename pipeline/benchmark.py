@@ -113,6 +113,8 @@ class BenchSpec:
     """LoRA rank (alpha = 2r, as the train stage's defaults)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA input (the train stage's default: none)."""
+    lora_blocks: str = "all"
+    """``all`` blocks get LoRA, or ``from_write``: the write block and above (backward stops)."""
     lr: float = 1e-4
     """AdamW learning rate."""
     seed: int = 0
@@ -391,8 +393,17 @@ class Trainer:
 
 def with_adapter(base, spec: BenchSpec):
     """The decoder: ``base`` with the LoRA adapter the spec describes (alpha = 2r)."""
+    if spec.lora_blocks not in ("all", "from_write"):
+        raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {spec.lora_blocks!r}")
+    n_blocks = len(decoder_layers(base))
+    layers = range(spec.write_layer, n_blocks) if spec.lora_blocks == "from_write" else None
     return add_lora(
-        base, r=spec.lora_r, alpha=2 * spec.lora_r, dropout=spec.lora_dropout, seed=spec.seed
+        base,
+        r=spec.lora_r,
+        alpha=2 * spec.lora_r,
+        dropout=spec.lora_dropout,
+        seed=spec.seed,
+        layers=layers,
     )
 
 
@@ -411,9 +422,11 @@ def make_trainer(design: str, spec: BenchSpec, cache_path: Path | None, work=Non
 
 
 def model_flops(trainer: Trainer, indices: list[int]) -> float:
-    """FLOPs of one step: 4·N·tokens for the decoder's forward and input-gradient backward
-    through the frozen base blocks, attention (3 × 4·L·d·s² per sequence) and the vocabulary
-    projection where ``answer_loss`` keeps logits; plus the target's forward for (a) and (b)."""
+    """FLOPs of one step: 2·N·tokens for the decoder's forward and as much again for the
+    input-gradient backward through the frozen base blocks that have adapters (all, or from the
+    write block up), attention (4·L·d·s² per sequence forward, twice that backward) and the
+    vocabulary projection where ``answer_loss`` keeps logits; plus the target's forward for (a)
+    and (b)."""
     config = trainer.decoder.config.get_text_config()
     n_layers, d, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
     block = sum(
@@ -425,7 +438,9 @@ def model_flops(trainer: Trainer, indices: list[int]) -> float:
     tokens = sum(len(ex.input_ids) for ex in examples)
     squares = sum(len(ex.input_ids) ** 2 for ex in examples)
     kept = {j for ex in examples for j, t in enumerate(ex.labels[1:]) if t != -100}
-    flops = 4 * n_layers * block * tokens + 12 * n_layers * d * squares
+    from_write = trainer.spec.lora_blocks == "from_write"
+    backward = n_layers - trainer.spec.write_layer if from_write else n_layers  # blocks
+    flops = 2 * (n_layers + backward) * block * tokens + 4 * (n_layers + 2 * backward) * d * squares
     flops += 4 * vocab * d * len(examples) * len(kept)
     if trainer.design != "c":
         full = trainer.design == "a" and trainer.spec.reference_target == "full"
@@ -715,12 +730,13 @@ def _mib(value: float | None) -> str:
 
 
 def format_report(result: dict) -> str:
-    summary = result["summary"]
-    checkpointing = "on" if result["spec"].get("gradient_checkpointing") else "off"
-    live = "  live memory (fixed mmap threshold)" if result["spec"].get("live_memory") else ""
+    summary, spec = result["summary"], result["spec"]
+    checkpointing = "on" if spec.get("gradient_checkpointing") else "off"
+    live = "  live memory (fixed mmap threshold)" if spec.get("live_memory") else ""
     lines = [
         f"model: {result['model']}  device: {result['device']}  repeats: {result['repeats']}  "
-        f"batch: {result['spec']['batch_size']}  read layer: {result['read_layer']}  "
+        f"batch: {spec['batch_size']}  read layer: {result['read_layer']}  "
+        f"write layer: {spec['write_layer']}  LoRA blocks: {spec.get('lora_blocks', 'all')}  "
         f"gradient checkpointing: {checkpointing}{live}",
         "",
         "| design | tokens/s | peak MiB | peak MiB above imports | weights MiB | model TFLOP/s "
@@ -844,6 +860,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="the train stage's: 0")
+    parser.add_argument(
+        "--lora-blocks", choices=("all", "from_write"), default="all", help="as train.lora_blocks"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-target", choices=("full", "early"), default="full")
     parser.add_argument("--repeats", type=int, default=3)
@@ -898,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         examples=args.examples,
         lora_r=args.lora_r,
         lora_dropout=args.lora_dropout,
+        lora_blocks=args.lora_blocks,
         seed=args.seed,
         reference_target=args.reference_target,
         max_batch=args.max_batch,

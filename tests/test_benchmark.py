@@ -154,3 +154,27 @@ def test_adapter_dropout_follows_the_spec(tiny_model_dir, dropout):
         assert all(isinstance(m, nn.Dropout) and m.p == dropout for m in layers)
     else:  # PEFT puts no dropout module in at all: no mask, no copy of the input
         assert all(isinstance(m, nn.Identity) for m in layers)
+
+
+def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir, tmp_path):
+    """``from_write``: blocks below the write block get no adapter and no gradient, and the
+    step's model FLOPs drop by their share of the backward."""
+    steps = {}
+    for blocks in ("all", "from_write"):
+        spec = BenchSpec(
+            model=str(tiny_model_dir), examples=4, batch_size=4, read_layer=1, write_layer=2,
+            lora_blocks=blocks,
+        )  # fmt: skip
+        trainer = benchmark.make_trainer("b", spec, None)
+        adapted = {
+            int(n.split("layers.")[1].split(".")[0])
+            for n, p in trainer.decoder.named_parameters()
+            if p.requires_grad
+        }
+        assert adapted == ({0, 1, 2, 3} if blocks == "all" else {2, 3})
+        indices = trainer.work.batches[0]
+        trainer.step(indices)
+        steps[blocks] = benchmark.model_flops(trainer, indices)
+    assert steps["from_write"] < steps["all"]  # the forward runs all 4 blocks, the backward 2
+    with pytest.raises(ValueError, match="lora_blocks"):
+        benchmark.with_adapter(None, BenchSpec(lora_blocks="below"))
