@@ -40,7 +40,12 @@ import torch
 
 from pipeline.decoder import answer_loss, collate
 from pipeline.dialogs import build_decoder_example, tokenize_read_dialog
-from pipeline.lora import add_lora, enable_gradient_checkpointing, trainable_parameters
+from pipeline.lora import (
+    adapter_blocks,
+    add_lora,
+    enable_gradient_checkpointing,
+    trainable_parameters,
+)
 from pipeline.modeling import (
     attention_implementation,
     decoder_layers,
@@ -393,10 +398,7 @@ class Trainer:
 
 def with_adapter(base, spec: BenchSpec):
     """The decoder: ``base`` with the LoRA adapter the spec describes (alpha = 2r)."""
-    if spec.lora_blocks not in ("all", "from_write"):
-        raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {spec.lora_blocks!r}")
-    n_blocks = len(decoder_layers(base))
-    layers = range(spec.write_layer, n_blocks) if spec.lora_blocks == "from_write" else None
+    layers = adapter_blocks(spec.lora_blocks, spec.write_layer, len(decoder_layers(base)))
     return add_lora(
         base,
         r=spec.lora_r,

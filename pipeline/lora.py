@@ -50,6 +50,14 @@ def add_lora(
         return get_peft_model(model, config, autocast_adapter_dtype=True)
 
 
+def adapter_blocks(lora_blocks: str, write_layer: int, n_blocks: int) -> range | None:
+    """The blocks that get adapters: every one (None) for ``all``, the write block and above for
+    ``from_write`` (the backward then stops at the write block)."""
+    if lora_blocks not in ("all", "from_write"):
+        raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {lora_blocks!r}")
+    return range(write_layer, n_blocks) if lora_blocks == "from_write" else None
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

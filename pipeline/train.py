@@ -46,6 +46,7 @@ from pipeline.dialogs import (
 )
 from pipeline.lora import (
     DEFAULT_TARGETS,
+    adapter_blocks,
     add_lora,
     enable_gradient_checkpointing,
     trainable_parameters,
@@ -122,8 +123,7 @@ class TrainParams:
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
-        if self.lora_blocks not in ("all", "from_write"):
-            raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {self.lora_blocks!r}")
+        adapter_blocks(self.lora_blocks, self.write_layer, self.write_layer + 1)  # validates
         parse_positions(self.positions)
         for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) < 1:
@@ -427,7 +427,7 @@ def run(
         params.lora_dropout,
         params.lora_targets,
         seed=params.seed,
-        layers=range(params.write_layer, n_blocks) if params.lora_blocks == "from_write" else None,
+        layers=adapter_blocks(params.lora_blocks, params.write_layer, n_blocks),
     )
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(model)
