@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from pipeline import benchmark
-from pipeline.benchmark import BenchSpec
 
 
 def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsys):
@@ -91,32 +90,6 @@ def test_summarize_takes_medians_per_design():
     assert benchmark.summarize(slow, caching)["targets"]["tokens_per_s_c_over_a"]["met"] is False
 
 
-def test_scaling_grows_with_examples_and_layers(tiny_model_dir, tmp_path):
-    spec = BenchSpec(model=str(tiny_model_dir), examples=16, batch_size=4, read_layer=3)
-    rows = benchmark.run_scaling(spec, tmp_path, sizes=[4, 16], layer_counts=(1, 3))
-    by = {(r["examples"], r["read_layers"]): r for r in rows}
-    assert set(by) == {(4, 1), (16, 1), (16, 3)}
-    assert by[(16, 1)]["read_tokens"] > by[(4, 1)]["read_tokens"]
-    assert by[(16, 1)]["cache_bytes"] > by[(4, 1)]["cache_bytes"]
-    # bf16 rows: each extra layer adds 2 bytes x read tokens x d (plus a few header bytes)
-    extra = by[(16, 3)]["cache_bytes"] - by[(16, 1)]["cache_bytes"]
-    assert 0 <= extra - 2 * 2 * by[(16, 1)]["read_tokens"] * 64 < 512
-    assert all(r["train_epoch_seconds"] > 0 and r["cache_seconds"] > 0 for r in rows)
-    assert not list(tmp_path.glob("*.safetensors"))
-
-
-def test_template_dialogs_mask_the_control(tokenizer):
-    dialogs = benchmark.template_dialogs("data/templates", 10, seed=1)
-    assert len({d["id"] for d in dialogs}) == 10
-    assert all(d["n_masked_turns"] == 1 and d["messages"][0]["role"] == "system" for d in dialogs)
-    work = benchmark.build_workload(tokenizer, dialogs, batch_size=4, seed=1)
-    assert sorted(i for b in work.batches for i in b) == list(range(10))
-    for dialog, read in zip(dialogs, work.reads, strict=True):
-        text = tokenizer.decode([read.input_ids[p] for p in read.read_positions])
-        assert dialog["messages"][1]["content"] in text
-        assert dialog["messages"][0]["content"] not in text
-
-
 def test_importable_without_polars_or_snakemake():
     code = (
         "import sys; sys.modules['polars'] = None; sys.modules['snakemake'] = None; "
@@ -140,41 +113,3 @@ def test_live_memory_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the user's setting wins
     assert worker_env(True)["PATH"] == worker_env(False)["PATH"] == os.environ["PATH"]
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_adapter_dropout_follows_the_spec(tiny_model_dir, dropout):
-    from torch import nn
-
-    spec = BenchSpec(model=str(tiny_model_dir), lora_dropout=dropout)
-    decoder = benchmark.with_adapter(benchmark.load_base(spec)[0], spec)
-    layers = [m for n, m in decoder.named_modules() if n.endswith("lora_dropout.default")]
-    assert layers
-    if dropout:
-        assert all(isinstance(m, nn.Dropout) and m.p == dropout for m in layers)
-    else:  # PEFT puts no dropout module in at all: no mask, no copy of the input
-        assert all(isinstance(m, nn.Identity) for m in layers)
-
-
-def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir):
-    """``from_write``: blocks below the write block get no adapter, and the step's model FLOPs
-    drop by their share of the backward."""
-    steps = {}
-    for blocks in ("all", "from_write"):
-        spec = BenchSpec(
-            model=str(tiny_model_dir), examples=4, batch_size=4, read_layer=1, write_layer=2,
-            lora_blocks=blocks,
-        )  # fmt: skip
-        trainer = benchmark.make_trainer("b", spec, None)
-        adapted = {
-            int(n.split("layers.")[1].split(".")[0])
-            for n, p in trainer.decoder.named_parameters()
-            if p.requires_grad
-        }
-        assert adapted == ({0, 1, 2, 3} if blocks == "all" else {2, 3})
-        indices = trainer.work.batches[0]
-        trainer.step(indices)
-        steps[blocks] = benchmark.model_flops(trainer, indices)
-    assert steps["from_write"] < steps["all"]  # the forward runs all 4 blocks, the backward 2
-    with pytest.raises(ValueError, match="lora_blocks"):
-        benchmark.with_adapter(benchmark.load_base(spec)[0], BenchSpec(lora_blocks="below"))

@@ -1,0 +1,61 @@
+"""A benchmark worker on a tiny model: the scaling table and the adapter it trains."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import benchmark_setup, benchmark_worker
+from pipeline.benchmark_setup import BenchSpec
+
+
+def test_scaling_grows_with_examples_and_layers(tiny_model_dir, tmp_path):
+    spec = BenchSpec(model=str(tiny_model_dir), examples=16, batch_size=4, read_layer=3)
+    rows = benchmark_worker.run_scaling(spec, tmp_path, sizes=[4, 16], layer_counts=(1, 3))
+    by = {(r["examples"], r["read_layers"]): r for r in rows}
+    assert set(by) == {(4, 1), (16, 1), (16, 3)}
+    assert by[(16, 1)]["read_tokens"] > by[(4, 1)]["read_tokens"]
+    assert by[(16, 1)]["cache_bytes"] > by[(4, 1)]["cache_bytes"]
+    # bf16 rows: each extra layer adds 2 bytes x read tokens x d (plus a few header bytes)
+    extra = by[(16, 3)]["cache_bytes"] - by[(16, 1)]["cache_bytes"]
+    assert 0 <= extra - 2 * 2 * by[(16, 1)]["read_tokens"] * 64 < 512
+    assert all(r["train_epoch_seconds"] > 0 and r["cache_seconds"] > 0 for r in rows)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_adapter_dropout_follows_the_spec(tiny_model_dir, dropout):
+    from torch import nn
+
+    spec = BenchSpec(model=str(tiny_model_dir), lora_dropout=dropout)
+    decoder = benchmark_worker.with_adapter(benchmark_setup.load_base(spec)[0], spec)
+    layers = [m for n, m in decoder.named_modules() if n.endswith("lora_dropout.default")]
+    assert layers
+    if dropout:
+        assert all(isinstance(m, nn.Dropout) and m.p == dropout for m in layers)
+    else:  # PEFT puts no dropout module in at all: no mask, no copy of the input
+        assert all(isinstance(m, nn.Identity) for m in layers)
+
+
+def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir):
+    """``from_write``: blocks below the write block get no adapter, and the step's model FLOPs
+    drop by their share of the backward."""
+    steps = {}
+    for blocks in ("all", "from_write"):
+        spec = BenchSpec(
+            model=str(tiny_model_dir), examples=4, batch_size=4, read_layer=1, write_layer=2,
+            lora_blocks=blocks,
+        )  # fmt: skip
+        trainer = benchmark_worker.make_trainer("b", spec, None)
+        adapted = {
+            int(n.split("layers.")[1].split(".")[0])
+            for n, p in trainer.decoder.named_parameters()
+            if p.requires_grad
+        }
+        assert adapted == ({0, 1, 2, 3} if blocks == "all" else {2, 3})
+        indices = trainer.work.batches[0]
+        trainer.step(indices)
+        steps[blocks] = benchmark_worker.model_flops(trainer, indices)
+    assert steps["from_write"] < steps["all"]  # the forward runs all 4 blocks, the backward 2
+    with pytest.raises(ValueError, match="lora_blocks"):
+        base = benchmark_setup.load_base(spec)[0]
+        benchmark_worker.with_adapter(base, BenchSpec(lora_blocks="below"))
