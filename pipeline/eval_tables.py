@@ -1,0 +1,135 @@
+"""The evaluation's readable outputs: Markdown tables and bar charts of the report (``eval.json``).
+
+Both read only the report dict, whose ``conditions`` maps each condition to its description, so
+they can redraw the figures of a finished evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+UNITS = {
+    "loglik": "log-likelihood per answer token (nats)",
+    "match": "fraction of items matched",
+    "similarity": "similarity to the reference",
+}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(summary: dict) -> str:
+    low, high = summary["ci95"]
+    return "–" if low is None else f"[{low:.3f}, {high:.3f}]"
+
+
+def write_tables(report: dict, path: Path) -> None:
+    """Readable Markdown: a summary of every metric, then one table per metric."""
+    conds = list(report["conditions"])
+    lines = [
+        "# Decoder evaluation",
+        "",
+        "Decoder: read layer {read_layer}, write layer {write_layer}, positions "
+        "{positions}.".format(**report["decoder"]),
+        "",
+        "Conditions: " + "; ".join(f"**{c}**: {d}" for c, d in report["conditions"].items()) + ".",
+        "Grounding gap: true minus shuffled, paired per item (mean and 95% bootstrap CI).",
+        "",
+        "| metric | n | " + " | ".join(conds) + " | grounding gap | gap 95% CI |",
+        "|---|---|" + "---|" * (len(conds) + 2),
+    ]
+    for name, r in report["metrics"].items():
+        if "conditions" not in r:
+            lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in conds) + " | – | – |")
+            continue
+        lines.append(
+            f"| {name} | {r['n']} | "
+            + " | ".join(_fmt(r["conditions"][c]["mean"]) for c in conds)
+            + f" | {_fmt(r['grounding_gap']['mean'])} | {_ci(r['grounding_gap'])} |"
+        )
+    for name, r in report["metrics"].items():
+        lines += ["", f"## {name}", "", r["description"] + "."]
+        if "scorer" in r:
+            lines.append(f"Scorer: {r['scorer']['name']} ({r['scorer']['kind']}).")
+        lines += [f"Note: {note}." for note in r.get("notes", [])]
+        if "conditions" not in r:
+            lines.append(f"Skipped: {r['skipped']}.")
+            continue
+        ppl = any("perplexity" in v for v in r["conditions"].values())
+        lines += [
+            "",
+            "| condition | mean | 95% CI | std | n |" + (" perplexity |" if ppl else ""),
+            "|---|---|---|---|---|" + ("---|" if ppl else ""),
+        ]
+        rows = [(c, r["conditions"][c]) for c in conds]
+        rows += [
+            ("grounding gap (true − shuffled)", r["grounding_gap"]),
+            ("text-only gap (true − text_only)", r["text_only_gap"]),
+        ]
+        for label, v in rows:
+            lines.append(
+                f"| {label} | {_fmt(v['mean'])} | {_ci(v)} | {_fmt(v['std'])} | "
+                f"{v['n']} |" + (f" {_fmt(v.get('perplexity'), 2)} |" if ppl else "")
+            )
+        if r.get("by_relation"):
+            lines += ["", "| relation | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+            for rel, scores in r["by_relation"].items():
+                lines.append(f"| {rel} | " + " | ".join(_fmt(scores[c]) for c in conds) + " |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_plots(report: dict, folder: Path) -> None:
+    """One bar chart per metric (conditions, 95% CI error bars) and an overview of them all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {n: r for n, r in report["metrics"].items() if "conditions" in r}
+    if not shown:
+        return
+
+    conds = list(report["conditions"])
+
+    def draw(ax, name, r):
+        means = [r["conditions"][c]["mean"] or 0.0 for c in conds]
+        low = [
+            m - (r["conditions"][c]["ci95"][0] if r["conditions"][c]["ci95"][0] is not None else m)
+            for m, c in zip(means, conds, strict=True)
+        ]
+        high = [
+            (r["conditions"][c]["ci95"][1] if r["conditions"][c]["ci95"][1] is not None else m) - m
+            for m, c in zip(means, conds, strict=True)
+        ]
+        ax.bar(
+            conds,
+            means,
+            yerr=[low, high],
+            capsize=4,
+            color=["#2b6cb0", "#a0aec0", "#dd6b20", "#38a169"],
+        )
+        gap = r["grounding_gap"]
+        ax.set_title(f"{name} (n={r['n']})\ngap {_fmt(gap['mean'])} {_ci(gap)}", fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_ylabel(UNITS.get(r.get("kind", ""), "score"), fontsize=8)
+        if r.get("kind") == "match":
+            ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelsize=8)
+
+    for name, r in shown.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        draw(ax, name, r)
+        fig.tight_layout()
+        fig.savefig(folder / f"plot_{name}.png", dpi=100)
+        plt.close(fig)
+    cols = min(3, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, shown.items(), strict=False):
+        draw(ax, name, r)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(folder / "plot_overview.png", dpi=100)
+    plt.close(fig)
