@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from pipeline import store
 from pipeline.schema import write_dialogs
-from pipeline.train import TrainParams, build_examples, lr_lambda
+from pipeline.train import TrainParams, lr_lambda
+from pipeline.train_data import build_examples
 
 PERSONAS = [
     "pirate",
