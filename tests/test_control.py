@@ -17,14 +17,13 @@ from pipeline.control import (
     ControlParams,
     Rig,
     attach_adapters,
-    load_prompts,
-    load_target,
     score,
     steer_parameters,
     summarize,
     train_steer,
     use_adapter,
 )
+from pipeline.control_inputs import control_target, load_prompts, load_target
 from pipeline.lora import add_lora
 from pipeline.schema import DataError
 
@@ -199,18 +198,18 @@ def test_qa_override_from_a_yaml_file_or_reading_output(tmp_path):
     other = json.loads(json.dumps(TARGETS))
     other["targets"][0]["qa"] = [{"question": "Who?", "answer": "Blackbeard."}]
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
-    target = control.control_target(qa, "target-pirate", str(tmp_path / "other.yaml"))
+    target = control_target(qa, "target-pirate", str(tmp_path / "other.yaml"))
     assert target["qa"] == [{"question": "Who?", "answer": "Blackbeard."}]
     answers = tmp_path / "answers.jsonl"
     rows = [{"dialog": 0, "question": "Mood?", "answer": "Jolly.", "n_read_tokens": 9}, {}]
     answers.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(DataError, match=r"record 1.*question"):
-        control.control_target(qa, "target-pirate", str(answers))
+        control_target(qa, "target-pirate", str(answers))
     answers.write_text(json.dumps(rows[0]) + "\n")
-    target = control.control_target(qa, "target-pirate", str(answers))
+    target = control_target(qa, "target-pirate", str(answers))
     assert target["qa"] == [{"question": "Mood?", "answer": "Jolly."}]
     assert target["description"].startswith("Talk like") and target["qa_file"] == str(answers)
-    assert control.control_target(qa, "target-pirate", None)["qa"] == TARGETS["targets"][0]["qa"]
+    assert control_target(qa, "target-pirate", None)["qa"] == TARGETS["targets"][0]["qa"]
 
 
 def test_stage_writes_every_metric(tiny_model_dir, tokenizer, tmp_path):
