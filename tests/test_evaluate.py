@@ -10,12 +10,11 @@ import torch
 
 from pipeline import evaluate, store
 from pipeline.dialogs import build_decoder_example, placeholder_id
+from pipeline.eval_items import Item, Metric, dialog_key
 from pipeline.evaluate import (
     CONDITIONS,
     EvalParams,
-    Item,
     condition_inputs,
-    dialog_key,
     text_only_example,
 )
 from pipeline.read import DecoderSettings, compute_reads, load_decoder
@@ -279,7 +278,7 @@ def test_untrained_condition_is_the_base_model(decoder, stage_inputs):
 
     model, tokenizer, settings = decoder
     items = _items()
-    metric = evaluate.Metric("m", "loglik", "test", items)
+    metric = Metric("m", "loglik", "test", items)
     computed = compute_reads(
         model,
         tokenizer,
