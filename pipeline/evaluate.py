@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline import stage
 from pipeline.decoder import answer_loss, collate
+from pipeline.decoder_files import load_decoder
 from pipeline.dialogs import DecoderExample, build_decoder_example
 from pipeline.eval_items import Item, Metric, build_metrics
 from pipeline.eval_tables import write_plots, write_tables
@@ -36,7 +37,6 @@ from pipeline.read import (
     Read,
     compute_reads,
     generate_batched,
-    load_decoder,
     target_mode,
 )
 from pipeline.sampling import derangement

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import evaluate, store
+from pipeline.decoder_files import load_decoder
 from pipeline.dialogs import build_decoder_example, placeholder_id
 from pipeline.eval_items import Item, Metric, dialog_key
 from pipeline.evaluate import (
@@ -17,7 +18,7 @@ from pipeline.evaluate import (
     condition_inputs,
     text_only_example,
 )
-from pipeline.read import DecoderSettings, compute_reads, load_decoder
+from pipeline.read import DecoderSettings, compute_reads
 from pipeline.sampling import derangement
 from pipeline.schema import write_dialogs
 

@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_config
 
 from pipeline import read, store
-from pipeline.read import BaseModelMismatch, check_base_model, load_dialogs, load_questions
+from pipeline.decoder_files import BaseModelMismatch, check_base_model, load_decoder
+from pipeline.read import load_dialogs, load_questions
 from pipeline.schema import DataError
 
 MODEL_KEY = "aaaaaaaaaaaaaaaa"
@@ -130,7 +131,7 @@ def test_read_cli_experiment_dialog_file_and_stdout(prepared, tmp_path, capsys, 
 def test_masked_turns_are_not_read(prepared):
     model, train = prepared
     settings = read.DecoderSettings(read_layer=2)
-    decoder, tokenizer = read.load_decoder(model, train / "adapter", None, device="cpu")
+    decoder, tokenizer = load_decoder(model, train / "adapter", None, device="cpu")
     system = [
         {"role": "system", "content": "You are a pirate."},
         {"role": "user", "content": "Hello"},
