@@ -11,12 +11,15 @@ the same batches, decoder-training tokens/s and peak memory of three designs:
 - (c) one copy reading cached activations (bf16, precomputed here through the cache stage's read
   path and read back as ``ActivationCache.get`` does);
 
-and activation-caching tokens/s with the early stop versus a full forward. Every (design, repeat)
-runs in a fresh subprocess, interleaved, so peak memory (``ru_maxrss`` on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA) belongs to one design. ``--scaling`` adds how caching
-time, cache size and training time grow with the number of examples and of read layers. Tokens/s
-counts the decoder's own (unpadded) tokens, the same work in every design, so its ratios are ratios
-of step times. Nothing here needs polars or snakemake.
+and activation-caching tokens/s with the early stop (at ``--caching-layer``, default the read
+layer) versus a full forward. Every (design, repeat) runs in a fresh subprocess, interleaved, so its
+peak memory belongs to one design. The memory targets use peak tensor memory:
+``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the tensors live before one profiled step
+plus the most that step allocates at once (the profiler's allocator events). On CPU the peak RSS
+(``ru_maxrss``, which also counts libraries and allocator slack) is reported beside it.
+``--scaling`` adds how caching time, cache size and training time grow with the number of examples
+and of read layers. Tokens/s counts the decoder's own (unpadded) tokens, the same work in every
+design, so its ratios are ratios of step times. Nothing here needs polars or snakemake.
 """
 
 from __future__ import annotations
@@ -111,8 +114,9 @@ def summarize(runs: dict[str, list[dict]], caching: list[dict]) -> dict:
         designs[design] = {
             "label": DESIGNS[design],
             "tokens_per_s": _median(items, "tokens_per_s"),
-            "peak_memory_bytes": _median(items, "peak_memory_bytes"),
-            "peak_memory_net_bytes": _median(items, "peak_memory_net_bytes"),
+            "peak_tensor_bytes": _median(items, "peak_tensor_bytes"),
+            "peak_rss_bytes": _median(items, "peak_rss_bytes"),
+            "peak_rss_net_bytes": _median(items, "peak_rss_net_bytes"),
             "weights_bytes": _median(items, "weights_bytes"),
             "model_flops_per_s": _median(items, "model_flops_per_s"),
             "mfu": _median(items, "mfu"),
@@ -123,15 +127,16 @@ def summarize(runs: dict[str, list[dict]], caching: list[dict]) -> dict:
     def get(design, key):
         return designs.get(design, {}).get(key)
 
+    def over_a(design, key):
+        return _ratio(get(design, key), get("a", key))
+
     ratios = {
-        "tokens_per_s_c_over_a": _ratio(get("c", "tokens_per_s"), get("a", "tokens_per_s")),
-        "tokens_per_s_b_over_a": _ratio(get("b", "tokens_per_s"), get("a", "tokens_per_s")),
-        "peak_memory_b_over_a": _ratio(
-            get("b", "peak_memory_bytes"), get("a", "peak_memory_bytes")
-        ),
-        "peak_memory_c_over_a": _ratio(
-            get("c", "peak_memory_bytes"), get("a", "peak_memory_bytes")
-        ),
+        "tokens_per_s_c_over_a": over_a("c", "tokens_per_s"),
+        "tokens_per_s_b_over_a": over_a("b", "tokens_per_s"),
+        "peak_memory_b_over_a": over_a("b", "peak_tensor_bytes"),
+        "peak_memory_c_over_a": over_a("c", "peak_tensor_bytes"),
+        "peak_rss_b_over_a": over_a("b", "peak_rss_bytes"),
+        "peak_rss_c_over_a": over_a("c", "peak_rss_bytes"),
         "caching_early_over_full": _ratio(early, full),
     }
     targets = {}
@@ -159,17 +164,19 @@ def format_report(result: dict) -> str:
         f"model: {result['model']}  device: {result['device']}  repeats: {result['repeats']}  "
         f"batch: {spec['batch_size']}  read layer: {result['read_layer']}  "
         f"write layer: {spec['write_layer']}  LoRA blocks: {spec.get('lora_blocks', 'all')}  "
+        f"caching layer: {result.get('caching_layer', result['read_layer'])}  "
         f"gradient checkpointing: {checkpointing}{live}",
         "",
-        "| design | tokens/s | peak MiB | peak MiB above imports | weights MiB | model TFLOP/s "
-        "| MFU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| design | tokens/s | peak tensor MiB | peak RSS MiB | RSS MiB above imports "
+        "| weights MiB | model TFLOP/s | MFU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for design, d in summary["designs"].items():
         mfu = "-" if d["mfu"] is None else f"{100 * d['mfu']:.1f}%"
         lines.append(
             f"| ({design}) {d['label']} | {d['tokens_per_s']:.1f} | "
-            f"{_mib(d['peak_memory_bytes'])} | {_mib(d['peak_memory_net_bytes'])} | "
+            f"{_mib(d['peak_tensor_bytes'])} | {_mib(d['peak_rss_bytes'])} | "
+            f"{_mib(d['peak_rss_net_bytes'])} | "
             f"{_mib(d['weights_bytes'])} | "
             f"{d['model_flops_per_s'] / 1e12:.3f} | {mfu} |"
         )
@@ -185,6 +192,9 @@ def format_report(result: dict) -> str:
     for name, t in summary["targets"].items():
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
         lines.append(f"| {name} | {value} | {t['target']} | {t['met']} |")
+    for name in ("peak_rss_b_over_a", "peak_rss_c_over_a"):
+        if summary["ratios"].get(name) is not None:  # CPU only; the targets use tensor memory
+            lines.append(f"| {name} | {summary['ratios'][name]:.2f} | (no target) | - |")
     if result.get("largest_batch"):
         lines += ["", "| design | largest batch |", "| --- | ---: |"]
         for r in result["largest_batch"]:
@@ -240,6 +250,7 @@ def benchmark(
         "device": spec.device,
         "repeats": repeats,
         "read_layer": caching[0]["read_layer"],
+        "caching_layer": caching[0]["caching_layer"],
         "n_layers": caching[0]["n_layers"],
         "spec": asdict(spec),
         "cache_bytes": caching[0].get("cache_bytes"),
@@ -275,6 +286,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, help="default float32 (--model), bf16 (--config)")
     parser.add_argument("--read-layer", type=int, default=None)
     parser.add_argument("--write-layer", type=int, default=0)
+    parser.add_argument(
+        "--caching-layer", type=int, default=None, help="early stop of the timed caching pass"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per repeat")
@@ -332,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype or ("bfloat16" if args.config else "float32"),
         read_layer=args.read_layer,
         write_layer=args.write_layer,
+        caching_layer=args.caching_layer,
         batch_size=args.batch_size,
         cache_batch_size=args.cache_batch_size,
         steps=args.steps,

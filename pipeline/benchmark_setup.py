@@ -70,6 +70,8 @@ class BenchSpec:
     """Block whose output is read (default: min(15, layers // 2))."""
     write_layer: int = 0
     """Decoder block whose output is replaced at the placeholders."""
+    caching_layer: int | None = None
+    """Block where the timed caching pass stops early (default: the read layer)."""
     batch_size: int = 8
     """Examples per training step."""
     cache_batch_size: int = 8
@@ -238,6 +240,14 @@ def resolve_read_layer(spec: BenchSpec, n_blocks: int) -> int:
     layer = min(15, n_blocks // 2) if spec.read_layer is None else spec.read_layer
     if not 0 <= layer < n_blocks or not 0 <= spec.write_layer < n_blocks:
         raise ValueError(f"read/write layer {layer}/{spec.write_layer}: model has {n_blocks}")
+    return layer
+
+
+def resolve_caching_layer(spec: BenchSpec, n_blocks: int) -> int:
+    layer = resolve_read_layer(spec, n_blocks)
+    layer = layer if spec.caching_layer is None else spec.caching_layer
+    if not 0 <= layer < n_blocks:
+        raise ValueError(f"caching layer {layer}: model has {n_blocks} blocks")
     return layer
 
 

@@ -25,6 +25,7 @@ from pipeline.benchmark_setup import (
     build_workload,
     compute_cache,
     load_base,
+    resolve_caching_layer,
     resolve_read_layer,
     synchronize,
     target_activations,
@@ -151,16 +152,37 @@ def model_flops(trainer: Trainer, indices: list[int]) -> float:
 # --- workers (one per subprocess) --------------------------------------------------------------
 
 
-def _peak_memory(spec: BenchSpec) -> int:
-    if torch.device(spec.device).type == "cuda":
-        return int(torch.cuda.max_memory_allocated())
+def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _start_memory(spec: BenchSpec) -> int:
-    if torch.device(spec.device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    return _peak_memory(spec)
+def live_tensor_bytes() -> int:
+    """Bytes of the distinct CPU tensor storages Python reaches: weights, optimizer state, cache."""
+    storages = {}
+    for obj in gc.get_objects():
+        # type(), not isinstance(): the latter reads __class__, which warns on deprecated aliases
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def step_tensor_peak(trainer: Trainer, indices: list[int]) -> int:
+    """Peak bytes of CPU tensors during one training step on ``indices``: those live before it
+    plus the most the step holds at once, from the profiler's allocator events. The CPU analogue
+    of ``torch.cuda.max_memory_allocated``: tensors only, not libraries or allocator slack."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    before = live_tensor_bytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainer.step(indices)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        running += event.nbytes()  # negative for a free
+        peak = max(peak, running)
+    return before + peak
 
 
 def weights_bytes(*models) -> int:
@@ -174,8 +196,14 @@ def weights_bytes(*models) -> int:
 
 
 def run_design(spec: BenchSpec, design: str, cache_path: Path | None) -> dict:
-    """Train ``warmup + steps`` steps of one design; tokens/s of the timed ones, peak memory."""
-    baseline = _start_memory(spec)
+    """Train ``warmup + steps`` steps of one design; tokens/s of the timed ones, peak memory.
+
+    On CPU the peak tensor memory comes from one more, profiled and untimed, step on the timed
+    batch with the most decoder tokens (padded), after the peak RSS is read."""
+    on_cuda = torch.device(spec.device).type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    baseline = _peak_rss()
     trainer = make_trainer(design, spec, cache_path)
     batches = trainer.work.batches
     for s in range(spec.warmup):
@@ -188,15 +216,21 @@ def run_design(spec: BenchSpec, design: str, cache_path: Path | None) -> dict:
     synchronize(spec)
     seconds = time.perf_counter() - started
     flops = sum(model_flops(trainer, indices) for indices in timed)
-    peak = _peak_memory(spec)
-    on_cuda = torch.device(spec.device).type == "cuda"
+    rss = None if on_cuda else _peak_rss()
+    if on_cuda:
+        tensor_peak = int(torch.cuda.max_memory_allocated())
+    else:
+        examples = trainer.work.examples
+        largest = max(timed, key=lambda b: len(b) * max(len(examples[i].input_ids) for i in b))
+        tensor_peak = step_tensor_peak(trainer, largest)
     return {
         "design": design,
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
-        "peak_memory_bytes": peak,
-        "peak_memory_net_bytes": peak - baseline if not on_cuda else peak,
+        "peak_tensor_bytes": tensor_peak,
+        "peak_rss_bytes": rss,
+        "peak_rss_net_bytes": None if on_cuda else rss - baseline,
         "weights_bytes": weights_bytes(trainer.decoder, trainer.target),
         "model_flops_per_s": flops / seconds,
         "mfu": flops / seconds / H100_BF16_PEAK_FLOPS if on_cuda else None,
@@ -205,22 +239,32 @@ def run_design(spec: BenchSpec, design: str, cache_path: Path | None) -> dict:
 
 
 def run_caching(spec: BenchSpec, cache_path: Path | None) -> dict:
-    """Caching tokens/s with the early stop and with a full forward; writes the cache file."""
+    """Caching tokens/s with the early stop (at the caching layer) and with a full forward; writes
+    the cache file (at the read layer) that (c) trains from."""
     model, tokenizer = load_base(spec)
-    layer = resolve_read_layer(spec, len(decoder_layers(model)))
+    n_blocks = len(decoder_layers(model))
+    read_layer, layer = resolve_read_layer(spec, n_blocks), resolve_caching_layer(spec, n_blocks)
     dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
     work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
     pad = tokenizer.pad_token_id
     warm = Workload(work.ids[:1], work.reads[:1], work.examples[:1], [[0]])
     compute_cache(model, warm, [layer], pad, spec)
-    result: dict[str, Any] = {"read_layer": layer, "n_layers": len(decoder_layers(model))}
+    result: dict[str, Any] = {
+        "read_layer": read_layer,
+        "caching_layer": layer,
+        "n_layers": n_blocks,
+    }
     for name, early in (("early_stop", True), ("full_forward", False)):
         started = time.perf_counter()
         rows, tokens = compute_cache(model, work, [layer], pad, spec, stop_early=early)
         seconds = time.perf_counter() - started
         result[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-        if early and cache_path is not None and not cache_path.exists():
-            result["cache_bytes"] = write_cache(cache_path, work.ids, rows)
+        if early:
+            cached = rows
+    if cache_path is not None and not cache_path.exists():
+        if layer != read_layer:  # untimed: (c) reads the training read layer
+            cached, _ = compute_cache(model, work, [read_layer], pad, spec)
+        result["cache_bytes"] = write_cache(cache_path, work.ids, cached)
     return result
 
 

@@ -30,17 +30,20 @@ def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsy
     for design, runs in result["runs"].items():
         assert len(runs) == 1 and runs[0]["design"] == design
         assert runs[0]["tokens"] > 0 and runs[0]["tokens_per_s"] > 0
-        # On CPU the net figure is the high-water mark above the one after imports; a tiny model
-        # may never raise it, so it can be 0 there (never negative, never above the peak).
-        assert runs[0]["peak_memory_bytes"] > 0
-        assert 0 <= runs[0]["peak_memory_net_bytes"] < runs[0]["peak_memory_bytes"]
+        # On CPU the net RSS figure is the high-water mark above the one after imports; a tiny
+        # model may never raise it, so it can be 0 there (never negative, never above the peak).
+        assert runs[0]["peak_rss_bytes"] > 0
+        assert 0 <= runs[0]["peak_rss_net_bytes"] < runs[0]["peak_rss_bytes"]
+        # Tensor memory holds at least the weights and never approaches the whole process.
+        assert runs[0]["weights_bytes"] < runs[0]["peak_tensor_bytes"] < runs[0]["peak_rss_bytes"]
         assert runs[0]["model_flops_per_s"] > 0 and runs[0]["mfu"] is None  # no CUDA here
     for caching in result["caching_runs"]:
         assert caching["early_stop"]["tokens"] == caching["full_forward"]["tokens"] > 0
 
     runs, summary = result["runs"], result["summary"]
     tps = {d: runs[d][0]["tokens_per_s"] for d in runs}
-    peak = {d: runs[d][0]["peak_memory_bytes"] for d in runs}
+    peak = {d: runs[d][0]["peak_tensor_bytes"] for d in runs}
+    rss = {d: runs[d][0]["peak_rss_bytes"] for d in runs}
     early = result["caching_runs"][0]["early_stop"]["tokens_per_s"]
     full = result["caching_runs"][0]["full_forward"]["tokens_per_s"]
     expected = {
@@ -49,6 +52,7 @@ def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsy
         "peak_memory_c_over_a": peak["c"] / peak["a"],
         "caching_early_over_full": early / full,
     }
+    assert summary["ratios"]["peak_rss_c_over_a"] == pytest.approx(rss["c"] / rss["a"])
     for name, value in expected.items():
         assert math.isclose(summary["ratios"][name], value, rel_tol=1e-9)
         target = summary["targets"][name]
@@ -61,13 +65,16 @@ def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsy
     weights = {d: runs[d][0]["weights_bytes"] for d in runs}
     assert weights["a"] > 1.5 * weights["b"] and weights["b"] == weights["c"]
     # Peak RSS of a tiny model is set by the imports, so (a) may tie (b) here; never below it.
-    assert peak["a"] >= peak["b"]
+    assert rss["a"] >= rss["b"]
+    # Tensor memory sees the second copy whatever the imports: (a) holds more than the weights'
+    # difference above (b).
+    assert peak["a"] - peak["b"] >= weights["a"] - weights["b"]
     assert "(c) 1 copy, cached activations" in printed
 
 
 def test_summarize_takes_medians_per_design():
     def run(tps, peak):
-        return {"tokens_per_s": tps, "peak_memory_bytes": peak, "peak_memory_net_bytes": peak}
+        return {"tokens_per_s": tps, "peak_tensor_bytes": peak, "peak_rss_bytes": 2 * peak}
 
     runs = {
         "a": [run(10, 100), run(30, 300), run(20, 200)],

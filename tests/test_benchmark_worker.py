@@ -59,3 +59,30 @@ def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir)
     with pytest.raises(ValueError, match="lora_blocks"):
         base = benchmark_setup.load_base(spec)[0]
         benchmark_worker.with_adapter(base, BenchSpec(lora_blocks="below"))
+
+
+def test_step_tensor_peak_counts_live_tensors_and_grows_with_the_batch(tiny_model_dir):
+    spec = BenchSpec(model=str(tiny_model_dir), examples=8, batch_size=8, read_layer=1)
+    trainer = benchmark_worker.make_trainer("b", spec, None)
+    longest = max(range(8), key=lambda i: len(trainer.work.examples[i].input_ids))
+    trainer.step([longest])  # the optimizer's state exists from here on
+    live = benchmark_worker.live_tensor_bytes()
+    assert live >= benchmark_worker.weights_bytes(trainer.decoder)
+    one = benchmark_worker.step_tensor_peak(trainer, [longest])
+    eight = benchmark_worker.step_tensor_peak(trainer, [longest] * 8)
+    assert live < one < eight  # a step's activations come on top, and scale with the batch
+    assert benchmark_worker.step_tensor_peak(trainer, [longest]) == one  # same step, same bytes
+
+
+def test_caching_layer_times_one_block_and_caches_the_read_layer(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    spec = BenchSpec(model=str(tiny_model_dir), examples=8, read_layer=2, caching_layer=0)
+    path = tmp_path / "cache.safetensors"
+    result = benchmark_worker.run_caching(spec, path)
+    assert (result["read_layer"], result["caching_layer"]) == (2, 0)
+    assert result["early_stop"]["tokens"] == result["full_forward"]["tokens"] > 0
+    with safe_open(str(path), "pt") as f:
+        assert list(f.keys()) == ["layer_2"]  # what (c) trains from
+    with pytest.raises(ValueError, match="caching layer 9"):
+        benchmark_worker.run_caching(BenchSpec(model=str(tiny_model_dir), caching_layer=9), None)
