@@ -91,3 +91,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers also makes the embeddings' output require grad, which only the reentrant
+    # variant needs: it would pull every block into the graph, so the backward (and recompute)
+    # would no longer stop at the lowest adapted block (``lora_blocks: from_write``).
+    if getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None):
+        base.disable_input_require_grads()  # older releases add no hook and fail to remove one

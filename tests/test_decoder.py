@@ -309,11 +309,14 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, fam
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer):
-    from pipeline.lora import add_lora
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer, checkpointing):
+    from pipeline.lora import add_lora, enable_gradient_checkpointing
 
     reads, exs = examples(tokenizer)
     model = add_lora(build_tiny_model("llama", tokenizer), r=4, dropout=0.0, layers=[1])
+    if checkpointing:
+        enable_gradient_checkpointing(model)
     blocks = decoder_layers(model)
     assert {
         int(n.split("layers.")[1].split(".")[0])
@@ -323,8 +326,11 @@ def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer):
     model.train()
     with model.disable_adapter(), torch.no_grad():
         acts = target_activations(model, tokenizer, reads, 2)
-    reached = []
+    reached, mlp_calls = [], []
     for i, block in enumerate(blocks):
         block.register_full_backward_hook(lambda *_, i=i: reached.append(i))
+        block.mlp.register_forward_pre_hook(lambda *_, i=i: mlp_calls.append(i))
     answer_loss(model, collate(exs, acts, tokenizer.pad_token_id), 1).backward()
     assert 0 not in reached and 1 in reached
+    # Checkpointing recomputes the adapted block in the backward pass, never the one below it.
+    assert mlp_calls.count(0) == 1 and mlp_calls.count(1) == (2 if checkpointing else 1)
