@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline import benchmark_setup, benchmark_worker
 from pipeline.benchmark_setup import BenchSpec
@@ -59,6 +60,25 @@ def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir)
     with pytest.raises(ValueError, match="lora_blocks"):
         base = benchmark_setup.load_base(spec)[0]
         benchmark_worker.with_adapter(base, BenchSpec(lora_blocks="below"))
+
+
+class _Allocates:
+    """A step with a known high-water mark: 8 MiB, then 16 MiB more beside it, then 20 MiB."""
+
+    def step(self, indices):
+        first = torch.empty(2 << 20)
+        second = torch.empty(4 << 20)
+        del first, second
+        torch.empty(5 << 20)
+
+
+def test_step_tensor_peak_is_what_is_live_plus_the_steps_high_water_mark():
+    held = torch.ones(1 << 20)  # 4 MiB live before the step, counted once though viewed twice
+    view = held[: 1 << 10]
+    before = benchmark_worker.live_tensor_bytes()
+    assert before >= held.nbytes and view.untyped_storage().data_ptr() == held.data_ptr()
+    peak = benchmark_worker.step_tensor_peak(_Allocates(), [])
+    assert abs(peak - before - (24 << 20)) < (64 << 10)
 
 
 def test_step_tensor_peak_counts_live_tensors_and_grows_with_the_batch(tiny_model_dir):
