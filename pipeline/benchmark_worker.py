@@ -40,6 +40,7 @@ from pipeline.lora import (
     trainable_parameters,
 )
 from pipeline.modeling import decoder_layers
+from pipeline.tensor_memory import peak_tensor_bytes
 
 H100_BF16_PEAK_FLOPS = 989e12
 
@@ -156,35 +157,6 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def live_tensor_bytes() -> int:
-    """Bytes of the distinct CPU tensor storages Python reaches: weights, optimizer state, cache."""
-    storages = {}
-    for obj in gc.get_objects():
-        # type(), not isinstance(): the latter reads __class__, which warns on deprecated aliases
-        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
-            storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
-def step_tensor_peak(trainer: Trainer, indices: list[int]) -> int:
-    """Peak bytes of CPU tensors during one training step on ``indices``: those live before it
-    plus the most the step holds at once, from the profiler's allocator events. The CPU analogue
-    of ``torch.cuda.max_memory_allocated``: tensors only, not libraries or allocator slack."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    before = live_tensor_bytes()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        trainer.step(indices)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    running = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        running += event.nbytes()  # negative for a free
-        peak = max(peak, running)
-    return before + peak
-
-
 def weights_bytes(*models) -> int:
     """Bytes of the distinct parameter storages of ``models`` (tied weights counted once)."""
     storages = {}
@@ -222,7 +194,7 @@ def run_design(spec: BenchSpec, design: str, cache_path: Path | None) -> dict:
     else:
         examples = trainer.work.examples
         largest = max(timed, key=lambda b: len(b) * max(len(examples[i].input_ids) for i in b))
-        tensor_peak = step_tensor_peak(trainer, largest)
+        tensor_peak = peak_tensor_bytes(lambda: trainer.step(largest))
     return {
         "design": design,
         "tokens": tokens,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pipeline import benchmark_setup, benchmark_worker
 from pipeline.benchmark_setup import BenchSpec
+from pipeline.tensor_memory import live_tensor_bytes, peak_tensor_bytes
 
 
 def test_scaling_grows_with_examples_and_layers(tiny_model_dir, tmp_path):
@@ -62,36 +62,17 @@ def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir)
         benchmark_worker.with_adapter(base, BenchSpec(lora_blocks="below"))
 
 
-class _Allocates:
-    """A step with a known high-water mark: 8 MiB, then 16 MiB more beside it, then 20 MiB."""
-
-    def step(self, indices):
-        first = torch.empty(2 << 20)
-        second = torch.empty(4 << 20)
-        del first, second
-        torch.empty(5 << 20)
-
-
-def test_step_tensor_peak_is_what_is_live_plus_the_steps_high_water_mark():
-    held = torch.ones(1 << 20)  # 4 MiB live before the step, counted once though viewed twice
-    view = held[: 1 << 10]
-    before = benchmark_worker.live_tensor_bytes()
-    assert before >= held.nbytes and view.untyped_storage().data_ptr() == held.data_ptr()
-    peak = benchmark_worker.step_tensor_peak(_Allocates(), [])
-    assert abs(peak - before - (24 << 20)) < (64 << 10)
-
-
-def test_step_tensor_peak_counts_live_tensors_and_grows_with_the_batch(tiny_model_dir):
+def test_a_steps_tensor_peak_counts_live_tensors_and_grows_with_the_batch(tiny_model_dir):
     spec = BenchSpec(model=str(tiny_model_dir), examples=8, batch_size=8, read_layer=1)
     trainer = benchmark_worker.make_trainer("b", spec, None)
     longest = max(range(8), key=lambda i: len(trainer.work.examples[i].input_ids))
     trainer.step([longest])  # the optimizer's state exists from here on
-    live = benchmark_worker.live_tensor_bytes()
+    live = live_tensor_bytes()
     assert live >= benchmark_worker.weights_bytes(trainer.decoder)
-    one = benchmark_worker.step_tensor_peak(trainer, [longest])
-    eight = benchmark_worker.step_tensor_peak(trainer, [longest] * 8)
+    one = peak_tensor_bytes(lambda: trainer.step([longest]))
+    eight = peak_tensor_bytes(lambda: trainer.step([longest] * 8))
     assert live < one < eight  # a step's activations come on top, and scale with the batch
-    assert benchmark_worker.step_tensor_peak(trainer, [longest]) == one  # same step, same bytes
+    assert peak_tensor_bytes(lambda: trainer.step([longest])) == one  # same step, same bytes
 
 
 def test_caching_layer_times_one_block_and_caches_the_read_layer(tiny_model_dir, tmp_path):
