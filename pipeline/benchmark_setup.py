@@ -99,7 +99,7 @@ class BenchSpec:
     max_batch: int = 1024
     """Upper bound of the largest-batch search."""
     gradient_checkpointing: bool = False
-    """Recompute each decoder block in the backward pass (every design alike)."""
+    """Recompute each adapted block in the backward pass (every design alike)."""
     live_memory: bool = False
     """Fix glibc's mmap threshold in the workers: peak RSS tracks live memory, steps run slower."""
 

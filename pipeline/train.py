@@ -99,7 +99,7 @@ class TrainParams:
     dtype: str = "float32"
     """``float32`` or ``bfloat16`` (base weights in bf16, adapter in fp32, bf16 autocast)."""
     gradient_checkpointing: bool = False
-    """Recompute each decoder block in the backward pass: far less memory, one more forward."""
+    """Recompute each adapted block in the backward pass: far less memory, one more forward each."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many optimizer steps (0: only on SIGTERM)."""
     eval_every: int = 25
