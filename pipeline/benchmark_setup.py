@@ -243,9 +243,8 @@ def resolve_read_layer(spec: BenchSpec, n_blocks: int) -> int:
     return layer
 
 
-def resolve_caching_layer(spec: BenchSpec, n_blocks: int) -> int:
-    layer = resolve_read_layer(spec, n_blocks)
-    layer = layer if spec.caching_layer is None else spec.caching_layer
+def resolve_caching_layer(spec: BenchSpec, read_layer: int, n_blocks: int) -> int:
+    layer = read_layer if spec.caching_layer is None else spec.caching_layer
     if not 0 <= layer < n_blocks:
         raise ValueError(f"caching layer {layer}: model has {n_blocks} blocks")
     return layer

@@ -40,7 +40,7 @@ from pipeline.lora import (
     trainable_parameters,
 )
 from pipeline.modeling import decoder_layers
-from pipeline.tensor_memory import peak_tensor_bytes
+from pipeline.tensor_memory import peak_tensor_bytes, storage_bytes
 
 H100_BF16_PEAK_FLOPS = 989e12
 
@@ -159,12 +159,7 @@ def _peak_rss() -> int:
 
 def weights_bytes(*models) -> int:
     """Bytes of the distinct parameter storages of ``models`` (tied weights counted once)."""
-    storages = {}
-    for model in models:
-        for param in model.parameters() if model is not None else ():
-            storage = param.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+    return storage_bytes(p for model in models if model is not None for p in model.parameters())
 
 
 def run_design(spec: BenchSpec, design: str, cache_path: Path | None) -> dict:
@@ -215,7 +210,8 @@ def run_caching(spec: BenchSpec, cache_path: Path | None) -> dict:
     the cache file (at the read layer) that (c) trains from."""
     model, tokenizer = load_base(spec)
     n_blocks = len(decoder_layers(model))
-    read_layer, layer = resolve_read_layer(spec, n_blocks), resolve_caching_layer(spec, n_blocks)
+    read_layer = resolve_read_layer(spec, n_blocks)
+    layer = resolve_caching_layer(spec, read_layer, n_blocks)
     dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
     work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
     pad = tokenizer.pad_token_id

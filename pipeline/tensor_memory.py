@@ -9,20 +9,28 @@ work allocates beyond them, read from the PyTorch profiler's allocator events.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
 
-def live_tensor_bytes() -> int:
-    """Bytes of the distinct CPU tensor storages Python reaches; views share their storage."""
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages under ``tensors``: views and tied weights count once."""
     storages = {}
-    for obj in gc.get_objects():
-        # type(), not isinstance(): the latter reads __class__, which warns on deprecated aliases
-        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
-            storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of the distinct CPU tensor storages Python reaches."""
+    # type(), not isinstance(): the latter reads __class__, which warns on deprecated aliases
+    return storage_bytes(
+        obj
+        for obj in gc.get_objects()
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu"
+    )
 
 
 def peak_tensor_bytes(work: Callable[[], object]) -> int:
