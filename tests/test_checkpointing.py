@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from pipeline import checkpointing as ck
+from pipeline.training import checkpointing as ck
 
 
 def optimizer_state() -> dict:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline import config_schema
+from pipeline.core import config_schema
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -26,7 +26,7 @@ def config():
 
 def test_committed_schema_is_up_to_date(schema):
     assert schema == yaml.safe_load(config_schema.render()), (
-        "regenerate: python -m pipeline.config_schema > workflow/schemas/config.schema.yaml"
+        "regenerate: python -m pipeline.core.config_schema > workflow/schemas/config.schema.yaml"
     )
 
 

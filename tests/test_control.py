@@ -10,8 +10,8 @@ import yaml
 from conftest import build_tiny_model
 from safetensors.torch import load_file
 
-from pipeline import control, store
-from pipeline.control import (
+from pipeline.control import control
+from pipeline.control.control import (
     DECODER,
     STEER,
     ControlParams,
@@ -23,9 +23,11 @@ from pipeline.control import (
     train_steer,
     use_adapter,
 )
-from pipeline.control_inputs import control_target, load_prompts, load_target
-from pipeline.lora import add_lora
-from pipeline.schema import DataError
+from pipeline.control.inputs import control_target, load_prompts, load_target
+from pipeline.core import store
+from pipeline.data.schema import DataError
+from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.mechanism.lora import add_lora
 
 READ_LAYER = 2
 SETTINGS = {"read_layer": READ_LAYER, "write_layer": 0, "positions": "all", "align_positions": True}
@@ -72,7 +74,7 @@ def setup(request, tokenizer, tmp_path):
     model = attach_adapters(
         build_tiny_model(family, tokenizer), train_dir / "adapter", READ_LAYER, r=4, alpha=8, seed=0
     )
-    rig = Rig(model, tokenizer, **SETTINGS)
+    rig = Rig(model, tokenizer, DecoderSettings(**SETTINGS))
     reads, examples = rig.examples(PROMPTS, TARGETS["targets"][0]["qa"])
     return rig, reads, examples
 
@@ -283,9 +285,9 @@ def test_steering_smollm2_raises_the_decoder_score(tmp_path):
     """SmolLM2 with a freshly initialised decoder adapter (the base model reads itself)."""
     from conftest import smollm2_gguf
 
-    from pipeline import prepare_model
-    from pipeline.modeling import load_model
-    from pipeline.stages import REPO_DIR
+    from pipeline.core.stages import REPO_DIR
+    from pipeline.mechanism import prepare_model
+    from pipeline.mechanism.modeling import load_model
 
     smollm2_gguf()
     model_dir = tmp_path / "model"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from openai_server import FakeOpenAI, fingerprint
 
-from pipeline import stage
-from pipeline.curate import (
+from pipeline.core import stage
+from pipeline.curation.curate import (
     FAMILY_FILES,
     CurateParams,
     item_rows,
@@ -26,14 +26,14 @@ from pipeline.curate import (
     render,
     run,
 )
-from pipeline.curation_filters import (
+from pipeline.curation.filters import (
     CurationFilters,
     filter_generated,
     is_refusal,
     near_duplicates,
 )
-from pipeline.request_cache import RequestCache
-from pipeline.schema import DataError, read_dialogs, validate_record
+from pipeline.curation.request_cache import RequestCache
+from pipeline.data.schema import DataError, read_dialogs, validate_record
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789-never-logged"
@@ -153,7 +153,7 @@ def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
         env = dict(os.environ, CURATE_TEST_KEY=SECRET, HF_HUB_OFFLINE="1")
         log = open(tmp_path / "first.log", "w")
         child = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.curate", *argv],
+            [sys.executable, "-m", "pipeline.curation.curate", *argv],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import build_tiny_model
 
-from pipeline.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
-from pipeline.dialogs import build_decoder_example, end_of_turn_ids, tokenize_read_dialog
-from pipeline.modeling import decoder_layers
-from pipeline.patching import gather, patch_layer, read_activations
+from pipeline.mechanism.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
+from pipeline.mechanism.dialogs import build_decoder_example, end_of_turn_ids, tokenize_read_dialog
+from pipeline.mechanism.modeling import decoder_layers
+from pipeline.mechanism.patching import gather, patch_layer, read_activations
 
 DIALOGS = [
     (
@@ -278,7 +278,7 @@ def test_generate_stops_and_decodes(tiny_model, tokenizer):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("write_layer", [0, 1])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, family, write_layer):
-    from pipeline.lora import enable_gradient_checkpointing
+    from pipeline.mechanism.lora import enable_gradient_checkpointing
 
     reads, exs = examples(tokenizer)
     grads, losses = [], []
@@ -311,7 +311,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, fam
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer, checkpointing):
-    from pipeline.lora import add_lora, enable_gradient_checkpointing
+    from pipeline.mechanism.lora import add_lora, enable_gradient_checkpointing
 
     reads, exs = examples(tokenizer)
     model = add_lora(build_tiny_model("llama", tokenizer), r=4, dropout=0.0, layers=[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.dialogs import (
+from pipeline.mechanism.dialogs import (
     ACKNOWLEDGEMENT,
     build_decoder_example,
     end_of_turn_ids,

@@ -8,19 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import evaluate, store
-from pipeline.decoder_files import load_decoder
-from pipeline.dialogs import build_decoder_example, placeholder_id
-from pipeline.eval_items import Item, Metric, dialog_key
-from pipeline.evaluate import (
+from pipeline.core import store
+from pipeline.data.schema import write_dialogs
+from pipeline.evaluation import evaluate
+from pipeline.evaluation.evaluate import (
     CONDITIONS,
     EvalParams,
     condition_inputs,
     text_only_example,
 )
-from pipeline.read import DecoderSettings, compute_reads
-from pipeline.sampling import derangement
-from pipeline.schema import write_dialogs
+from pipeline.evaluation.items import Item, Metric, dialog_key
+from pipeline.mechanism.decoder_files import load_decoder
+from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.mechanism.dialogs import build_decoder_example, placeholder_id
+from pipeline.mechanism.reading import compute_reads
+from pipeline.training.sampling import derangement
 
 READ_LAYER = 2
 PERSONAS = {
@@ -51,9 +53,9 @@ relations:
 
 
 def make_train_artifact(root: Path, model_dir: Path, read_layer: int = READ_LAYER) -> Path:
-    """A train artifact as pipeline.train publishes it: adapter/ and a manifest with params."""
-    from pipeline.lora import add_lora
-    from pipeline.modeling import load_model
+    """A train artifact as the train stage publishes it: adapter/ and a manifest with params."""
+    from pipeline.mechanism.lora import add_lora
+    from pipeline.mechanism.modeling import load_model
 
     model, _ = load_model(model_dir)
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, seed=1)
@@ -275,7 +277,7 @@ def test_text_only_has_no_placeholders_and_no_activations(decoder):
 
 
 def test_untrained_condition_is_the_base_model(decoder, stage_inputs):
-    from pipeline.modeling import load_model
+    from pipeline.mechanism.modeling import load_model
 
     model, tokenizer, settings = decoder
     items = _items()

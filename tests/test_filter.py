@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.filter import FilterParams, assign_splits, filter_dialogs, run, token_lengths
-from pipeline.schema import POLARS_SCHEMA, read_dialogs, validate_record, write_dialogs
-from pipeline.stage import ParamsError
+from pipeline.core.stage import ParamsError
+from pipeline.data.filter import FilterParams, assign_splits, filter_dialogs, run, token_lengths
+from pipeline.data.schema import POLARS_SCHEMA, read_dialogs, validate_record, write_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_cli(tmp_path, tokenizer_dir):
         [
             sys.executable,
             "-m",
-            "pipeline.filter",
+            "pipeline.data.filter",
             "--out",
             str(out),
             "--key",

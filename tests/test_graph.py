@@ -5,8 +5,8 @@ import copy
 import pytest
 from conftest import REPO, SHARED_EVAL
 
-from pipeline import stage
-from pipeline.graph import deep_merge, experiment_graph
+from pipeline.core import stage
+from pipeline.core.graph import deep_merge, experiment_graph
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.import_latentqa import ImportParams, import_folder, run
-from pipeline.schema import DataError, read_dialogs
-from pipeline.stage import ParamsError
+from pipeline.core.stage import ParamsError
+from pipeline.data.import_latentqa import ImportParams, import_folder, run
+from pipeline.data.schema import DataError, read_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_EVAL = REPO.parent / "shared" / "latentqa_eval"
@@ -52,7 +52,7 @@ def cli(source: Path, out: Path, params: str = "{}") -> subprocess.CompletedProc
         [
             sys.executable,
             "-m",
-            "pipeline.import_latentqa",
+            "pipeline.data.import_latentqa",
             "--out",
             str(out),
             "--key",

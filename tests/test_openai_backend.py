@@ -11,7 +11,7 @@ from email.utils import format_datetime
 import pytest
 from openai_server import FakeOpenAI
 
-from pipeline.openai_backend import (
+from pipeline.curation.openai_backend import (
     ChatBackend,
     RequestFailed,
     api_key_from_env,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.modeling import decoder_layers
-from pipeline.patching import gather, patch_layer, read_activations
+from pipeline.mechanism.modeling import decoder_layers
+from pipeline.mechanism.patching import gather, patch_layer, read_activations
 
 
 def batch_of(tokenizer, texts):

@@ -10,17 +10,18 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from pipeline import read, store
-from pipeline.decoder_files import BaseModelMismatch, check_base_model, load_decoder
+from pipeline import read
+from pipeline.core import store
+from pipeline.data.schema import DataError
+from pipeline.mechanism.decoder_files import BaseModelMismatch, check_base_model, load_decoder
 from pipeline.read import load_dialogs, load_questions
-from pipeline.schema import DataError
 
 MODEL_KEY = "aaaaaaaaaaaaaaaa"
 
 
 def _train_artifact(root: Path, model_dir: Path, model_key: str) -> Path:
-    from pipeline.lora import add_lora
-    from pipeline.modeling import load_model
+    from pipeline.mechanism.lora import add_lora
+    from pipeline.mechanism.modeling import load_model
 
     model, _ = load_model(model_dir)
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, seed=1)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.request_cache import RequestCache, request_key
+from pipeline.curation.request_cache import RequestCache, request_key
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 SAMPLING = {"temperature": 1.0, "max_tokens": 100, "seed": 3}
@@ -72,7 +72,7 @@ def test_failed_write_leaves_no_entry(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipeline.request_cache.os.replace", broken)
+    monkeypatch.setattr("pipeline.curation.request_cache.os.replace", broken)
     with pytest.raises(OSError, match="disk full"):
         cache.put(k, {}, {"content": "x"})
     assert cache.get(k) is None

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.sampling import BucketedBatchSampler, derangement
+from pipeline.training.sampling import BucketedBatchSampler, derangement
 
 
 def lengths(n: int = 103, seed: int = 0) -> list[int]:

@@ -7,7 +7,7 @@ import copy
 import polars as pl
 import pytest
 
-from pipeline.schema import (
+from pipeline.data.schema import (
     COLUMNS,
     POLARS_SCHEMA,
     DataError,

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from pipeline import scoring
-from pipeline.scoring import (
+from pipeline.evaluation import scoring
+from pipeline.evaluation.scoring import (
     JudgeParams,
     LLMJudge,
     TokenF1Similarity,

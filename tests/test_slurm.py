@@ -4,8 +4,8 @@ One run of the tiny configuration through ``--workflow-profile workflow/profiles
 with a training long enough to be cancelled: once it has written a checkpoint, its job is
 cancelled with ``scancel`` (SIGTERM, then SIGKILL after KillWait); Snakemake resubmits it (the
 profile's ``retries``) and it resumes. Then (1) every stage ran as its own ``sbatch`` job, as the
-scheduler's log records, and the artifacts have the content keys that ``pipeline.graph`` computes
-for a local run; (2) the cancelled training job resumed from a checkpoint at step k > 0 and
+scheduler's log records, and the artifacts have the content keys that ``pipeline.core.graph``
+computes for a local run; (2) the cancelled training job resumed from a checkpoint at step k > 0 and
 finished.
 
 Needs root, Debian's slurm-wlm and munge (installed by the script when apt can) and the env var
@@ -130,7 +130,7 @@ def _expected_nodes(root: Path, env: dict) -> dict[str, dict[str, str]]:
     """The graph a local run would build, computed with the workspace's own code."""
     code = (
         "import json, yaml\n"
-        "from pipeline.graph import deep_merge, experiment_graph\n"
+        "from pipeline.core.graph import deep_merge, experiment_graph\n"
         "config = yaml.safe_load(open('config/config.yaml'))\n"
         "values = deep_merge(config.get('defaults', {}), config['experiments']['tiny'])\n"
         "graph = experiment_graph('tiny', values, root='.')\n"

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipeline.steering import (
+from pipeline.control.steering import (
     add_vector,
     completion_nll,
     generate,
@@ -50,7 +50,7 @@ def test_mean_difference_vector_has_the_model_width_and_changes_generations(tiny
 
 
 def test_add_vector_shifts_the_block_output_everywhere(tiny_model, tokenizer):
-    from pipeline.patching import read_activations
+    from pipeline.mechanism.patching import read_activations
 
     ids = torch.tensor([prompt_ids(tokenizer, PROMPTS[0])])
     mask = torch.ones_like(ids)

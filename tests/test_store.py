@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline import store
+from pipeline.core import store
 
 
 def test_key_is_stable_and_order_independent():
@@ -102,7 +102,7 @@ def test_stage_cli_rejects_unknown_params(tmp_path):
         [
             sys.executable,
             "-m",
-            "pipeline.prepare_model",
+            "pipeline.mechanism.prepare_model",
             "--out",
             str(out),
             "--key",

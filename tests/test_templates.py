@@ -12,9 +12,9 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from pipeline import stage
-from pipeline.schema import DataError, read_dialogs
-from pipeline.templates import (
+from pipeline.core import stage
+from pipeline.data.schema import DataError, read_dialogs
+from pipeline.data.templates import (
     ACKNOWLEDGEMENT,
     FAMILY_FILES,
     TemplateParams,
@@ -252,7 +252,7 @@ def test_generation_is_deterministic_and_schema_valid(tmp_path, talking_model_di
 
 def test_batched_completions_match_one_by_one(talking_model_dir):
     """Left padding must not change what the model says: batched equals unbatched."""
-    from pipeline.modeling import load_model
+    from pipeline.mechanism.modeling import load_model
 
     model, tokenizer = load_model(talking_model_dir)
     conversations = [

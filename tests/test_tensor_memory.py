@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.tensor_memory import live_tensor_bytes, peak_tensor_bytes
+from pipeline.bench.tensor_memory import live_tensor_bytes, peak_tensor_bytes
 
 MIB = 1 << 20
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import store
-from pipeline.schema import write_dialogs
-from pipeline.train import TrainParams, lr_lambda
-from pipeline.train_data import build_examples
+from pipeline.core import store
+from pipeline.data.schema import write_dialogs
+from pipeline.training.params import TrainParams
+from pipeline.training.train import lr_lambda
+from pipeline.training.train_data import build_examples
 
 PERSONAS = [
     "pirate",
@@ -114,7 +115,7 @@ def launch(
     )
     cmd = head + [
         "-m",
-        "pipeline.train",
+        "pipeline.training.train",
         "--out",
         str(out),
         "--key",
@@ -172,7 +173,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 def test_examples_one_per_qa_pair_and_eval_split_held_out(tokenizer, data_dir):
-    from pipeline.schema import read_dialogs
+    from pipeline.data.schema import read_dialogs
 
     params = TrainParams(**{**BASE_PARAMS, "eval_examples": 100})
     dialogs = read_dialogs(data_dir / "dialogs.parquet")
@@ -200,7 +201,7 @@ def test_examples_one_per_qa_pair_and_eval_split_held_out(tokenizer, data_dir):
 def test_single_process_publishes_a_peft_adapter(single_run, tiny_model_dir):
     from peft import PeftModel
 
-    from pipeline.modeling import load_model
+    from pipeline.mechanism.modeling import load_model
 
     manifest = store.read_manifest(single_run, verify="full")
     info = manifest["info"]
@@ -328,7 +329,7 @@ def test_cached_mode_matches_on_the_fly(tmp_path, single_run, tiny_model_dir, da
         [
             sys.executable,
             "-m",
-            "pipeline.activation_cache",
+            "pipeline.training.activation_cache",
             "--out",
             str(cache),
             "--key",

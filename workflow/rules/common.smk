@@ -1,4 +1,4 @@
-# Path and key helpers. Keys come from pipeline.graph (tested without Snakemake): a stage's key
+# Path and key helpers. Keys come from pipeline.core.graph (tested without Snakemake): a stage's key
 # digests its params, its code and its inputs' keys, so a changed setting reruns exactly the
 # stages it affects, and a reverted one finds its old artifacts.
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 REPO = str(Path(workflow.basedir).parent)
 sys.path.insert(0, REPO)
 
-from pipeline.graph import Node, deep_merge, experiment_graph
-from pipeline.view import refresh_view
+from pipeline.core.graph import Node, deep_merge, experiment_graph
+from pipeline.core.view import refresh_view
 
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")

@@ -16,7 +16,7 @@ rule templates:
         json=stage_params("templates"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.templates --out {output} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.data.templates --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -37,7 +37,7 @@ rule import_latentqa:
         json=stage_params("import_latentqa"),
         inputs=input_args,
     shell:
-        "python -m pipeline.import_latentqa --out {output} "
+        "python -m pipeline.data.import_latentqa --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -58,7 +58,7 @@ rule filter:
         json=stage_params("filter"),
         inputs=input_args,
     shell:
-        "python -m pipeline.filter --out {output} "
+        "python -m pipeline.data.filter --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -81,5 +81,5 @@ rule curate:
         json=stage_params("curate"),
         inputs=input_args,
     shell:
-        "python -m pipeline.curate --out {output} "
+        "python -m pipeline.curation.curate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

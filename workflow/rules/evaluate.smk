@@ -16,7 +16,7 @@ rule evaluate:
         json=stage_params("evaluate"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.evaluate --out {output} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.evaluation.evaluate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -38,5 +38,5 @@ rule control:
         json=stage_params("control"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.control --out {output} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.control.control --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -15,5 +15,5 @@ rule prepare_model:
         json=stage_params("prepare_model"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.prepare_model --out {output} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.mechanism.prepare_model --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule report:
         json=stage_params("report"),
         inputs=input_args,
     shell:
-        "python -m pipeline.report --out {output} "
+        "python -m pipeline.report.report --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -40,4 +40,4 @@ rule experiment:
     params:
         inputs=input_args,
     shell:
-        "python -m pipeline.view --view {output} {params.inputs} > {log} 2>&1"
+        "python -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"

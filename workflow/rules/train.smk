@@ -16,7 +16,7 @@ rule activation_cache:
         json=stage_params("activation_cache"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.activation_cache --out {output} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.training.activation_cache --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -41,5 +41,5 @@ rule train:
         nproc=stage_resource("train", "nproc", 1),
     shell:
         "OMP_NUM_THREADS={threads} torchrun --standalone --nproc_per_node {params.nproc} "
-        "-m pipeline.train --out {output} --key {wildcards.key} --params {params.json:q} "
+        "-m pipeline.training.train --out {output} --key {wildcards.key} --params {params.json:q} "
         "{params.inputs} > {log} 2>&1"

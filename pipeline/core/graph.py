@@ -1,0 +1,163 @@
+"""From an experiment's config to its stage graph: each node with its params, inputs and key.
+
+The workflow (workflow/rules/common.smk) calls :func:`experiment_graph` at parse time, so that
+every artifact path ``results/store/<stage>/<key>`` is known before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import stage as stage_cli
+from pipeline.core import stages, store
+
+DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa", "curated": "curate"}
+"""Config keys under ``data`` and the stage each one runs."""
+
+
+@dataclass
+class Node:
+    """One artifact of the graph."""
+
+    stage: str
+    """The stage that builds it."""
+    params: dict[str, Any]
+    """Its full params, defaults filled in."""
+    inputs: dict[str, Node | str] = field(default_factory=dict)
+    """Upstream nodes, or external paths (digested into the key)."""
+    external: dict[str, str] = field(default_factory=dict)
+    """Identities of external inputs (file digests, model fingerprints)."""
+    key: str = ""
+    """The content key, set by :func:`experiment_graph`."""
+
+    def path(self, store_dir: str | Path) -> str:
+        return f"{store_dir}/{self.stage}/{self.key}"
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for name, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = deep_merge(merged[name], value)
+        else:
+            merged[name] = copy.deepcopy(value)
+    return merged
+
+
+def full_params(stage_name: str, values: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """Validate against the stage's dataclass and fill in its defaults."""
+    params = stage_cli.build_params(stages.params_class(stage_name), values or {}, where)
+    return dataclasses.asdict(params)
+
+
+def _dir_digest(path: Path, pattern: str = "*") -> str:
+    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no files matching {pattern} in {path}")
+    return store.source_digest([p.resolve() for p in files], root="/")
+
+
+def experiment_graph(
+    name: str, config: Mapping[str, Any], root: str | Path = "."
+) -> dict[str, Node]:
+    """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``)."""
+    from pipeline.core.model_source import fingerprint
+
+    root = Path(root)
+    where = f"experiments.{name}"
+    nodes: dict[str, Node] = {}
+    model = Node("prepare_model", full_params("prepare_model", config["model"], f"{where}.model"))
+    model.external["model"] = fingerprint(model.params)
+    nodes["prepare_model"] = model
+
+    sources = config.get("data") or {}
+    if not sources:
+        raise ValueError(f"{where}.data names no data source (one of {sorted(DATA_SOURCES)})")
+    data_nodes = {}
+    for source, values in sources.items():
+        values = dict(values or {})
+        stage_name = DATA_SOURCES[source]
+        node = Node(stage_name, {})
+        if stage_name == "templates":
+            node.inputs["model"] = model
+        elif stage_name == "import_latentqa":
+            src = root / values.pop("path")
+            node.inputs["source"] = str(src)
+            node.external["source"] = _dir_digest(src, "*.json")
+        node.params = full_params(stage_name, values, f"{where}.data.{source}")
+        nodes[f"data:{source}"] = data_nodes[f"data_{source}"] = node
+
+    filtered = Node(
+        "filter",
+        full_params("filter", config.get("filter"), f"{where}.filter"),
+        {**data_nodes, "model": model},
+    )
+    nodes["filter"] = filtered
+
+    train_params = full_params("train", config.get("train"), f"{where}.train")
+    train = Node("train", train_params, {"model": model, "data": filtered})
+    if train_params["mode"] == "cached":
+        cache_values = dict(config.get("cache") or {})
+        cache_values.setdefault("layers", [train_params["read_layer"]])
+        cache_values["positions"] = train_params["positions"]
+        cache = Node(
+            "activation_cache",
+            full_params("activation_cache", cache_values, f"{where}.cache"),
+            {"model": model, "data": filtered},
+        )
+        nodes["activation_cache"] = cache
+        train.inputs["cache"] = cache
+    nodes["train"] = train
+
+    evaluate = Node(
+        "evaluate",
+        full_params("evaluate", config.get("evaluate"), f"{where}.evaluate"),
+        {"model": model, "train": train, "data": filtered},
+    )
+    evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
+    if "latentqa" in sources:
+        evaluate.inputs["latentqa"] = data_nodes["data_latentqa"]
+    nodes["evaluate"] = evaluate
+
+    report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}
+    if config.get("control") is not None:
+        control = Node(
+            "control",
+            full_params("control", config["control"], f"{where}.control"),
+            {
+                "model": model,
+                "train": train,
+                "prompts": str(root / "data" / "steering" / "prompts.yaml"),
+                "qa": str(root / "data" / "steering" / "qa.yaml"),
+            },
+        )
+        nodes["control"] = control
+        report_inputs["control"] = control
+    nodes["report"] = Node(
+        "report", full_params("report", config.get("report"), f"{where}.report"), report_inputs
+    )
+    for node in nodes.values():
+        _assign_key(node)
+    return nodes
+
+
+def _assign_key(node: Node) -> str:
+    if node.key:
+        return node.key
+    keys = {}
+    for input_name, upstream in node.inputs.items():
+        if isinstance(upstream, Node):
+            keys[input_name] = _assign_key(upstream)
+        elif input_name in node.external:
+            keys[input_name] = node.external[input_name]
+        else:
+            keys[input_name] = "sha256:" + store.file_sha256(upstream)
+    for input_name, identity in node.external.items():
+        keys.setdefault(input_name, identity)
+    node.key = store.compute_key(node.stage, node.params, stages.code_digest(node.stage), keys)
+    return node.key

@@ -1,0 +1,134 @@
+"""The command line every stage shares: ``python -m pipeline.<concept>.<stage> --out DIR ...``.
+
+A stage is a typed params dataclass plus ``run(params, inputs, workdir, info)``. This module parses
+the arguments, builds the dataclass (rejecting unknown fields), and publishes ``workdir`` into the
+store atomically when ``run`` returns. ``info`` is a dict the stage may fill with summary figures
+that go into the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.core import stages, store
+
+T = TypeVar("T")
+log = logging.getLogger("pipeline")
+
+
+class ParamsError(ValueError):
+    """Stage parameters that do not fit the stage's dataclass."""
+
+
+_SIMPLE = {bool: bool, int: int, float: (int, float), str: str}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted (as floats) for floats."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
+        return build_params(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ParamsError:
+                pass
+        raise ParamsError(f"{where}: {value!r} fits none of {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ParamsError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        items = [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if annotation in _SIMPLE:
+        wrong_bool = isinstance(value, bool) and annotation is not bool
+        if wrong_bool or not isinstance(value, _SIMPLE[annotation]):
+            raise ParamsError(
+                f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return float(value) if annotation is float else value
+    return value
+
+
+def build_params(cls: type[T], values: Mapping[str, Any] | None, where: str = "params") -> T:
+    """Instantiate the dataclass ``cls`` from a mapping, with a clear error on unknown fields."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParamsError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # missing fields, or a dataclass's own checks
+        raise ParamsError(f"{where}: {exc}") from exc
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, Path]:
+    inputs = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--input expects NAME=PATH, got {pair!r}")
+        inputs[name] = Path(path)
+    return inputs
+
+
+def input_keys(inputs: Mapping[str, Path]) -> dict[str, str]:
+    """The keys recorded in the manifest: a store artifact's key, or a plain file's sha256."""
+    keys = {}
+    for name, path in inputs.items():
+        manifest = path / store.MANIFEST
+        if manifest.exists():
+            keys[name] = json.loads(manifest.read_text())["key"]
+        elif path.is_file():
+            keys[name] = "sha256:" + store.file_sha256(path)
+        else:
+            keys[name] = str(path)
+    return keys
+
+
+def main(
+    stage: str,
+    params_cls: type[T],
+    run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
+    argv: list[str] | None = None,
+) -> None:
+    module = stages.STAGES[stage].module if stage in stages.STAGES else stage
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{module}")
+    parser.add_argument("--out", required=True, type=Path, help="the artifact directory to publish")
+    parser.add_argument("--key", required=True, help="the store key of this artifact")
+    parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    raw = json.loads(args.params)
+    params = build_params(params_cls, raw, where=f"{stage} params")
+    inputs = _parse_inputs(args.input)
+    for name, path in inputs.items():
+        if not path.exists():
+            raise SystemExit(f"{stage}: input {name} does not exist: {path}")
+        if path.is_dir() and path.parent.parent.name == "store":
+            store.read_manifest(path, verify="fast")
+    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs)) as (workdir, info):
+        run(params, inputs, workdir, info)
+    log.info("published %s", args.out)

@@ -1,0 +1,119 @@
+"""The human-facing view ``results/<experiment>/``: relative links into the store.
+
+The view holds one link per stage artifact, links to the files people look for first (the
+adapter, ``eval.json``, the report), and ``view.json`` naming every key. Rebuilding it is cheap,
+and it is only ever replaced by a complete view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipeline.core import store
+
+SHORTCUTS = {
+    "adapter": ("train", "adapter"),
+    "metrics.jsonl": ("train", "metrics.jsonl"),
+    "eval.json": ("evaluate", "eval.json"),
+    "eval_tables.md": ("evaluate", "tables.md"),
+    "control.json": ("control", "control.json"),
+}
+
+
+def _write_view(view_dir: Path, artifacts: Mapping[str, str]) -> None:
+    tmp = view_dir.with_name(view_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stage_of = {}
+    for name, artifact in artifacts.items():
+        target = Path(artifact)
+        os.symlink(os.path.relpath(target, view_dir), tmp / name)
+        stage_of[target.parent.name] = target
+    for link, (stage_name, rel) in SHORTCUTS.items():
+        if stage_name in stage_of and (stage_of[stage_name] / rel).exists():
+            os.symlink(os.path.relpath(stage_of[stage_name] / rel, view_dir), tmp / link)
+    (tmp / "view.json").write_text(json.dumps(dict(artifacts), indent=2, sort_keys=True) + "\n")
+    old = view_dir.with_name(view_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if view_dir.exists() or view_dir.is_symlink():
+        os.replace(view_dir, old)
+    os.replace(tmp, view_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def current(view_dir: Path) -> dict[str, str] | None:
+    try:
+        return json.loads((view_dir / "view.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> bool:
+    """Point ``view_dir`` at the graph's artifacts; returns whether it changed.
+
+    With ``only_if_complete`` a view whose artifacts are not all published yet is left as it is,
+    but marked out of date.
+    """
+    view_dir = Path(view_dir)
+    artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
+    if current(view_dir) == artifacts:
+        if _mtime(view_dir) <= OUTDATED:  # current again: a setting was reverted
+            _set_mtime(view_dir, None)
+        return False
+    if only_if_complete and not all(
+        (Path(path) / store.MANIFEST).exists() for path in artifacts.values()
+    ):
+        mark_outdated(view_dir)
+        return False
+    _write_view(view_dir, artifacts)
+    return True
+
+
+OUTDATED = 1.0
+"""The mtime of a stale view: the epoch plus one second (Snakemake reads an mtime of 0 as none)."""
+
+
+def mark_outdated(view_dir: Path) -> None:
+    """Date a stale view to the epoch, so that a scheduler going by mtimes rebuilds it.
+
+    Snakemake, with only the mtime trigger, reruns a job whose output exists only when an input
+    is newer; the artifacts a stale view should point to may not exist yet, so the view itself
+    must look old. A view that is current again (a reverted setting) gets today's date back.
+    """
+    _set_mtime(view_dir, OUTDATED)
+
+
+def _mtime(view_dir: Path) -> float:
+    stamp = view_dir / ".snakemake_timestamp"
+    path = stamp if stamp.exists() else view_dir
+    return path.stat().st_mtime if path.exists() else float("inf")
+
+
+def _set_mtime(view_dir: Path, when: float | None) -> None:
+    """Set the view's mtime to ``when`` (None: now)."""
+    # Snakemake dates a directory output by its .snakemake_timestamp file, if it has one.
+    for path in (view_dir / ".snakemake_timestamp", view_dir):
+        if path.exists():
+            os.utime(path, None if when is None else (when, when), follow_symlinks=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Write results/<experiment>/ as links into the store"
+    )
+    parser.add_argument("--view", required=True, type=Path)
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args(argv)
+    artifacts = dict(pair.split("=", 1) for pair in args.input)
+    for path in artifacts.values():
+        store.read_manifest(path, verify="fast")
+    _write_view(args.view, artifacts)
+
+
+if __name__ == "__main__":
+    main()

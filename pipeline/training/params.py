@@ -1,0 +1,101 @@
+"""The params of the training stages (activation cache, train), importable without torch.
+
+The workflow builds every stage's params at parse time (``pipeline.core.graph``); keeping them
+apart from the stage code keeps ``snakemake -n`` free of torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.mechanism.dialogs import parse_positions
+from pipeline.mechanism.lora import DEFAULT_TARGETS, adapter_blocks
+
+
+@dataclass
+class CacheParams:
+    """What to cache and how."""
+
+    layers: list[int] = field(default_factory=lambda: [15])
+    """Blocks whose outputs are cached (``hidden_states[layer + 1]``)."""
+    positions: str = "all"
+    """Read positions kept per dialog: ``all`` or ``last:K``."""
+    batch_size: int = 8
+    """Dialogs per forward pass."""
+    shard_tokens: int = 65536
+    """Read tokens per shard; a shard closes at the first dialog that reaches it."""
+    dtype: str = "float32"
+    """The model's compute dtype (the cache itself is always bfloat16)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+
+
+@dataclass
+class TrainParams:
+    """Decoder training."""
+
+    read_layer: int
+    """The target block whose output the decoder reads (0-based; output = hidden_states[L+1])."""
+    write_layer: int = 0
+    """The decoder block whose output is replaced at the placeholders."""
+    mode: str = "on_the_fly"
+    """``cached``: read the activation cache input; ``on_the_fly``: run the target each step."""
+    positions: str = "all"
+    """Read positions: ``all`` or ``last:K``; must match the cache in cached mode."""
+    align_positions: bool = True
+    """Give the placeholders the target's position ids."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (off by default: the masks cost a quarter of a CPU step)."""
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Module names that get LoRA (default: all attention and MLP projections)."""
+    lora_blocks: str = "all"
+    """``all`` blocks get LoRA, or ``from_write``: the write block and above (backward stops)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear warmup, in optimizer steps, before the cosine decay to zero."""
+    max_steps: int = 200
+    """Optimizer steps in total."""
+    per_device_batch_size: int = 8
+    """Examples per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step per process."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    seed: int = 0
+    """Seed of the adapter init, the batch order and dropout."""
+    dtype: str = "float32"
+    """``float32`` or ``bfloat16`` (base weights in bf16, adapter in fp32, bf16 autocast)."""
+    gradient_checkpointing: bool = False
+    """Recompute each adapted block in the backward pass: far less memory, one more forward each."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every this many optimizer steps (0: only on SIGTERM)."""
+    eval_every: int = 25
+    """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
+    eval_examples: int = 64
+    """How many examples of the eval split the held-out loss uses."""
+    parallel: str = "ddp"
+    """``ddp`` (replicated model) or ``fsdp`` (decoder blocks sharded; for models too big)."""
+    wandb: bool = False
+    """Log to Weights & Biases (offline unless WANDB_MODE says otherwise)."""
+    device: str = "auto"
+    """``auto`` (this process's GPU if any, else CPU), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self):
+        if self.mode not in ("cached", "on_the_fly"):
+            raise ValueError(f"mode must be 'cached' or 'on_the_fly', not {self.mode!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+        adapter_blocks(self.lora_blocks, self.write_layer, self.write_layer + 1)  # validates
+        parse_positions(self.positions)
+        for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")

@@ -1,0 +1,167 @@
+"""The train stage's examples: one per (dialog, QA pair), and batches of them with the read
+activations loaded from the cache or computed by the target on the fly."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.core import store
+from pipeline.mechanism.decoder import DecoderBatch, collate
+from pipeline.mechanism.dialogs import (
+    DecoderExample,
+    TokenizedRead,
+    build_decoder_example,
+    tokenize_read_dialog,
+)
+from pipeline.mechanism.patching import gather, pad_batch, read_activations
+from pipeline.training.distributed import Dist
+from pipeline.training.sampling import derangement
+
+
+@dataclass
+class Example:
+    dialog: int
+    """Index of the read dialog in its ExampleSet."""
+    decoder: DecoderExample
+    n_answer: int
+    """Labelled tokens the loss counts (labels after the first position)."""
+    length: int
+    """Tokens this example costs (decoder prompt, plus the target's dialog on the fly)."""
+
+
+@dataclass
+class ExampleSet:
+    examples: list[Example]
+    dialog_ids: list[str]
+    reads: list[TokenizedRead | None]
+    """The target's tokens per dialog (on the fly); None with a cache."""
+    cache: Any = None
+
+
+def read_dialogs_input(path: Path) -> list[dict]:
+    """The dialogs of a data artifact (its ``dialogs.parquet``) or of a Parquet file."""
+    from pipeline.data.schema import read_dialogs
+
+    path = Path(path)
+    return read_dialogs(path / "dialogs.parquet" if path.is_dir() else path)
+
+
+def _open_cache(cache_dir: Path | None, params) -> Any:
+    if cache_dir is None:
+        raise ValueError("mode 'cached' needs an input named 'cache' (an activation cache)")
+    from pipeline.training.activation_cache import ActivationCache
+
+    cache = ActivationCache(Path(cache_dir))
+    if params.read_layer not in cache.layers():
+        raise ValueError(
+            f"{cache_dir}: read_layer {params.read_layer} is not cached (layers {cache.layers()})"
+        )
+    try:
+        cached = store.read_manifest(cache_dir, verify="none").get("params", {}).get("positions")
+    except store.StoreError:
+        cached = None
+    if cached is not None and cached != params.positions:
+        raise ValueError(
+            f"{cache_dir}: the cache read positions {cached!r}, "
+            f"training asks for {params.positions!r}"
+        )
+    return cache
+
+
+def build_examples(
+    dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
+) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
+    """One example per (dialog, qa pair): all of split ``train``; a fixed sample of ``eval``; and
+    that sample again with each question put to another dialog's activations (a derangement
+    avoiding the dialog's own label), whose loss minus the true one is the grounding gap."""
+    cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
+    cached_ids = set(cache.ids()) if cache is not None else set()
+    sets = {}
+    for split in ("train", "eval"):
+        rows = [d for d in dialogs if d["split"] == split]
+        ids, reads, positions = [], [], []
+        for row in rows:
+            if cache is not None:
+                if row["id"] not in cached_ids:
+                    raise ValueError(f"dialog {row['id']} ({split}) is not in the cache")
+                read, read_positions = None, cache.read_positions(row["id"])
+            else:
+                read = tokenize_read_dialog(
+                    tokenizer, row["messages"], row["n_masked_turns"], params.positions
+                )
+                read_positions = read.read_positions
+            ids.append(row["id"])
+            reads.append(read)
+            positions.append(read_positions)
+        pairs = [(d, qa) for d, row in enumerate(rows) for qa in row["qa"]]
+        if split == "eval" and len(pairs) > params.eval_examples:
+            chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
+            pairs = [pairs[i] for i in sorted(chosen)]
+
+        def example(dialog: int, qa: dict, reads=reads, positions=positions) -> Example:
+            ex = build_decoder_example(
+                tokenizer, positions[dialog], qa["question"], qa["answer"], params.align_positions
+            )
+            n_answer = sum(label != -100 for label in ex.labels[1:])
+            read = reads[dialog]
+            cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
+            return Example(dialog, ex, n_answer, cost)
+
+        examples = [example(d, qa) for d, qa in pairs]
+        if split == "eval":  # neighbours of similar length pad little; item i pairs with i
+            order = sorted(range(len(pairs)), key=lambda i: examples[i].length)
+            examples = [examples[i] for i in order]
+            donor = derangement([row["label"] for row in rows], params.seed)
+            shuffled = [example(donor[pairs[i][0]], pairs[i][1]) for i in order]
+            sets["shuffled"] = ExampleSet(shuffled, ids, reads, cache)
+        sets[split] = ExampleSet(examples, ids, reads, cache)
+    if not sets["train"].examples:
+        raise ValueError("the data has no examples in split 'train'")
+    return sets["train"], sets["eval"], sets["shuffled"]
+
+
+def make_batch(
+    data: ExampleSet,
+    indices: list[int],
+    model,
+    pad_id: int,
+    params,
+    ctx: Dist,
+    autocast,
+    trainable: list[torch.Tensor] = (),
+) -> tuple[DecoderBatch, int]:
+    """The decoder batch of ``indices``, with activations read (or loaded); target tokens run.
+
+    ``trainable``: the optimizer's parameters, whose ``requires_grad`` is restored after the target
+    forward (needed under FSDP, see below).
+    """
+    examples = [data.examples[i] for i in indices]
+    dialogs = sorted({ex.dialog for ex in examples})
+    target_tokens = 0
+    if data.cache is not None:
+        acts = {d: data.cache.get(data.dialog_ids[d], params.read_layer) for d in dialogs}
+    else:
+        reads = [data.reads[d] for d in dialogs]
+        ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
+        target_tokens = int(mask.sum())
+        was_training = model.training
+        # PEFT's disable_adapter turns requires_grad off and on again on the module's current
+        # parameters; under FSDP those may be the unsharded views, so the sharded weights the
+        # optimizer holds would stay frozen.
+        model.eval()
+        with model.disable_adapter(), torch.no_grad(), autocast():
+            out = read_activations(
+                model, ids.to(ctx.device), mask.to(ctx.device), [params.read_layer]
+            )[params.read_layer]
+        model.train(was_training)
+        for param in trainable:
+            param.requires_grad_(True)
+        rows = gather(out, [r.read_positions for r in reads])
+        acts = dict(zip(dialogs, rows, strict=True))
+    batch = collate([ex.decoder for ex in examples], [acts[ex.dialog] for ex in examples], pad_id)
+    return batch.to(ctx.device), target_tokens
