@@ -334,3 +334,34 @@ def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer, checkp
     assert 0 not in reached and 1 in reached
     # Checkpointing recomputes the adapted block in the backward pass, never the one below it.
     assert mlp_calls.count(0) == 1 and mlp_calls.count(1) == (2 if checkpointing else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("write_layer", [0, 3])
+def test_checkpointing_recomputes_the_write_block_without_its_patch_hook(
+    tokenizer, write_layer, dtype
+):
+    """The patch hook is gone by the backward, which recomputes the write block: the checkpoint
+    must hold the block's forward only. transformers < 5.23 checkpointed the block's hooks too,
+    and the recompute then failed ("A different number of tensors was saved")."""
+    from pipeline.mechanism.lora import enable_gradient_checkpointing
+
+    reads, exs = examples(tokenizer)
+    model = lora(build_tiny_model("llama", tokenizer).to(dtype))
+    enable_gradient_checkpointing(model)
+    enable_gradient_checkpointing(model)  # idempotent: one checkpoint per block
+    model.train()
+    with model.disable_adapter(), torch.no_grad():
+        acts = target_activations(model, tokenizer, reads, 2)
+    block = decoder_layers(model)[write_layer]
+    hooks, mlp_calls = [], []
+    block.register_forward_hook(lambda *_: hooks.append(1))
+    block.mlp.register_forward_pre_hook(lambda *_: mlp_calls.append(1))
+    batch = collate(exs, acts, tokenizer.pad_token_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = answer_loss(model, batch, write_layer)
+    loss.backward()
+    assert len(mlp_calls) == 2  # the block ran again in the backward pass...
+    assert len(hooks) == 1  # ...but not its hooks
+    grads = [p.grad for n, p in block.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)

@@ -6,6 +6,7 @@ must not load torch) take their defaults and checks from here.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -92,17 +93,36 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Keep only each block's input for the backward pass and recompute the block there.
 
     The decoder's activation memory falls from every block's intermediates to one block's, for
-    about one extra forward per step. The patch hook sits on the block, outside the checkpointed
-    forward, so it runs once. Only training mode checkpoints: the target forward is unaffected.
+    about one extra forward per step. The checkpoint wraps each block's ``forward`` (non-reentrant
+    ``torch.utils.checkpoint``), so the block's hooks run outside it, once: the write-layer patch
+    (``patching.patch_layer``) is removed when the decoder's forward returns, before the backward
+    recomputes the block. transformers' own ``gradient_checkpointing_enable`` checkpoints the
+    block's ``__call__``, hooks included, before 5.23: the recompute then ran the write block
+    without its patch ("A different number of tensors was saved"). Only training mode with
+    gradients on checkpoints: the target forward and generation are unaffected. A block that gets
+    no adapter saves nothing for the backward, so only the adapted blocks are recomputed.
     """
-    kwargs = {"use_reentrant": False}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; older: the alias
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # transformers also makes the embeddings' output require grad, which only the reentrant
-    # variant needs: it would pull every block into the graph, so the backward (and recompute)
-    # would no longer stop at the lowest adapted block (``lora_blocks: from_write``).
-    if getattr(base, "_require_grads_hooks", None) or getattr(base, "_require_grads_hook", None):
-        base.disable_input_require_grads()  # older releases add no hook and fail to remove one
+    from pipeline.mechanism.modeling import decoder_layers
+
+    for block in decoder_layers(model):
+        if not getattr(block.forward, "checkpointed", False):  # once per block
+            block.forward = _checkpointed(block, block.forward)
+
+
+CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache", "layer_past")
+
+
+def _checkpointed(block: nn.Module, forward):
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        # A recompute would update a KV cache a second time: a forward with one runs as is.
+        cached = any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS)
+        if block.training and torch.is_grad_enabled() and not cached:
+            return checkpoint(functools.partial(forward, **kwargs), *args, use_reentrant=False)
+        return forward(*args, **kwargs)
+
+    run.checkpointed = True
+    return run
