@@ -29,7 +29,7 @@ from pipeline.mechanism.decoder_files import (
 )
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import build_decoder_example
-from pipeline.mechanism.reading import compute_reads, generate_batched
+from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
 
 # --- inputs ---------------------------------------------------------------------------------
 
@@ -106,6 +106,27 @@ def load_questions(path: Path) -> list[str]:
 # --- the command ----------------------------------------------------------------------------
 
 
+def complete_dialogs(
+    model, tokenizer, dialogs: list[tuple[list[dict], int]], tokens: int, batch_size: int = 8
+) -> list[tuple[list[dict], int]]:
+    """Each dialog that ends with a user turn, continued by the target itself (adapter off) for
+    up to ``tokens`` greedy tokens as an assistant turn, as the training dialogs were: the masked
+    turns (a system prompt) steer the reply, and the decoder then reads it too."""
+    from pipeline.mechanism.completion import generate_completions
+
+    open_ends = [i for i, (messages, _) in enumerate(dialogs) if messages[-1]["role"] == "user"]
+    with target_mode(model):
+        replies, _ = generate_completions(
+            model, tokenizer, [dialogs[i][0] for i in open_ends], tokens, batch_size
+        )
+    completed = list(dialogs)
+    for i, reply in zip(open_ends, replies, strict=True):
+        if reply:
+            messages, masked = dialogs[i]
+            completed[i] = ([*messages, {"role": "assistant", "content": reply}], masked)
+    return completed
+
+
 def answer(
     model,
     tokenizer,
@@ -114,8 +135,19 @@ def answer(
     questions: list[str],
     batch_size: int = 8,
     max_new_tokens: int = 64,
+    complete: int = 0,
 ) -> list[dict]:
-    """One record per (dialog, question), dialogs in order, questions in order within each."""
+    """One record per (dialog, question), dialogs in order, questions in order within each.
+
+    With ``complete`` > 0 the target first continues each dialog (:func:`complete_dialogs`); the
+    record then carries the completion it read.
+    """
+    added: list[str | None] = [None] * len(dialogs)
+    if complete > 0:
+        completed = complete_dialogs(model, tokenizer, dialogs, complete, batch_size)
+        for i, (new, old) in enumerate(zip(completed, dialogs, strict=True)):
+            added[i] = new[0][-1]["content"] if new is not old else None
+        dialogs = completed
     reads = compute_reads(model, tokenizer, dialogs, settings, batch_size)
     examples, acts, where = [], [], []
     for d, read in enumerate(reads):
@@ -137,7 +169,7 @@ def answer(
         max_new_tokens,
         desc="answering",
     )
-    return [
+    records = [
         {
             "dialog": d,
             "question": questions[q],
@@ -146,6 +178,10 @@ def answer(
         }
         for (d, q), text in zip(where, texts, strict=True)
     ]
+    if complete > 0:
+        for record in records:
+            record["completion"] = added[record["dialog"]]
+    return records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,6 +204,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--question", action="append", default=[], help="a question (repeatable)")
     p.add_argument("--questions", type=Path, help="a file of questions (.json list, or lines)")
+    p.add_argument(
+        "--complete",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first let the target continue each dialog ending with a user turn for N greedy "
+        "tokens (under its masked turns), then read the reply too, as in training",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32")
@@ -180,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--adapter needs --model, the base model it was trained on")
     if not args.dialogs and not args.prompt:
         p.error("give dialogs with --dialogs FILE or --prompt TEXT")
+    if args.complete < 0:
+        p.error("--complete takes a number of tokens >= 0")
     if not args.question and not args.questions:
         p.error("give questions with --question TEXT or --questions FILE")
     return args
@@ -225,7 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     except (BaseModelMismatch, DataError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"latentqa-read: {exc}") from None
     records = answer(
-        model, tokenizer, settings, dialogs, questions, args.batch_size, args.max_new_tokens
+        model,
+        tokenizer,
+        settings,
+        dialogs,
+        questions,
+        args.batch_size,
+        args.max_new_tokens,
+        args.complete,
     )
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if args.out:

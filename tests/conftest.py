@@ -91,3 +91,23 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     build_tiny_model("llama", tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def talking_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama with untied embeddings, saved as a prepared folder.
+
+    With tied embeddings a random model's greedy choice is the token it just read (here the
+    newline after the generation prompt), so every completion would be whitespace; untied output
+    weights make it emit real tokens.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config("llama", len(tokenizer), tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    out = tmp_path_factory.mktemp("talking_llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from pipeline.core import store
-from pipeline.data.schema import write_dialogs
+from pipeline.data.schema import validate_records, write_dialogs
 from pipeline.evaluation import evaluate
 from pipeline.evaluation.evaluate import (
     CONDITIONS,
@@ -38,18 +39,37 @@ STIMULI = ["Tell me about your day.", "What should I cook tonight."]
 RELATIONS = """
 relations:
 - name: country_capital
-  question: What is the capital of {subject}?
+  subject_type: country
+  question: What is the capital of the country mentioned?
+  subject_question: Which country is mentioned?
+  cloze: The capital of that country is
   sentences:
   - My cousin just got back from {subject}.
   facts:
   - {subject: France, object: Paris}
   - {subject: Japan, object: Tokyo}
-  - [Peru, Lima]
+  - {subject: Peru, object: Lima}
+  - {subject: Norway, object: Oslo}
 - name: element_symbol
-  question: What is the chemical symbol of {subject}?
+  subject_type: element
+  question: What is the chemical symbol of the element mentioned?
+  subject_question: Which element is mentioned?
+  cloze: Its symbol is
+  case_sensitive: true
   sentences: ["I read about {subject} today."]
-  facts: {gold: Au, iron: Fe}
+  facts:
+  - {subject: gold, object: Au}
+  - {subject: iron, object: Fe}
+- name: city_country
+  subject_type: city
+  question: In which country is the city mentioned?
+  subject_question: Which city is mentioned?
+  cloze: That city is in
+  sentences: ["We flew to {subject} last year."]
+  facts:
+  - {subject: Lyon, object: France}
 """
+EVAL_RELATIONS = ["country_capital", "element_symbol"]
 
 
 def make_train_artifact(root: Path, model_dir: Path, read_layer: int = READ_LAYER) -> Path:
@@ -136,6 +156,7 @@ def stage_inputs(tmp_path_factory, tiny_model_dir):
         "train": make_train_artifact(root, tiny_model_dir),
         "data": root / "data",
         "relations": relations,
+        "synonyms": REPO / "data" / "synonyms.yaml",
     }
 
 
@@ -149,7 +170,8 @@ def evaluated(stage_inputs, tmp_path_factory):
         max_loglik_items=5,
         max_recovery_items=3,
         max_latentqa_items=2,
-        max_relation_items=4,
+        max_relation_items=5,
+        eval_relations=EVAL_RELATIONS,
         similarity="token_f1",
         bootstrap=50,
     )
@@ -161,15 +183,14 @@ def evaluated(stage_inputs, tmp_path_factory):
 def test_eval_json_has_every_metric_under_every_condition(evaluated):
     workdir, info = evaluated
     report = json.loads((workdir / "eval.json").read_text())
-    expected = {
-        "answer_loglik",
-        "recovery_heldout",
-        "recovery_seen",
-        "latentqa_loglik",
-        "latentqa_recovery",
-        "feature_extraction",
-    }
+    recovery = {f"recovery_{s}{x}" for s in ("heldout", "seen") for x in ("", "_concept")}
+    recovery |= {"recovery_heldout_similarity", "recovery_seen_similarity"}
+    expected = {"answer_loglik", "latentqa_loglik", "latentqa_recovery", *recovery}
+    expected |= {"feature_extraction", "subject_identification"}
     assert set(report["metrics"]) == expected
+    assert report["metrics"]["recovery_heldout"]["kind"] == "match"
+    assert report["metrics"]["recovery_heldout_concept"]["kind"] == "concept"
+    assert report["metrics"]["feature_extraction"]["kind"] == "entity"
     for name, metric in report["metrics"].items():
         assert set(metric["conditions"]) == set(CONDITIONS), name
         for summary in [*metric["conditions"].values(), metric["grounding_gap"]]:
@@ -181,10 +202,9 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     assert all(c["mean"] < 0 and c["perplexity"] > 1 for c in loglik["conditions"].values())
     assert report["metrics"]["latentqa_recovery"]["scorer"]["kind"] == "lexical"
     assert "TRAIN split" in report["metrics"]["recovery_seen"]["notes"][0]
-    assert set(report["metrics"]["feature_extraction"]["by_relation"]) == {
-        "country_capital",
-        "element_symbol",
-    }
+    for name in ("feature_extraction", "subject_identification"):
+        assert set(report["metrics"][name]["by_relation"]) == set(EVAL_RELATIONS)
+        assert report["metrics"][name]["n"] == 5  # the cap, balanced over the two relations
     assert report["decoder"]["read_layer"] == READ_LAYER
     assert info["metrics"]["answer_loglik"]["n"] == 5
 
@@ -197,11 +217,16 @@ def test_outputs_tables_plots_predictions(evaluated):
     assert (workdir / "plot_feature_extraction.png").exists()
     records = [json.loads(line) for line in (workdir / "predictions.jsonl").open()]
     report = json.loads((workdir / "eval.json").read_text())
-    assert len(records) == sum(m["n"] for m in report["metrics"].values()) * len(CONDITIONS)
+    # One record per item and condition of each metric; its scorers share the generations.
+    metrics = {r["metric"] for r in records}
+    scored = {n for n in report["metrics"] if not any(n.startswith(f"{m}_") for m in metrics)}
+    assert scored == metrics
+    assert len(records) == sum(report["metrics"][m]["n"] for m in metrics) * len(CONDITIONS)
     shuffled = [r for r in records if r["condition"] == "shuffled"]
     assert shuffled and all(r["donor"] != r["item"] for r in shuffled)
     generated = [r for r in records if r["metric"] == "recovery_heldout"]
-    assert all(isinstance(r["prediction"], str) and r["score"] in (0.0, 1.0) for r in generated)
+    assert all(r["match"] in (0.0, 1.0) and r["concept"] in (0.0, 1.0) for r in generated)
+    assert all(isinstance(r["prediction"], str) and 0 <= r["similarity"] <= 1 for r in generated)
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +328,57 @@ def test_untrained_condition_is_the_base_model(decoder, stage_inputs):
     for u, t, p in zip(untrained, trained, plain, strict=True):
         assert u["nll"] == pytest.approx(p["nll"], rel=1e-5)
         assert u["nll"] != pytest.approx(t["nll"], rel=1e-3)
+
+
+def _params(**kw) -> EvalParams:
+    return EvalParams(eval_relations=EVAL_RELATIONS, max_relation_items=100, **kw)
+
+
+def test_relation_facts_whose_subject_is_trained_on_are_left_out(stage_inputs):
+    from pipeline.evaluation.items import relation_metrics
+
+    clean = relation_metrics(_params(), rows(), stage_inputs["relations"])
+    assert [m.name for m in clean] == ["feature_extraction", "subject_identification"]
+    assert len(clean[0].items) == 6
+    leaky = rows() + [
+        {**rows()[0], "messages": [{"role": "user", "content": "I loved Japan and gold."}]}
+    ]
+    feature, subject = relation_metrics(_params(), leaky, stage_inputs["relations"])
+    assert {it.meta["subject"] for it in feature.items} == {"France", "Peru", "Norway", "iron"}
+    assert "2 facts left out" in feature.notes[-1]
+    # The question names the type only, and the subject question asks for the subject.
+    assert all("Japan" not in it.question for it in feature.items + subject.items)
+    assert {it.reference for it in subject.items} == {it.meta["subject"] for it in subject.items}
+    symbols = [it for it in feature.items if it.meta["relation"] == "element_symbol"]
+    assert symbols and all(it.case_sensitive for it in symbols)
+
+
+@pytest.mark.parametrize(
+    "scorer, prediction, hit",
+    [
+        ("entity", "The symbol is Fe.", True),
+        ("entity", "the symbol is fe", False),  # chemical symbols keep their case
+        ("match", "the symbol is fe", True),  # the lenient scorer does not
+        ("concept", "A keeper of the lighthouse.", True),
+        ("match", "A keeper of the lighthouse.", False),
+    ],
+)
+def test_scorers(scorer, prediction, hit):
+    reference = "A retired lighthouse keeper." if "keeper" in prediction else "Fe"
+    item = Item("i", "g", ((("user", "x"),), 0), "q", reference, case_sensitive=True)
+    scores = evaluate.score_rows(scorer, [item], [{"prediction": prediction}], None, {})
+    assert scores == [float(hit)]
+
+
+def test_latentqa_eval_rows_shared_with_training_stop_the_run():
+    data = validate_records(rows(), "dialogs")
+    imported = [r for r in data if r["source"] == "latentqa-import"]
+    assert evaluate.latentqa_eval_rows(data, imported) == imported
+    train_copy = {**imported[0], "source": "template", "split": "train", "label": "x"}
+    with pytest.raises(SystemExit, match="its dialog also appears in the training data"):
+        evaluate.latentqa_eval_rows([*data, train_copy], imported)
+    shared_pair = {**data[0], "qa": [imported[0]["qa"][1]]}
+    with pytest.raises(SystemExit, match="the QA pair"):
+        evaluate.latentqa_eval_rows([*data, shared_pair], imported)
+    only_train = [{**imported[0], "split": "train"}]
+    assert evaluate.latentqa_eval_rows(data, only_train) == []  # only the eval split is scored

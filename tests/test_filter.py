@@ -127,21 +127,42 @@ def test_invalid_rows_are_dropped_and_reported(tmp_path, tokenizer, tokenizer_di
 
 
 def test_split_is_disjoint_by_label_and_deterministic(tmp_path, tokenizer_dir):
-    params = FilterParams(eval_fraction=0.25, seed=3)
+    params = FilterParams(eval_fraction=0.25, validation_fraction=0.2, seed=3)
     rows, report, work = run_filter(tmp_path / "a", tokenizer_dir, params, data=many(20))
-    train = read_dialogs(work / "train.parquet")
-    evals = read_dialogs(work / "eval.parquet")
-    assert len(train) + len(evals) == len(rows) == 40
-    eval_labels = {r["label"] for r in evals}
-    assert len(eval_labels) == 5 and not eval_labels & {r["label"] for r in train}
-    assert report["labels"] == {"train": 15, "eval": 5, "fixed_eval": 0}
-    assert report["kept_by_split"] == {"eval": 10, "train": 30}
+    parts = {s: read_dialogs(work / f"{s}.parquet") for s in ("train", "validation", "eval")}
+    assert sum(len(p) for p in parts.values()) == len(rows) == 40
+    labels = {s: {r["label"] for r in p} for s, p in parts.items()}
+    assert len(labels["eval"]) == 5 and len(labels["validation"]) == 4
+    assert not labels["eval"] & labels["train"] and not labels["validation"] & labels["train"]
+    assert not labels["eval"] & labels["validation"]
+    assert report["labels"] == {"train": 11, "validation": 4, "eval": 5, "fixed_eval": 0}
+    assert report["kept_by_split"] == {"eval": 10, "train": 22, "validation": 8}
     again, _, _ = run_filter(tmp_path / "b", tokenizer_dir, params, data=many(20))
     assert again == rows
+    # The validation share takes labels from train, never from eval.
+    no_val = FilterParams(eval_fraction=0.25, validation_fraction=0.0, seed=3)
+    same, _, _ = run_filter(tmp_path / "d", tokenizer_dir, no_val, data=many(20))
+    assert {r["label"] for r in same if r["split"] == "eval"} == labels["eval"]
     other, _, _ = run_filter(
         tmp_path / "c", tokenizer_dir, FilterParams(eval_fraction=0.25, seed=4), data=many(20)
     )
-    assert {r["label"] for r in other if r["split"] == "eval"} != eval_labels
+    assert {r["label"] for r in other if r["split"] == "eval"} != labels["eval"]
+
+
+def test_texts_keep_the_split_their_source_gave(tmp_path, tokenizer_dir):
+    texts = [
+        {**dialog(f"text:{i}", f"A plain text number {i}."), "kind": "text", "source": "context"}
+        for i in range(6)
+    ]
+    rows, report, _ = run_filter(
+        tmp_path / "t",
+        tokenizer_dir,
+        FilterParams(eval_fraction=0.5, validation_fraction=0.25),
+        data_template=many(4),
+        data_context=texts,
+    )
+    assert {r["split"] for r in rows if r["kind"] == "text"} == {"train"}
+    assert report["labels"] == {"train": 7, "validation": 1, "eval": 2, "fixed_eval": 0}
 
 
 def test_assign_splits_modes():
@@ -164,7 +185,7 @@ def test_keep_split_keeps_source_eval_whole_labels(tmp_path, tokenizer_dir):
     rows, report, _ = run_filter(
         tmp_path / "keep",
         tokenizer_dir,
-        FilterParams(eval_fraction=0.0, keep_split=True),
+        FilterParams(eval_fraction=0.0, validation_fraction=0.0, keep_split=True),
         data_import=imported,
         data_template=template,
     )
@@ -178,7 +199,7 @@ def test_keep_split_keeps_source_eval_whole_labels(tmp_path, tokenizer_dir):
     rows, report, _ = run_filter(
         tmp_path / "reassign",
         tokenizer_dir,
-        FilterParams(eval_fraction=0.0, keep_split=False),
+        FilterParams(eval_fraction=0.0, validation_fraction=0.0, keep_split=False),
         data_import=imported,
         data_template=template,
     )
@@ -218,6 +239,7 @@ def test_cli(tmp_path, tokenizer_dir):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["info"]["kept"] == 16 and manifest["info"]["dropped"]["duplicate"] == 8
-    assert manifest["info"]["labels"] == {"train": 6, "eval": 2, "fixed_eval": 0}
+    assert manifest["info"]["labels"] == {"train": 5, "validation": 1, "eval": 2, "fixed_eval": 0}
     assert "duplicate | 8" in (out / "filter_report.md").read_text()
-    assert len(read_dialogs(out / "train.parquet")) == 12
+    assert len(read_dialogs(out / "train.parquet")) == 10
+    assert len(read_dialogs(out / "validation.parquet")) == 2

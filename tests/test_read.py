@@ -223,3 +223,32 @@ def test_cli_argument_errors(capsys):
                 "q",
             ]
         )
+
+
+def test_complete_lets_the_target_continue_then_reads_the_reply(talking_model_dir):
+    """--complete N: the target (adapter off) writes the reply under the masked system prompt."""
+    from pipeline.mechanism.completion import generate_completions
+    from pipeline.mechanism.decoder_settings import DecoderSettings
+    from pipeline.mechanism.lora import add_lora
+    from pipeline.mechanism.modeling import load_model
+    from pipeline.read import answer, complete_dialogs
+
+    base, tokenizer = load_model(talking_model_dir)
+    system = [{"role": "system", "content": "You are a pirate."}]
+    user = {"role": "user", "content": "Tell me about your day."}
+    dialogs = [([*system, user], 1), ([user, {"role": "assistant", "content": "Fine."}], 0)]
+    expected, _ = generate_completions(base, tokenizer, [dialogs[0][0]], 4, 1)
+    model = add_lora(base, r=4, alpha=8, seed=1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # the adapter changes what the model says
+    assert generate_completions(model, tokenizer, [dialogs[0][0]], 4, 1)[0] != expected
+    completed = complete_dialogs(model, tokenizer, dialogs, 4)
+    assert completed[0] == ([*system, user, {"role": "assistant", "content": expected[0]}], 1)
+    assert completed[1] is dialogs[1]  # a dialog that already ends with a reply is read as is
+    settings = DecoderSettings(read_layer=1)
+    plain = answer(model, tokenizer, settings, dialogs[:1], ["Who?"], max_new_tokens=2)
+    longer = answer(model, tokenizer, settings, dialogs[:1], ["Who?"], max_new_tokens=2, complete=4)
+    assert longer[0]["completion"] == expected[0] and "completion" not in plain[0]
+    assert longer[0]["n_read_tokens"] > plain[0]["n_read_tokens"]

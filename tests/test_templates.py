@@ -8,9 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from conftest import tiny_config
 
 from pipeline.core import stage
 from pipeline.data.schema import DataError, read_dialogs
@@ -20,11 +18,11 @@ from pipeline.data.templates import (
     TemplateParams,
     build_prompts,
     cap_labels,
-    generate_completions,
     load_stimuli,
     load_templates,
     run,
 )
+from pipeline.mechanism.completion import generate_completions
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -80,28 +78,6 @@ def test_authored_stimuli():
     assert len(stimuli) >= 60
     assert len(set(stimuli)) == len(stimuli)
     assert all(len(s.split()) <= 20 for s in stimuli)
-
-
-def test_relations_have_enough_unique_subjects_and_sentence_slots():
-    relations = yaml.safe_load((DATA / "relations.yaml").read_text())["relations"]
-    assert len(relations) >= 4
-    assert len({r["name"] for r in relations}) == len(relations)
-    for relation in relations:
-        assert relation["question"].count("{subject}") == 1, relation["name"]
-        assert len(relation["sentences"]) >= 2
-        for sentence in relation["sentences"]:
-            assert sentence.count("{subject}") == 1, (relation["name"], sentence)
-            # The subject must sit inside the sentence, not open it.
-            assert not sentence.startswith("{subject}")
-        subjects = [fact["subject"] for fact in relation["facts"]]
-        assert len(subjects) >= 50, relation["name"]
-        assert len(set(subjects)) == len(subjects), relation["name"]
-        for fact in relation["facts"]:
-            assert {"subject", "object"} <= set(fact) <= {"subject", "object", "aliases"}, fact
-            assert fact["subject"].strip() and fact["object"].strip()
-            aliases = fact.get("aliases", [])
-            assert isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases)
-            assert len(fact["object"].split()) <= 3, fact
 
 
 def test_steering_prompts_and_targets():
@@ -211,26 +187,6 @@ def test_prompts_are_deterministic_for_a_seed():
     capped = cap_labels(goals, {"goal": 7}, seed=3)
     assert len(capped) == 7 and capped == cap_labels(goals, {"goal": 7}, seed=3)
     assert capped == [t for t in goals if t in capped]  # file order kept
-
-
-@pytest.fixture(scope="module")
-def talking_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A tiny random Llama with untied embeddings, saved as a prepared folder.
-
-    With tied embeddings a random model's greedy choice is the token it just read (here the
-    newline after the generation prompt), so every completion would be whitespace; untied output
-    weights make it emit real tokens.
-    """
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = tiny_config("llama", len(tokenizer), tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    out = tmp_path_factory.mktemp("talking_llama")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def test_generation_is_deterministic_and_schema_valid(tmp_path, talking_model_dir):

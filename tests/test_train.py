@@ -19,7 +19,7 @@ from pipeline.core import store
 from pipeline.data.schema import write_dialogs
 from pipeline.training.params import TrainParams
 from pipeline.training.train import lr_lambda
-from pipeline.training.train_data import build_examples
+from pipeline.training.train_data import build_examples, mix_pairs
 
 PERSONAS = [
     "pirate",
@@ -79,7 +79,7 @@ def dialog_records() -> list[dict]:
                         {"question": "Is the assistant a person?", "answer": "Yes."},
                     ],
                     "source": "test",
-                    "split": "train" if i < 9 else "eval",
+                    "split": "train" if i < 9 else "validation",
                 }
             )
     return records
@@ -172,14 +172,20 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert values[10] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_examples_one_per_qa_pair_and_eval_split_held_out(tokenizer, data_dir):
-    from pipeline.data.schema import read_dialogs
+def test_examples_one_per_qa_pair_and_validation_split_held_out(tokenizer, data_dir):
+    from pipeline.data.schema import read_dialogs, validate_record
 
     params = TrainParams(**{**BASE_PARAMS, "eval_examples": 100})
     dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    held = {k: v for k, v in dialogs[0].items() if k != "id"}
+    held.update(label="held-out", split="eval", messages=[{"role": "user", "content": "Hi."}])
+    held["n_masked_turns"] = 0
+    dialogs.append(validate_record(held, "x", 0))
     train_set, eval_set, shuffled_set = build_examples(dialogs, tokenizer, params)
     assert len(train_set.examples) == 9 * 3 * 2
     assert len(eval_set.examples) == len(shuffled_set.examples) == 3 * 3 * 2
+    # The eval split is for the evaluate stage only: training never reads it.
+    assert dialogs[-1]["id"] not in train_set.dialog_ids + eval_set.dialog_ids
     # Item i of the shuffled set asks item i's question of another label's dialog.
     labels = {d["id"]: d["label"] for d in dialogs}
     for own, other in zip(eval_set.examples, shuffled_set.examples, strict=True):
@@ -371,3 +377,20 @@ def test_fsdp_on_two_cpu_processes_matches_one(tmp_path, single_run, tiny_model_
         key = "loss" if "loss" in a else "eval_loss"
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)
     assert_same_adapter(single_run, out)
+
+
+def test_mix_gives_each_source_its_share_of_the_examples():
+    sources = ["template"] * 6 + ["context"] * 2 + ["openai:gpt-4o-mini"] * 2
+    pairs = [(d, {"q": d}) for d in range(10)]
+    mixed = mix_pairs(pairs, sources, {"template": 0.5, "context": 0.3, "openai": 0.2}, seed=0)
+    assert len(mixed) == 10
+    families = [sources[d].split(":")[0] for d, _ in mixed]
+    assert families.count("template") == 5 and families.count("context") == 3
+    assert families.count("openai") == 2
+    context = [d for d, _ in mixed if sources[d] == "context"]
+    assert sorted(set(context)) == [6, 7]  # each context pair once before any repeats
+    assert mixed == mix_pairs(pairs, sources, {"template": 0.5, "context": 0.3, "openai": 0.2}, 0)
+    with pytest.raises(ValueError, match=r"unnamed: \['openai'\]"):
+        mix_pairs(pairs, sources, {"template": 1, "context": 1}, seed=0)
+    with pytest.raises(ValueError, match=r"absent: \['relation_qa'\]"):
+        mix_pairs(pairs, sources, {"template": 1, "context": 1, "openai": 1, "relation_qa": 1}, 0)

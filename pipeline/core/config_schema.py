@@ -86,6 +86,7 @@ def dataclass_schema(cls: type, extra: dict[str, Any] | None = None) -> dict[str
 def experiment_schema() -> dict[str, Any]:
     sections = {
         "model": dataclass_schema(stages.params_class("prepare_model")),
+        "texts": dataclass_schema(stages.params_class("texts")),
         "filter": dataclass_schema(stages.params_class("filter")),
         "cache": dataclass_schema(stages.params_class("activation_cache")),
         "train": dataclass_schema(stages.params_class("train")),

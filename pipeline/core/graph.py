@@ -16,8 +16,17 @@ from typing import Any
 from pipeline.core import stage as stage_cli
 from pipeline.core import stages, store
 
-DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa", "curated": "curate"}
+DATA_SOURCES = {
+    "templates": "templates",
+    "latentqa": "import_latentqa",
+    "curated": "curate",
+    "context": "context",
+    "classification": "classification",
+    "relation_qa": "relation_qa",
+}
 """Config keys under ``data`` and the stage each one runs."""
+FROM_TEXTS = ("context", "classification")
+"""Data stages that read the model's own texts (the ``texts`` stage, configured under ``texts``)."""
 
 
 @dataclass
@@ -78,6 +87,13 @@ def experiment_graph(
     sources = config.get("data") or {}
     if not sources:
         raise ValueError(f"{where}.data names no data source (one of {sorted(DATA_SOURCES)})")
+    if any(source in FROM_TEXTS for source in sources):
+        texts = Node(
+            "texts",
+            full_params("texts", config.get("texts"), f"{where}.texts"),
+            {"model": model, "prompts": str(root / "data" / "curriculum" / "texts.yaml")},
+        )
+        nodes["texts"] = texts
     data_nodes = {}
     for source, values in sources.items():
         values = dict(values or {})
@@ -85,6 +101,10 @@ def experiment_graph(
         node = Node(stage_name, {})
         if stage_name == "templates":
             node.inputs["model"] = model
+        elif stage_name in FROM_TEXTS:
+            node.inputs["texts"] = nodes["texts"]
+        elif stage_name == "relation_qa":
+            node.inputs["relations"] = str(root / "data" / "relations.yaml")
         elif stage_name == "import_latentqa":
             src = root / values.pop("path")
             node.inputs["source"] = str(src)
@@ -120,6 +140,15 @@ def experiment_graph(
         {"model": model, "train": train, "data": filtered},
     )
     evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
+    evaluate.inputs["synonyms"] = str(root / "data" / "synonyms.yaml")
+    if "relation_qa" in sources:
+        trained = set(data_nodes["data_relation_qa"].params["relations"])
+        shared = sorted(trained & set(evaluate.params["eval_relations"]))
+        if shared:
+            raise ValueError(
+                f"{where}: relations {shared} are both trained on (data.relation_qa.relations) "
+                "and evaluated on (evaluate.eval_relations)"
+            )
     if "latentqa" in sources:
         evaluate.inputs["latentqa"] = data_nodes["data_latentqa"]
     nodes["evaluate"] = evaluate

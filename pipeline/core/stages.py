@@ -40,6 +40,10 @@ STAGES: dict[str, StageSpec] = {
     "curate": StageSpec(
         "curation.curate", "curation.curate:CurateParams", ("data/curation/*.yaml",)
     ),
+    "texts": StageSpec("data.texts", "data.texts:TextParams"),
+    "context": StageSpec("data.context", "data.context:ContextParams"),
+    "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
+    "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
     "filter": StageSpec("data.filter", "data.filter:FilterParams"),
     "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
     "train": StageSpec("training.train", "training.params:TrainParams"),

@@ -2,13 +2,16 @@
 
 Inputs: every input whose name starts with ``data`` is a dialog set (a folder holding
 ``dialogs.parquet``); ``model`` is a prepared model folder whose tokenizer measures lengths.
-Outputs: ``dialogs.parquet`` (all kept rows, split set), ``train.parquet``, ``eval.parquet``,
-``filter_report.json`` and ``filter_report.md``.
+Outputs: ``dialogs.parquet`` (all kept rows, split set), ``train.parquet``,
+``validation.parquet``, ``eval.parquet``, ``filter_report.json`` and ``filter_report.md``.
+Dialogs under a control are split by label (train / validation / eval); texts read for what they
+say (kind ``text``, the reading curriculum) keep the split their source gave them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections import Counter, defaultdict
@@ -20,7 +23,14 @@ import polars as pl
 from tqdm import tqdm
 
 from pipeline.core import stage
-from pipeline.data.schema import COLUMNS, DataError, validate_record, write_dialogs
+from pipeline.data.schema import (
+    COLUMNS,
+    CONTROL_KINDS,
+    SPLITS,
+    DataError,
+    validate_record,
+    write_dialogs,
+)
 
 log = logging.getLogger("pipeline.data.filter")
 
@@ -36,6 +46,9 @@ class FilterParams:
     """Longest read dialog kept, in target-tokenizer tokens of the chat-template rendering."""
     eval_fraction: float = 0.1
     """Share of the labels not already fixed to eval that go to the eval split."""
+    validation_fraction: float = 0.1
+    """Share of them that go to the validation split, which training reports its held-out loss
+    on and settings are chosen by (never the eval split)."""
     eval_labels: list[str] | None = None
     """Explicit eval labels; when given, every other label not fixed to eval is train."""
     seed: int = 0
@@ -44,8 +57,12 @@ class FilterParams:
     """Keep ``eval`` where a source already assigned it (e.g. imported eval data), whole labels."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_fraction <= 1.0:
-            raise stage.ParamsError(f"filter: eval_fraction {self.eval_fraction} not in [0, 1]")
+        fractions = (self.eval_fraction, self.validation_fraction)
+        if not all(0.0 <= f <= 1.0 for f in fractions) or sum(fractions) > 1.0:
+            raise stage.ParamsError(
+                f"filter: eval_fraction {self.eval_fraction} and validation_fraction "
+                f"{self.validation_fraction} must lie in [0, 1] and sum to at most 1"
+            )
         if self.max_tokens < 1:
             raise stage.ParamsError(f"filter: max_tokens {self.max_tokens} must be positive")
 
@@ -76,30 +93,43 @@ def _rank(label: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{label}".encode()).hexdigest()
 
 
+def _share(fraction: float, n: int) -> int:
+    share = round(fraction * n)
+    return 1 if fraction > 0 and share == 0 and n > 1 else share
+
+
 def assign_splits(
     labels: set[str],
     fixed_eval: set[str],
     eval_fraction: float,
     eval_labels: list[str] | None,
     seed: int,
+    validation_fraction: float = 0.0,
 ) -> dict[str, str]:
-    """label -> split. ``fixed_eval`` labels are eval; the rest by explicit list or by hash rank.
+    """label -> split. ``fixed_eval`` labels are eval; the rest by explicit list or by hash rank,
+    then a ``validation_fraction`` share of the remaining labels is validation.
 
     Ranking labels by a seeded hash and taking the first ``round(fraction * n)`` gives an exact
-    share and a split that depends only on the label set and the seed.
+    share and a split that depends only on the label set and the seed; the eval labels are the
+    same whatever the validation share.
     """
     free = sorted(labels - fixed_eval)
+    ranked = sorted(free, key=lambda label: _rank(label, seed))
     if eval_labels is not None:
         chosen = set(eval_labels) & set(free)
     else:
-        n_eval = round(eval_fraction * len(free))
-        if eval_fraction > 0 and n_eval == 0 and len(free) > 1:
-            n_eval = 1
+        n_eval = _share(eval_fraction, len(free))
         if eval_fraction < 1 and n_eval == len(free) and len(free) > 1:
             n_eval -= 1
-        chosen = set(sorted(free, key=lambda label: _rank(label, seed))[:n_eval])
+        chosen = set(ranked[:n_eval])
+    rest = [label for label in ranked if label not in chosen]
+    n_val = min(_share(validation_fraction, len(free)), max(len(rest) - 1, 0))
+    validation = set(rest[:n_val])
     return {
-        label: "eval" if label in fixed_eval or label in chosen else "train" for label in labels
+        label: "eval"
+        if label in fixed_eval or label in chosen
+        else ("validation" if label in validation else "train")
+        for label in labels
     }
 
 
@@ -143,23 +173,29 @@ def filter_dialogs(
             kept.append(row)
             kept_lengths.append(length)
 
+    # Texts read for what they say (the reading curriculum) keep the split their source gave
+    # them; dialogs under a control are split by label.
+    controlled = [row for row in kept if row["kind"] in CONTROL_KINDS]
     fixed_eval = (
-        {row["label"] for row in kept if row["split"] == "eval"} if params.keep_split else set()
+        {row["label"] for row in controlled if row["split"] == "eval"}
+        if params.keep_split
+        else set()
     )
     splits = assign_splits(
-        {row["label"] for row in kept},
+        {row["label"] for row in controlled},
         fixed_eval,
         params.eval_fraction,
         params.eval_labels,
         params.seed,
+        params.validation_fraction,
     )
     changed = 0
-    for row in kept:
+    for row in controlled:
         changed += row["split"] != splits[row["label"]]
         row["split"] = splits[row["label"]]
-    train_labels = {row["label"] for row in kept if row["split"] == "train"}
-    eval_labels = {row["label"] for row in kept if row["split"] == "eval"}
-    assert not train_labels & eval_labels, "split is not disjoint by label"
+    by_split = {s: {row["label"] for row in kept if row["split"] == s} for s in SPLITS}
+    for a, b in itertools.combinations(SPLITS, 2):
+        assert not by_split[a] & by_split[b], f"splits {a} and {b} share labels"
 
     read = sum(len(rows) for rows in sources.values())
     report = {
@@ -180,12 +216,8 @@ def filter_dialogs(
                 Counter((r["source"], r["kind"], r["split"]) for r in kept).items()
             )
         },
-        "labels": {
-            "train": len(train_labels),
-            "eval": len(eval_labels),
-            "fixed_eval": len(fixed_eval),
-        },
-        "eval_labels_not_found": sorted(set(params.eval_labels or []) - eval_labels),
+        "labels": {**{s: len(by_split[s]) for s in SPLITS}, "fixed_eval": len(fixed_eval)},
+        "eval_labels_not_found": sorted(set(params.eval_labels or []) - by_split["eval"]),
         "split_changed": changed,
         "tokens": {
             "max": max(kept_lengths, default=0),
@@ -212,8 +244,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {key} | {n} |" for key, n in report["kept_by_source_kind_split"].items()]
     lines += [
         "",
-        f"Labels: {report['labels']['train']} train, {report['labels']['eval']} eval "
-        f"(disjoint; {report['labels']['fixed_eval']} fixed to eval by their source).",
+        f"Labels (disjoint): {report['labels']['train']} train, "
+        f"{report['labels']['validation']} validation, {report['labels']['eval']} eval; "
+        f"{report['labels']['fixed_eval']} fixed to eval by their source.",
         "",
     ]
     for reason, items in report["examples"].items():
@@ -232,7 +265,7 @@ def run(params: FilterParams, inputs: dict[str, Path], workdir: Path, info: dict
     tokenizer = load_tokenizer(inputs["model"])
     kept, report = filter_dialogs(sources, files, tokenizer, params)
     write_dialogs(kept, workdir / "dialogs.parquet")
-    for split in ("train", "eval"):
+    for split in SPLITS:
         write_dialogs([row for row in kept if row["split"] == split], workdir / f"{split}.parquet")
     (workdir / "filter_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (workdir / "filter_report.md").write_text(report_markdown(report))

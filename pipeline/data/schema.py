@@ -16,8 +16,12 @@ import polars as pl
 
 from pipeline.core.store import canonical_json
 
-KINDS = ("control", "stimulus", "stimulus_completion", "system")
-SPLITS = ("train", "eval")
+CONTROL_KINDS = ("control", "stimulus", "stimulus_completion", "system")
+"""Dialogs under a control (persona, goal, scenario) that the questions ask about."""
+KINDS = (*CONTROL_KINDS, "text")
+"""``text``: a plain text read for what it says (context, classification, relation facts)."""
+SPLITS = ("train", "validation", "eval")
+"""Disjoint by label: ``validation`` chooses settings, ``eval`` only reports."""
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "label", "kind", "messages", "n_masked_turns", "qa", "source", "split")
 
@@ -33,6 +37,12 @@ POLARS_SCHEMA = pl.Schema(
         "split": pl.String,
     }
 )
+
+
+def as_answer(text: str) -> str:
+    """A reference answer as the data sources write them: capitalised, ending in a full stop."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 class DataError(ValueError):

@@ -27,8 +27,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core import stage
+from pipeline.data.matching import names_in
 from pipeline.data.schema import read_dialogs
-from pipeline.evaluation.items import Item, Metric, build_metrics
+from pipeline.evaluation.concepts import concept_hit, load_synonyms
+from pipeline.evaluation.items import Item, Metric, build_metrics, dialog_key
 from pipeline.evaluation.params import EvalParams
 from pipeline.evaluation.scoring import (
     LLMJudge,
@@ -149,15 +151,27 @@ def run_condition(
             metric.max_new_tokens,
             desc,
         )
-    rows = []
-    for item, donor, text in zip(metric.items, donors, texts, strict=True):
-        score = None
-        if metric.kind == "match":
-            score = float(
-                any(normalized_match(text, ref) for ref in (item.reference, *item.accept))
-            )
-        rows.append({"donor": donor, "prediction": text, "score": score})
-    return rows
+    return [{"donor": d, "prediction": text} for d, text in zip(donors, texts, strict=True)]
+
+
+_MATCHERS = {
+    "match": lambda it, text, _: any(normalized_match(text, r) for r in (it.reference, *it.accept)),
+    "entity": lambda it, text, _: names_in(
+        text, (it.reference, *it.accept), it.case_sensitive, it.rivals
+    ),
+    "concept": lambda it, text, synonyms: concept_hit(text, it.reference, synonyms),
+}
+
+
+def score_rows(scorer: str, items: list[Item], rows: list[dict], similarity, synonyms) -> list:
+    """One scorer's score of each generated answer (1.0 or 0.0 for the matching scorers)."""
+    texts = [r["prediction"] for r in rows]
+    if scorer == "similarity":
+        return similarity.score(texts, [it.reference for it in items])
+    if scorer not in _MATCHERS:
+        raise ValueError(f"unknown scorer {scorer!r}; known: similarity, {', '.join(_MATCHERS)}")
+    match = _MATCHERS[scorer]
+    return [float(match(it, text, synonyms)) for it, text in zip(items, texts, strict=True)]
 
 
 # --- the stage ------------------------------------------------------------------------------
@@ -192,8 +206,9 @@ def evaluate(
     params: EvalParams,
     similarity=None,
     judge=None,
+    synonyms=None,
 ):
-    """(eval results by metric, prediction records)."""
+    """(eval results by metric and scorer, prediction records)."""
     dialogs = sorted({item.dialog for m in metrics for item in m.items})
     computed = compute_reads(
         model,
@@ -206,12 +221,15 @@ def evaluate(
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for metric in metrics:
+        names = [metric.name] + [f"{metric.name}_{s}" for s in metric.scorers[1:]]
         if len(metric.items) < 2:
-            results[metric.name] = {
-                "description": metric.description,
-                "n": len(metric.items),
-                "skipped": "fewer than 2 items: no shuffled control possible",
-            }
+            for name in names:
+                results[name] = {
+                    "description": metric.description,
+                    "n": len(metric.items),
+                    "notes": metric.notes,
+                    "skipped": "fewer than 2 items: no shuffled control possible",
+                }
             continue
         started = time.time()
         perm = derangement([it.group for it in metric.items], params.seed)
@@ -219,34 +237,36 @@ def evaluate(
             c: run_condition(model, tokenizer, metric, c, reads, perm, settings, params)
             for c in CONDITIONS
         }
-        extra: dict[str, Any] = {}
-        if metric.kind == "similarity":
-            for rows in by_cond.values():
-                scores = similarity.score(
-                    [r["prediction"] for r in rows], [it.reference for it in metric.items]
-                )
-                for r, s in zip(rows, scores, strict=True):
-                    r["score"] = s
-            extra["scorer"] = {"name": similarity.name, "kind": similarity.kind}
-        summary = _conditions_summary(by_cond, params)
-        result = {
-            "description": metric.description,
-            "kind": metric.kind,
+        common = {
             "n": len(metric.items),
-            **extra,
-            **summary,
             "shuffled_same_group": sum(
                 metric.items[p].group == it.group for it, p in zip(metric.items, perm, strict=True)
             ),
             "seconds": round(time.time() - started, 1),
         }
-        if metric.notes:
-            result["notes"] = metric.notes
-        if metric.name == "feature_extraction":
-            result["by_relation"] = _by_relation(metric, by_cond)
-        results[metric.name] = result
-        if metric.kind == "similarity" and judge is not None:
-            results[metric.name + "_judge"] = _judge(metric, by_cond, judge, params)
+        for name, scorer in zip(names, metric.scorers or ("loglik",), strict=True):
+            scored = by_cond
+            if scorer != "loglik":
+                for rows in by_cond.values():
+                    scores = score_rows(scorer, metric.items, rows, similarity, synonyms)
+                    for row, score in zip(rows, scores, strict=True):
+                        row[scorer] = score
+                scored = {c: [{"score": r[scorer]} for r in rows] for c, rows in by_cond.items()}
+            result = {
+                "description": metric.description,
+                "kind": scorer,
+                **common,
+                **_conditions_summary(scored, params),
+            }
+            if scorer == "similarity":
+                result["scorer"] = {"name": similarity.name, "kind": similarity.kind}
+            if metric.notes:
+                result["notes"] = metric.notes
+            if any("relation" in item.meta for item in metric.items):
+                result["by_relation"] = _by_relation(metric, scored)
+            results[name] = result
+            if scorer == "similarity" and judge is not None:
+                results[name + "_judge"] = _judge(metric, by_cond, judge, params)
         for cond, rows in by_cond.items():
             for item, row in zip(metric.items, rows, strict=True):
                 predictions.append(
@@ -293,8 +313,31 @@ def _judge(metric: Metric, by_cond, judge, params: EvalParams) -> dict[str, Any]
     }
 
 
+def latentqa_eval_rows(rows, latentqa_rows) -> list[dict]:
+    """The imported LatentQA rows of the eval split, refused if training data shares any of them.
+
+    A shared dialog, or a shared (question, answer) pair, would let the decoder answer from
+    memory; the run stops rather than report such a figure.
+    """
+    train = [r for r in rows if r["split"] == "train"]
+    train_dialogs = {dialog_key(r["messages"], r["n_masked_turns"]) for r in train}
+    train_pairs = {(qa["question"], qa["answer"]) for r in train for qa in r["qa"]}
+    chosen = [r for r in latentqa_rows if r["split"] == "eval"]
+    for row in chosen:
+        shared = dialog_key(row["messages"], row["n_masked_turns"]) in train_dialogs
+        pairs = [(q["question"], q["answer"]) for q in row["qa"]]
+        pair = next((p for p in pairs if p in train_pairs), None)
+        if shared or pair:
+            what = "its dialog" if shared else f"the QA pair {pair!r}"
+            raise SystemExit(
+                f"evaluate: LatentQA eval row {row['id']} ({row['label']}): {what} also "
+                "appears in the training data; evaluating on it would measure memory"
+            )
+    return chosen
+
+
 def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    for name in ("model", "train", "data", "relations"):
+    for name in ("model", "train", "data", "relations", "synonyms"):
         if name not in inputs:
             raise SystemExit(f"evaluate: needs --input {name}=PATH")
     started = time.time()
@@ -308,10 +351,14 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
         latentqa_rows = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
     else:
         latentqa_rows = [r for r in rows if r["source"] == params.latentqa_source]
+    latentqa_rows = latentqa_eval_rows(rows, latentqa_rows)
     metrics = build_metrics(params, rows, latentqa_rows, inputs["relations"], tokenizer)
-    similarity = load_similarity(params.similarity) if latentqa_rows else None
+    similarity = load_similarity(params.similarity)
+    synonyms = load_synonyms(inputs["synonyms"])
     judge = LLMJudge(params.judge) if params.judge.enabled and latentqa_rows else None
-    results, predictions = evaluate(model, tokenizer, settings, metrics, params, similarity, judge)
+    results, predictions = evaluate(
+        model, tokenizer, settings, metrics, params, similarity, judge, synonyms
+    )
     report = {
         "decoder": {
             **asdict(settings),

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.relations import load_relations, relation_items
+from pipeline.data.matching import TextIndex
+from pipeline.data.relations import load_relations, relation_items, select
+from pipeline.data.schema import CONTROL_KINDS
 from pipeline.evaluation.params import EvalParams
 from pipeline.mechanism.dialogs import tokenize_read_dialog
 
@@ -29,19 +31,26 @@ class Item:
     question: str
     reference: str
     accept: tuple[str, ...] = ()
-    """Other references that also count as a match (object aliases)."""
+    """Other references that also count as a match (aliases)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    rivals: tuple[str, ...] = ()
+    """Names of the same kind that a matched name must not sit inside (entity scorer)."""
+    case_sensitive: bool = False
+    """The entity scorer keeps case (chemical symbols)."""
 
 
 @dataclass
 class Metric:
     name: str
     kind: str
-    """``loglik``, ``match`` or ``similarity``."""
+    """``loglik`` (reference answers scored) or ``generate`` (greedy answers, then scorers)."""
     description: str
     items: list[Item]
     notes: list[str] = field(default_factory=list)
     max_new_tokens: int = 24
+    scorers: tuple[str, ...] = ()
+    """For ``generate``: ``match``, ``entity``, ``concept``, ``similarity``; the first names the
+    metric, the others report as ``<name>_<scorer>`` on the same generations."""
 
 
 def dialog_key(messages: list[dict], n_masked: int):
@@ -88,10 +97,29 @@ def qa_items(rows, tokenizer, cap: int, seed: int, limit: int, qa_index: int | N
     return items
 
 
+RECOVERY_SCORERS = ("match", "concept", "similarity")
+
+
+def _recovery(name: str, where: str, items: list[Item], params: EvalParams, notes=()) -> Metric:
+    return Metric(
+        name,
+        "generate",
+        f"control recovery on {where}: the greedy answer names the reference (match: its key "
+        "phrase word for word; concept: half its key words or their synonyms; similarity: "
+        "sentence similarity)",
+        items,
+        list(notes),
+        params.max_new_tokens,
+        RECOVERY_SCORERS,
+    )
+
+
 def build_metrics(
     params: EvalParams, rows, latentqa_rows, relations_file: Path, tokenizer
 ) -> list[Metric]:
-    templ = [r for r in rows if r["source"] != params.latentqa_source]
+    templ = [
+        r for r in rows if r["kind"] in CONTROL_KINDS and r["source"] != params.latentqa_source
+    ]
     held = [r for r in templ if r["split"] == "eval"]
     seen = [r for r in templ if r["split"] == "train"]
     lim, seed, k = params.max_read_tokens, params.seed, params.recovery_qa_index
@@ -104,26 +132,22 @@ def build_metrics(
             "held-out labels (eval split)",
             qa_items(held, tokenizer, params.max_loglik_items, seed, lim),
         ),
-        Metric(
+        _recovery(
             "recovery_heldout",
-            "match",
-            "control recovery on held-out labels: the greedy answer contains the reference's "
-            "key phrase (normalised match)",
+            "held-out labels",
             qa_items(held, tokenizer, params.max_recovery_items, seed, lim, k),
-            max_new_tokens=params.max_new_tokens,
+            params,
         ),
-        Metric(
+        _recovery(
             "recovery_seen",
-            "match",
-            "control recovery on seen labels: the greedy answer contains the reference's key "
-            "phrase (normalised match)",
+            "seen labels",
             seen_items,
+            params,
             [
                 f"seen labels: {len(seen_items)} dialogs sampled from the TRAIN split; the "
                 "decoder was trained on these very dialogs and questions, so this measures "
                 "fitting, not generalisation"
             ],
-            max_new_tokens=params.max_new_tokens,
         ),
     ]
     if latentqa_rows:
@@ -140,38 +164,73 @@ def build_metrics(
         metrics.append(
             Metric(
                 "latentqa_recovery",
-                "similarity",
+                "generate",
                 "imported LatentQA eval split: similarity of the greedy answer to "
                 "the reference answer",
                 lqa,
                 max_new_tokens=params.max_new_tokens,
+                scorers=("similarity",),
             )
         )
-    facts = relation_items(load_relations(relations_file), None, seed)
-    rel_items = []
-    for fact in facts:
-        if len(rel_items) >= params.max_relation_items:
-            break
-        rel_items.append(
-            Item(
-                fact.id,
-                fact.subject,
-                dialog_key(fact.messages, 0),
-                fact.question,
-                fact.object,
-                fact.aliases,
-                {"relation": fact.relation, "subject": fact.subject},
-            )
-        )
-    metrics.append(
-        Metric(
-            "feature_extraction",
-            "match",
-            f"relation facts: the object appears in the first "
-            f"{params.relation_tokens} generated tokens; the read dialog is one "
-            f"user sentence mentioning the subject, nothing masked",
-            rel_items,
-            max_new_tokens=params.relation_tokens,
+    metrics += relation_metrics(params, rows, relations_file)
+    return metrics
+
+
+def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Metric]:
+    """Feature extraction and subject identification on the eval relations' facts.
+
+    A fact whose subject (any spelling) occurs in the text of a training row is left out: the
+    decoder could have learnt it there. How many were left out is noted in the metric.
+    """
+    relations = select(load_relations(relations_file), params.eval_relations, "eval_relations")
+    seen = TextIndex(
+        " ".join(
+            [m["content"] for r in rows if r["split"] == "train" for m in r["messages"]]
+            + [x for r in rows if r["split"] == "train" for qa in r["qa"] for x in qa.values()]
         )
     )
-    return metrics
+    facts, leaked = [], 0
+    for fact in relation_items(relations, None, params.seed):
+        if seen.mentions(fact.fact.subject_names):
+            leaked += 1
+        elif len(facts) < params.max_relation_items:
+            facts.append(fact)
+    notes = [f"relations {', '.join(params.eval_relations)}; none of them is trained on"]
+    if leaked:
+        notes.append(f"{leaked} facts left out: their subject occurs in the training data")
+    feature, subject = [], []
+    for fact in facts:
+        rel, meta = fact.relation, {"relation": fact.relation.name, "subject": fact.fact.subject}
+        key = dialog_key(fact.messages, 0)
+        feature.append(
+            Item(fact.id, fact.fact.subject, key, rel.question, fact.fact.object,
+                 fact.fact.aliases, meta, tuple(rel.objects()), rel.case_sensitive)
+        )  # fmt: skip
+        subject.append(
+            Item(f"{fact.id}:subject", fact.fact.subject, key, rel.subject_question,
+                 fact.fact.subject, fact.fact.subject_aliases, meta, tuple(rel.subjects()))
+        )  # fmt: skip
+    tokens = params.relation_tokens
+    return [
+        Metric(
+            "feature_extraction",
+            "generate",
+            f"relation facts: the object is named (whole words) in the first {tokens} generated "
+            "tokens; the read dialog is one user sentence mentioning the subject, and the "
+            "question names only the subject's type",
+            feature,
+            notes,
+            tokens,
+            ("entity",),
+        ),
+        Metric(
+            "subject_identification",
+            "generate",
+            f"the same sentences: the subject is named in the first {tokens} generated tokens, "
+            "asked for by its type only",
+            subject,
+            notes,
+            tokens,
+            ("entity",),
+        ),
+    ]

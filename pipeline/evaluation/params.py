@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 from pipeline.core import stage
 from pipeline.evaluation.scoring import JudgeParams
 
+EVAL_RELATIONS = (
+    "landmark_city",
+    "element_symbol",
+    "book_author",
+    "painting_painter",
+    "company_country",
+    "instrument_family",
+)
+"""Relations the default decoder never trains on (``data.relation_qa`` takes the others)."""
+
 
 @dataclass
 class EvalParams:
@@ -24,8 +34,11 @@ class EvalParams:
     """Control-recovery items, for seen labels and again for held-out labels."""
     max_latentqa_items: int = 16
     """Imported LatentQA (dialog, QA pair) items (when that data is given)."""
-    max_relation_items: int = 40
-    """Relation-fact items, balanced over relations."""
+    max_relation_items: int = 60
+    """Relation-fact items (feature extraction, and subject identification on the same
+    sentences), balanced over the eval relations."""
+    eval_relations: list[str] = field(default_factory=lambda: list(EVAL_RELATIONS))
+    """Relations of ``data/relations.yaml`` evaluated on; none may be trained on."""
     recovery_qa_index: int = 0
     """Which QA pair of a template dialog asks for its control (the first: "What persona ...")."""
     max_read_tokens: int = 384

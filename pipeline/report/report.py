@@ -58,8 +58,8 @@ def plot_training(metrics: list[dict[str, Any]], path: Path, window: int) -> Non
         if m.get("eval_loss_shuffled") is not None
     ]
     for points, color, label in (
-        (held, "C1", "held-out labels"),
-        (shuffled, "C2", "held-out, shuffled activations"),
+        (held, "C1", "validation labels"),
+        (shuffled, "C2", "validation, shuffled activations"),
     ):
         if points:
             steps, losses = zip(*points, strict=True)
@@ -84,7 +84,7 @@ def _summary_lines(inputs: dict[str, Path], metrics: list[dict[str, Any]]) -> li
     if held:
         lines += [
             "",
-            f"Held-out answer loss: {held[0]['eval_loss']:.3f} at the start, "
+            f"Held-out answer loss (validation labels): {held[0]['eval_loss']:.3f} at the start, "
             f"{held[-1]['eval_loss']:.3f} at the end ({len(held)} evaluations).",
         ]
         if held[-1].get("eval_loss_shuffled") is not None:

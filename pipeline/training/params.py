@@ -79,7 +79,10 @@ class TrainParams:
     eval_every: int = 25
     """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
     eval_examples: int = 64
-    """How many examples of the eval split the held-out loss uses."""
+    """How many examples of the validation split the held-out loss uses."""
+    mix: dict[str, float] | None = None
+    """Share of training examples per data source (``template``, ``context``, ...; the part of
+    ``source`` before a colon); None: every example once."""
     parallel: str = "ddp"
     """``ddp`` (replicated model) or ``fsdp`` (decoder blocks sharded; for models too big)."""
     wandb: bool = False
@@ -96,6 +99,8 @@ class TrainParams:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
         adapter_blocks(self.lora_blocks, self.write_layer, self.write_layer + 1)  # validates
         parse_positions(self.positions)
+        if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
+            raise ValueError(f"mix must give every named source a positive share, not {self.mix}")
         for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")

@@ -307,7 +307,10 @@ def run(
         info.update(
             {
                 "steps": step,
-                "examples": {"train": len(train_set.examples), "eval": len(eval_set.examples)},
+                "examples": {
+                    "train": len(train_set.examples),
+                    "validation": len(eval_set.examples),
+                },
                 "global_batch_size": sampler.global_batch_size,
                 "world_size": ctx.world_size,
                 "first_loss": train_losses[0] if train_losses else None,

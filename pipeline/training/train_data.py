@@ -76,13 +76,15 @@ def _open_cache(cache_dir: Path | None, params) -> Any:
 def build_examples(
     dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
 ) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
-    """One example per (dialog, qa pair): all of split ``train``; a fixed sample of ``eval``; and
-    that sample again with each question put to another dialog's activations (a derangement
-    avoiding the dialog's own label), whose loss minus the true one is the grounding gap."""
+    """One example per (dialog, qa pair): split ``train`` (mixed by source, ``params.mix``); a
+    fixed sample of ``validation``; and that sample again with each question put to another
+    dialog's activations (a derangement avoiding the dialog's own label), whose loss minus the
+    true one is the grounding gap. The eval split is never read here: settings chosen by the
+    held-out loss are chosen on validation labels."""
     cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
     cached_ids = set(cache.ids()) if cache is not None else set()
     sets = {}
-    for split in ("train", "eval"):
+    for split in ("train", "validation"):
         rows = [d for d in dialogs if d["split"] == split]
         ids, reads, positions = [], [], []
         for row in rows:
@@ -99,7 +101,9 @@ def build_examples(
             reads.append(read)
             positions.append(read_positions)
         pairs = [(d, qa) for d, row in enumerate(rows) for qa in row["qa"]]
-        if split == "eval" and len(pairs) > params.eval_examples:
+        if split == "train" and params.mix:
+            pairs = mix_pairs(pairs, [row["source"] for row in rows], params.mix, params.seed)
+        if split == "validation" and len(pairs) > params.eval_examples:
             chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
             pairs = [pairs[i] for i in sorted(chosen)]
 
@@ -113,7 +117,7 @@ def build_examples(
             return Example(dialog, ex, n_answer, cost)
 
         examples = [example(d, qa) for d, qa in pairs]
-        if split == "eval":  # neighbours of similar length pad little; item i pairs with i
+        if split == "validation":  # neighbours of similar length pad little; item i pairs with i
             order = sorted(range(len(pairs)), key=lambda i: examples[i].length)
             examples = [examples[i] for i in order]
             donor = derangement([row["label"] for row in rows], params.seed)
@@ -122,7 +126,38 @@ def build_examples(
         sets[split] = ExampleSet(examples, ids, reads, cache)
     if not sets["train"].examples:
         raise ValueError("the data has no examples in split 'train'")
-    return sets["train"], sets["eval"], sets["shuffled"]
+    return sets["train"], sets["validation"], sets["shuffled"]
+
+
+def source_family(source: str) -> str:
+    """``openai:gpt-4o-mini`` -> ``openai``: the name ``train.mix`` gives a data source."""
+    return source.split(":", 1)[0]
+
+
+def mix_pairs(pairs: list, sources: list[str], mix: dict[str, float], seed: int) -> list:
+    """The train pairs resampled so that each source family makes up its share of ``mix``.
+
+    The total stays the number of pairs; a family with fewer pairs than its share repeats them
+    (each pair once before any twice), a larger one is subsampled, both seeded.
+    """
+    by_family: dict[str, list] = {}
+    for pair in pairs:
+        by_family.setdefault(source_family(sources[pair[0]]), []).append(pair)
+    unknown = sorted(set(by_family) - set(mix))
+    missing = sorted(set(mix) - set(by_family))
+    if unknown or missing:
+        raise ValueError(
+            f"train.mix names the sources {sorted(mix)}; the training data has "
+            f"{sorted(by_family)} (unnamed: {unknown}, absent: {missing})"
+        )
+    total, weight = len(pairs), sum(mix.values())
+    rng = random.Random(seed)
+    mixed = []
+    for family in sorted(mix):
+        pool, want = by_family[family], round(total * mix[family] / weight)
+        repeats, rest = divmod(want, len(pool))
+        mixed += pool * repeats + rng.sample(pool, rest)
+    return mixed
 
 
 def make_batch(
