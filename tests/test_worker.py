@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline.bench import worker as benchmark_worker
 from pipeline.bench import workload as benchmark_setup
@@ -88,3 +89,24 @@ def test_caching_layer_times_one_block_and_caches_the_read_layer(tiny_model_dir,
         assert list(f.keys()) == ["layer_2"]  # what (c) trains from
     with pytest.raises(ValueError, match="caching layer 9"):
         benchmark_worker.run_caching(BenchSpec(model=str(tiny_model_dir), caching_layer=9), None)
+
+
+def test_caching_modes_are_warmed_then_timed_alternately(tiny_model_dir, monkeypatch):
+    """Each mode runs once untimed, then the timed rounds alternate which runs first; the figure
+    is the median, and the run records the machine and library versions."""
+    calls = []
+    real = benchmark_worker.compute_cache
+
+    def counting(model, work, layers, pad, spec, stop_early=True):
+        calls.append(stop_early)
+        return real(model, work, layers, pad, spec, stop_early=stop_early)
+
+    monkeypatch.setattr(benchmark_worker, "compute_cache", counting)
+    spec = BenchSpec(model=str(tiny_model_dir), examples=4, read_layer=1, caching_rounds=3)
+    result = benchmark_worker.run_caching(spec, None)
+    assert calls == [True, False] + [True, False] + [False, True] + [True, False]
+    for mode in ("early_stop", "full_forward"):
+        rates = result[mode]["samples_tokens_per_s"]
+        assert len(rates) == 3 and result[mode]["tokens_per_s"] == sorted(rates)[1]
+    env = result["environment"]
+    assert env["torch"] == torch.__version__ and env["transformers"] and env["peft"]

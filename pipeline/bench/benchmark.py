@@ -166,6 +166,7 @@ def format_report(result: dict) -> str:
         f"write layer: {spec['write_layer']}  LoRA blocks: {spec.get('lora_blocks', 'all')}  "
         f"caching layer: {result.get('caching_layer', result['read_layer'])}  "
         f"gradient checkpointing: {checkpointing}{live}",
+        _environment_line(result.get("environment") or {}),
         "",
         "| design | tokens/s | peak tensor MiB | peak RSS MiB | RSS MiB above imports "
         "| weights MiB | model TFLOP/s | MFU |",
@@ -248,6 +249,7 @@ def benchmark(
     result = {
         "model": spec.model or spec.config,
         "device": spec.device,
+        "environment": caching[0].get("environment"),
         "repeats": repeats,
         "read_layer": caching[0]["read_layer"],
         "caching_layer": caching[0]["caching_layer"],
@@ -269,6 +271,15 @@ def benchmark(
             path.unlink()
         folder.rmdir()
     return result
+
+
+def _environment_line(env: dict) -> str:
+    where = env.get("gpu") or f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs)"
+    cuda = f"  CUDA {env['cuda']}  driver {env.get('driver')}" if env.get("gpu") else ""
+    return (
+        f"machine: {where}{cuda}  torch {env.get('torch', '?')}  "
+        f"transformers {env.get('transformers', '?')}  peft {env.get('peft', '?')}"
+    )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

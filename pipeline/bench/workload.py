@@ -72,6 +72,8 @@ class BenchSpec:
     """Decoder block whose output is replaced at the placeholders."""
     caching_layer: int | None = None
     """Block where the timed caching pass stops early (default: the read layer)."""
+    caching_rounds: int = 3
+    """Timed caching passes per mode, after one untimed pass of each (alternating; median)."""
     batch_size: int = 8
     """Examples per training step."""
     cache_batch_size: int = 8
