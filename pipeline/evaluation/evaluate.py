@@ -126,7 +126,7 @@ def loglik_batched(
 def run_condition(
     model, tokenizer, metric: Metric, condition: str, reads, perm, settings, params: EvalParams
 ) -> list[dict[str, Any]]:
-    """Per item: the donor, the prediction (or NLL) and the raw score (None = score later)."""
+    """Per item: the donor and the NLL with its score, or the prediction (scored later)."""
     loglik = metric.kind == "loglik"
     examples, acts, donors = condition_inputs(
         condition, metric.items, reads, perm, tokenizer, settings, with_answer=loglik
