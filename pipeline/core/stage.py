@@ -1,9 +1,10 @@
 """The command line every stage shares: ``python -m pipeline.<concept>.<stage> --out DIR ...``.
 
 A stage is a typed params dataclass plus ``run(params, inputs, workdir, info)``. This module parses
-the arguments, builds the dataclass (rejecting unknown fields), and publishes ``workdir`` into the
-store atomically when ``run`` returns. ``info`` is a dict the stage may fill with summary figures
-that go into the manifest.
+the arguments, builds the dataclass (rejecting unknown fields), locks the staging folder, and
+publishes ``workdir`` into the store atomically when ``run`` returns. The process dies with its
+parent (the job's shell), so a killed job leaves no stage running. ``info`` is a dict the stage
+may fill with summary figures that go into the manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import stages, store
+from pipeline.core.faults import fault_point
+from pipeline.core.lifeline import die_with_parent
 
 T = TypeVar("T")
 log = logging.getLogger("pipeline")
@@ -118,6 +121,7 @@ def main(
     parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)
+    die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
@@ -129,6 +133,15 @@ def main(
             raise SystemExit(f"{stage}: input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
-    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs)) as (workdir, info):
-        run(params, inputs, workdir, info)
+    keep = stages.STAGES[stage].resumable if stage in stages.STAGES else None
+    try:
+        with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep) as (
+            workdir,
+            info,
+        ):
+            fault_point(f"stage.{stage}.start")
+            run(params, inputs, workdir, info)
+            fault_point(f"stage.{stage}.publish")
+    except store.StagingBusy as exc:
+        raise SystemExit(f"{stage}: {exc}") from None
     log.info("published %s", args.out)

@@ -4,8 +4,9 @@ For each family (persona, goal, scenario) a versioned prompt template in ``data/
 the model for one control with its acknowledgement, a few dialog turns under it and QA pairs, as
 one JSON object (structured outputs where the endpoint has them). Responses are parsed with
 ``json.loads`` and validated against a JSON Schema; nothing is ever evaluated as code. Every
-completed call is cached on disk (pipeline/curation/request_cache.py) before it is parsed, so a rerun or a
-resumed run repeats no completed call, and a bad response stays dropped rather than re-bought.
+completed call is cached on disk (pipeline/curation/request_cache.py) before it is parsed, so a
+rerun or a resumed run repeats no completed call, and a bad response stays dropped rather than
+re-bought.
 
 Output: ``dialogs.parquet`` (source ``openai:<model>``, label-disjoint split), and
 ``curate_report.json`` / ``curate_report.md`` (calls, cache hits, retries, tokens, cost, drops).

@@ -12,6 +12,21 @@ sys.path.insert(0, REPO)
 from pipeline.core.graph import Node, deep_merge, experiment_graph
 from pipeline.core.view import refresh_view
 
+
+def _python():
+    """The interpreter of every job, the one running Snakemake (the project's environment).
+
+    Nothing then depends on PATH (`.venv/bin/snakemake` works without activating the venv). Under
+    `--software-deployment-method conda` each job has its own environment, whose `python` is meant.
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return "python"
+    return shlex.quote(sys.executable)
+
+
+PYTHON = _python()
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")
 EXPERIMENTS = {
