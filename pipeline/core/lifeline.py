@@ -38,10 +38,15 @@ def _watchdog(parent: int, sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
+_watching: set[int] = set()
+"""Parents a watchdog thread already watches (a second call must not start another)."""
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """From now on this process receives ``sig`` as soon as its parent dies."""
     parent = os.getppid()
-    if not _prctl_deathsig(sig):
+    if not _prctl_deathsig(sig) and parent not in _watching:
+        _watching.add(parent)
         threading.Thread(target=_watchdog, args=(parent, sig), daemon=True).start()
     if os.getppid() != parent:  # the parent died before the request took effect
         os.kill(os.getpid(), sig)
