@@ -78,7 +78,7 @@ def wait_for_mark(marks: Path, point: str, proc=None, timeout: float = 180.0) ->
         if path.exists():
             return int(path.read_text())
         if proc is not None and proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
+            output = proc.stdout.read() if getattr(proc, "stdout", None) else ""
             raise AssertionError(f"the run ended before reaching {point}:\n{output[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"{point} was not reached within {timeout} s")

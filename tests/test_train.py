@@ -328,32 +328,32 @@ def test_second_run_of_a_key_is_refused_while_the_first_holds_the_staging_lock(
     assert_same_adapter(single_run, out)
 
 
-def _launch_in_job_shell(out, model_dir, data_dir, params, nproc, env) -> subprocess.Popen:
+def _launch_in_job_shell(out, model_dir, data_dir, params, nproc, env, log) -> subprocess.Popen:
     """torchrun under a shell in a process group of its own, as a Snakemake job runs it."""
     cmd = launch_command(out, model_dir, data_dir, params, nproc)
-    return subprocess.Popen(
-        ["bash", "-c", " ".join(shlex.quote(c) for c in cmd) + "; exit $?"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    with open(log, "w") as handle:  # a file, not a pipe: a surviving worker would hold a pipe open
+        return subprocess.Popen(
+            ["bash", "-c", " ".join(shlex.quote(c) for c in cmd) + "; exit $?"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def test_killing_the_job_group_leaves_no_torchrun_worker(tmp_path, tiny_model_dir, data_dir):
     """SIGKILL to the job's process group: the workers (in their own sessions) die with it."""
-    out, marks = tmp_path / "train", tmp_path / "marks"
+    out, marks, log = tmp_path / "train", tmp_path / "marks", tmp_path / "train.log"
     marks.mkdir()
     env, tag = tagged_env({**train_env(), FAULT: "train.step.1:pause", MARKS: str(marks)})
-    proc = _launch_in_job_shell(out, tiny_model_dir, data_dir, BASE_PARAMS, 2, env)
+    proc = _launch_in_job_shell(out, tiny_model_dir, data_dir, BASE_PARAMS, 2, env, log)
     try:
         wait_for_mark(marks, "train.step.1", proc)
         before = tagged_processes(tag)
         sessions = {os.getsid(p) for p in before}
         assert len(sessions) >= 2, "torchrun's workers should run in sessions of their own"
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         survivors = wait_until_gone(tag, timeout=20)
         assert survivors == [], f"processes outlived the job: {survivors} (of {before})"
     finally:
