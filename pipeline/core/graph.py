@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.core import stage as stage_cli
 from pipeline.core import stages, store
+from pipeline.core.errors import InputError
 
 DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa", "curated": "curate"}
 """Config keys under ``data`` and the stage each one runs."""
@@ -66,7 +67,7 @@ def experiment_graph(
     name: str, config: Mapping[str, Any], root: str | Path = "."
 ) -> dict[str, Node]:
     """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``)."""
-    from pipeline.core.model_source import fingerprint
+    from pipeline.core.model_source import fingerprint, model_depth
 
     root = Path(root)
     where = f"experiments.{name}"
@@ -74,6 +75,7 @@ def experiment_graph(
     model = Node("prepare_model", full_params("prepare_model", config["model"], f"{where}.model"))
     model.external["model"] = fingerprint(model.params)
     nodes["prepare_model"] = model
+    depth = model_depth(model.params)
 
     sources = config.get("data") or {}
     if not sources:
@@ -87,6 +89,8 @@ def experiment_graph(
             node.inputs["model"] = model
         elif stage_name == "import_latentqa":
             src = root / values.pop("path")
+            if not src.is_dir():
+                raise InputError(f"{where}.data.{source}.path: {src} does not exist")
             node.inputs["source"] = str(src)
             node.external["source"] = _dir_digest(src, "*.json")
         node.params = full_params(stage_name, values, f"{where}.data.{source}")
@@ -112,6 +116,9 @@ def experiment_graph(
         )
         nodes["activation_cache"] = cache
         train.inputs["cache"] = cache
+        _check_layers(f"{where}.cache.layers", cache.params["layers"], depth, model.params)
+    for layer in ("read_layer", "write_layer"):
+        _check_layers(f"{where}.train.{layer}", [train_params[layer]], depth, model.params)
     nodes["train"] = train
 
     evaluate = Node(
@@ -144,6 +151,16 @@ def experiment_graph(
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+def _check_layers(where: str, layers: list[int], depth: int | None, model: dict) -> None:
+    """Refuse blocks the model does not have now, not after preparing it and making the data."""
+    for layer in layers:
+        if depth is not None and not 0 <= layer < depth:
+            raise InputError(
+                f"{where} = {layer}, but the model {model['name']} has {depth} blocks "
+                f"(0..{depth - 1})"
+            )
 
 
 def _assign_key(node: Node) -> str:

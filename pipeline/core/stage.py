@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import stages, store
+from pipeline.core.errors import InputError
 from pipeline.core.faults import fault_point
 from pipeline.core.lifeline import die_with_parent
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 log = logging.getLogger("pipeline")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """Stage parameters that do not fit the stage's dataclass."""
 
 
@@ -108,7 +109,25 @@ def input_keys(inputs: Mapping[str, Path]) -> dict[str, str]:
     return keys
 
 
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (a multi-line message would read as several errors)."""
+    return " ".join(str(exc).split())
+
+
 def main(
+    stage: str,
+    params_cls: type[T],
+    run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
+    argv: list[str] | None = None,
+) -> None:
+    """Run a stage from its command line; bad input ends it with one line naming the culprit."""
+    try:
+        _main(stage, params_cls, run, argv)
+    except (InputError, store.StoreError) as exc:
+        raise SystemExit(f"{stage}: error: {one_line(exc)}") from None
+
+
+def _main(
     stage: str,
     params_cls: type[T],
     run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
@@ -125,23 +144,23 @@ def main(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    raw = json.loads(args.params)
+    try:
+        raw = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise ParamsError(f"--params is not a JSON object: {exc}") from None
     params = build_params(params_cls, raw, where=f"{stage} params")
     inputs = _parse_inputs(args.input)
     for name, path in inputs.items():
         if not path.exists():
-            raise SystemExit(f"{stage}: input {name} does not exist: {path}")
+            raise InputError(f"input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
     keep = stages.STAGES[stage].resumable if stage in stages.STAGES else None
-    try:
-        with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep) as (
-            workdir,
-            info,
-        ):
-            fault_point(f"stage.{stage}.start")
-            run(params, inputs, workdir, info)
-            fault_point(f"stage.{stage}.publish")
-    except store.StagingBusy as exc:
-        raise SystemExit(f"{stage}: {exc}") from None
+    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep) as (
+        workdir,
+        info,
+    ):
+        fault_point(f"stage.{stage}.start")
+        run(params, inputs, workdir, info)
+        fault_point(f"stage.{stage}.publish")
     log.info("published %s", args.out)

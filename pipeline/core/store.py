@@ -220,7 +220,13 @@ def publishing(
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
         (stage_dir / HOLDER).write_text(json.dumps(holder) + "\n")
         extra: dict[str, Any] = {}
-        yield stage_dir, extra
+        try:
+            yield stage_dir, extra
+        except BaseException:
+            (stage_dir / HOLDER).unlink(missing_ok=True)
+            if not any(stage_dir.iterdir()):
+                stage_dir.rmdir()  # nothing to resume from
+            raise
         (stage_dir / HOLDER).unlink(missing_ok=True)
         (stage_dir / MANIFEST).unlink(missing_ok=True)
         write_manifest(stage_dir, key, stage, params, inputs, extra)

@@ -9,8 +9,15 @@ from pathlib import Path
 REPO = str(Path(workflow.basedir).parent)
 sys.path.insert(0, REPO)
 
+from pipeline.core.config_check import check_config
 from pipeline.core.graph import Node, deep_merge, experiment_graph
 from pipeline.core.view import refresh_view
+
+check_config(
+    config,
+    Path(workflow.basedir) / "schemas" / "config.schema.yaml",
+    workflow.configfiles or ["config/config.yaml"],
+)
 
 
 def _python():
