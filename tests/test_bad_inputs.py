@@ -135,7 +135,7 @@ def workflow_case(case, source, tmp_path, capsys, prepared):  # noqa: F811
     root = tmp_path / "repo"
     for name in ("workflow", "pipeline", "data", "config"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    config = source.read_text().replace("{tiny_model}", str(model))
+    config = source.read_text().replace("{tiny_model}", str(model)).replace("{corpus}", str(CORPUS))
     (root / "config" / "config.yaml").write_text(config)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/tiny"],

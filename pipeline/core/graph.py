@@ -17,8 +17,17 @@ from pipeline.core import stage as stage_cli
 from pipeline.core import stages, store
 from pipeline.core.errors import InputError
 
-DATA_SOURCES = {"templates": "templates", "latentqa": "import_latentqa", "curated": "curate"}
-"""Config keys under ``data`` and the stage each one runs."""
+DATA_SOURCES = {
+    "templates": "templates",
+    "latentqa": "import_latentqa",
+    "latentqa_eval": "import_latentqa",
+    "curated": "curate",
+}
+"""Config keys under ``data`` and the stage each one runs. ``latentqa_eval`` is evaluation only:
+it feeds the evaluate stage, never the filter or training."""
+EVAL_ONLY = "latentqa_eval"
+LATENTQA_FILES = ("qa.json",)
+"""Files every LatentQA folder needs besides one ``<kind>.json`` per imported kind."""
 
 
 @dataclass
@@ -89,12 +98,18 @@ def experiment_graph(
             node.inputs["model"] = model
         elif stage_name == "import_latentqa":
             src = root / values.pop("path")
-            if not src.is_dir():
-                raise InputError(f"{where}.data.{source}.path: {src} does not exist")
+            # Imported training data is split by label in the filter; the evaluation split stays.
+            values.setdefault("split", "eval" if source == EVAL_ONLY else "train")
             node.inputs["source"] = str(src)
-            node.external["source"] = _dir_digest(src, "*.json")
         node.params = full_params(stage_name, values, f"{where}.data.{source}")
-        nodes[f"data:{source}"] = data_nodes[f"data_{source}"] = node
+        if stage_name == "import_latentqa":
+            _check_latentqa_folder(f"{where}.data.{source}", src, node.params)
+            node.external["source"] = _dir_digest(src, "*.json")
+        nodes[f"data:{source}"] = node
+        if source != EVAL_ONLY:
+            data_nodes[f"data_{source}"] = node
+    if not data_nodes:
+        raise ValueError(f"{where}.data has no training source, only {EVAL_ONLY}")
 
     filtered = Node(
         "filter",
@@ -127,8 +142,8 @@ def experiment_graph(
         {"model": model, "train": train, "data": filtered},
     )
     evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
-    if "latentqa" in sources:
-        evaluate.inputs["latentqa"] = data_nodes["data_latentqa"]
+    if EVAL_ONLY in sources:
+        evaluate.inputs["latentqa"] = nodes[f"data:{EVAL_ONLY}"]
     nodes["evaluate"] = evaluate
 
     report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}
@@ -151,6 +166,21 @@ def experiment_graph(
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+def _check_latentqa_folder(where: str, folder: Path, params: dict[str, Any]) -> None:
+    """A missing folder or file fails here, at parse, not after model preparation."""
+    if where.endswith(EVAL_ONLY) and params["split"] != "eval":
+        raise InputError(
+            f"{where}.split: the evaluation split stays 'eval', not {params['split']!r}"
+        )
+    needed = [*LATENTQA_FILES, *(f"{kind}.json" for kind in params["kinds"])]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{where}.path: {folder} lacks {', '.join(missing)} (LatentQA files; "
+            "data/latentqa/README.md says where to get the training data)"
+        )
 
 
 def _check_layers(where: str, layers: list[int], depth: int | None, model: dict) -> None:

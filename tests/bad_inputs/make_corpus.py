@@ -94,6 +94,11 @@ def latentqa_cases() -> None:
     bad_qa = {"persona-sailor": [["Who is the assistant?", "A sailor.", "extra"]]}
     folder("qa_pair_wrong_arity", {"qa.json": as_json(bad_qa), "control.json": as_json(CONTROL)})
     folder("missing_file", {"qa.json": as_json(QA)})
+    # Training data holding a row of the evaluation split (authored rows, both sides).
+    pilot = {"control_user": "Be a pilot for this chat.", "label": "persona-pilot"}
+    qa = {**QA, "persona-pilot": [["Who is the assistant?", "A pilot."]]}
+    folder("leak/train", {"qa.json": as_json(qa), "control.json": as_json([pilot, *CONTROL])})
+    folder("leak/eval", {"qa.json": as_json(QA), "control.json": as_json(CONTROL)})
 
 
 def dialogs_cases() -> None:
@@ -176,6 +181,12 @@ def config_cases() -> None:
     config("read_layer_99", train="{read_layer: 99}")
     config("cache_layer_beyond", train="{read_layer: 1, write_layer: 4}")
     config("latentqa_missing", data="      latentqa: {path: data/latentqa/absent}")
+    leak = (
+        f"{TEMPLATES}\n"
+        "      latentqa: {path: '{corpus}/latentqa/leak/train', kinds: [control]}\n"
+        "      latentqa_eval: {path: '{corpus}/latentqa/leak/eval', kinds: [control]}"
+    )
+    config("latentqa_leak", data=leak)
 
 
 def curate_cases() -> None:
