@@ -29,6 +29,7 @@ from pipeline.mechanism.decoder_files import (
 )
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import build_decoder_example
+from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -66,10 +67,21 @@ def _dialog(value: Any, file: str, index: int) -> tuple[list[dict], int]:
     return messages, masked
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(str(path), None, "<file>", "does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            str(path), None, "<file>", f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
+
+
 def load_dialogs(path: Path) -> list[tuple[list[dict], int]]:
     """Dialogs from a JSON file (one dialog or a list of them) or a JSONL file (one per line)."""
     file = str(path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         data = json.loads(text)
         records = data if isinstance(data, list) and data and not _is_message(data[0]) else [data]
@@ -94,13 +106,39 @@ def _is_message(value: Any) -> bool:
 
 def load_questions(path: Path) -> list[str]:
     """Questions from a JSON list of strings, or a text file with one question per line."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(str(path), None, "<json>", f"not JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(q, str) and q.strip() for q in data):
             raise DataError(str(path), None, "<top level>", "expected a list of question strings")
-        return data
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        questions = data
+    else:
+        questions = [line.strip() for line in text.splitlines() if line.strip()]
+    if not questions:
+        raise DataError(str(path), None, "<file>", "no questions")
+    return questions
+
+
+def check_dialogs_fit(tokenizer, model, dialogs: list[tuple[list[dict], int]], file: str) -> None:
+    """Refuse dialogs longer than the model's positions (they would be read wrongly, slowly)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if not limit:
+        return
+    for index, (messages, _) in enumerate(dialogs):
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=messages[-1]["role"] == "user"
+        )
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            raise DataError(
+                file,
+                index,
+                "messages",
+                f"the dialog is {n} tokens, beyond the model's {limit} positions; shorten it",
+            )
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -268,8 +306,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.questions:
             questions += load_questions(args.questions)
         model, tokenizer = load_decoder(model_dir, adapter, manifest, args.dtype, args.device)
+        n_blocks = len(decoder_layers(model))
+        for name in ("read_layer", "write_layer"):
+            if getattr(settings, name) >= n_blocks:
+                flag = "--" + name.replace("_", "-")
+                where = flag if name in overrides else f"the train manifest's {name}"
+                raise ValueError(
+                    f"{where} {getattr(settings, name)} is beyond the model in {model_dir}: "
+                    f"it has {n_blocks} blocks (0..{n_blocks - 1})"
+                )
+        check_dialogs_fit(tokenizer, model, dialogs, str(args.dialogs or "--prompt"))
     except (BaseModelMismatch, DataError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"latentqa-read: {exc}") from None
+        raise SystemExit(f"latentqa-read: {' '.join(str(exc).split())}") from None
     records = answer(
         model,
         tokenizer,

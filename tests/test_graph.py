@@ -89,7 +89,7 @@ def test_unknown_setting_names_the_experiment_and_field(experiment):
 
 @pytest.mark.skipif(not SHARED_EVAL.exists(), reason="../shared/latentqa_eval is absent")
 def test_imported_data_is_keyed_by_file_content(experiment):
-    with_import = deep_merge(experiment, {"data": {"latentqa": {"path": str(SHARED_EVAL)}}})
+    with_import = deep_merge(experiment, {"data": {"latentqa_eval": {"path": str(SHARED_EVAL)}}})
     graph = experiment_graph("tiny", with_import, REPO)
-    assert graph["data:latentqa"].external["source"]
+    assert graph["data:latentqa_eval"].external["source"]
     assert "latentqa" in graph["evaluate"].inputs

@@ -1,6 +1,7 @@
 """Keys, manifests and atomic publication of the content-addressed store."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,7 @@ def test_publish_writes_manifest_last_and_renames(tmp_path):
     assert manifest["files"]["sub/x.bin"]["size"] == 5
     assert manifest["files"]["sub/x.bin"]["sha256"] == store.file_sha256(out / "sub" / "x.bin")
     assert manifest["info"] == {"figure": 3}
+    assert store.HOLDER not in manifest["files"] and not (out / store.HOLDER).exists()
     assert not store.staging_dir(out).exists()
 
 
@@ -68,6 +70,65 @@ def test_failed_stage_publishes_nothing_and_keeps_staging_for_resume(tmp_path):
     assert not out.exists()
     with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
         assert (work / "done-part").read_text() == "kept"
+    assert (out / store.MANIFEST).exists()
+
+
+def test_a_second_run_of_the_key_is_refused_while_the_first_holds_the_lock(tmp_path):
+    out = tmp_path / "abc"
+    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        (work / "first").write_text("mine")
+        with pytest.raises(store.StagingBusy) as refused:
+            with store.publishing(out, "abc", "stage", {}, {}) as (other, _):
+                (other / "second").write_text("must not happen")
+        message = str(refused.value)
+        assert str(store.staging_dir(out)) in message and f"pid {os.getpid()}" in message
+        assert sorted(p.name for p in work.iterdir()) == [store.HOLDER, "first"]
+    assert (out / "first").read_text() == "mine" and not (out / "second").exists()
+
+
+def test_lock_is_released_when_a_stage_fails(tmp_path):
+    out = tmp_path / "abc"
+    with pytest.raises(RuntimeError):
+        with store.publishing(out, "abc", "stage", {}, {}):
+            raise RuntimeError("killed")
+    os.close(store.lock_staging(store.staging_dir(out)))  # free again
+
+
+def test_a_stale_staging_folder_keeps_only_what_a_resume_uses(tmp_path):
+    out = tmp_path / "abc"
+    stale = store.staging_dir(out)
+    (stale / "checkpoints" / "step-000002").mkdir(parents=True)
+    (stale / "checkpoints" / "step-000002" / "complete").write_text("{}")
+    (stale / "half-written.tmp").write_text("x")
+    (stale / store.HOLDER).write_text('{"pid": 1}')
+    with store.publishing(out, "abc", "stage", {}, {}, keep=("checkpoints",)) as (work, _):
+        assert (work / "checkpoints" / "step-000002" / "complete").exists()
+        assert not (work / "half-written.tmp").exists()
+    assert "half-written.tmp" not in store.read_manifest(out)["files"]
+
+
+def test_another_process_is_refused_and_free_after_the_holder_dies(tmp_path):
+    out = tmp_path / "abc"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pipeline.core import store\n"
+            f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}):\n"
+            "    print('holding', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}"):
+            store.lock_staging(store.staging_dir(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.publishing(out, "abc", "stage", {}, {}):
+        pass
     assert (out / store.MANIFEST).exists()
 
 

@@ -1,21 +1,35 @@
-"""The training stage under real torchrun: same result on 1 or 2 processes, resume after kills."""
+"""The training stage under real torchrun: same result on 1 or 2 processes, resume after kills.
+
+Kills land at chosen steps through the train loop's fault points (``pipeline.core.faults``), so
+no test depends on the run still going when a timer fires.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import (
+    kill_all,
+    process_tree,
+    tagged_env,
+    tagged_processes,
+    wait_for_mark,
+    wait_until_gone,
+)
 from safetensors.torch import load_file
 
 from pipeline.core import store
+from pipeline.core.faults import ENV as FAULT
+from pipeline.core.faults import MARKS_ENV as MARKS
 from pipeline.data.schema import write_dialogs
 from pipeline.training.params import TrainParams
 from pipeline.training.train import lr_lambda
@@ -92,14 +106,14 @@ def data_dir(tmp_path_factory) -> Path:
     return out
 
 
-def launch(
+def launch_command(
     out: Path,
     model_dir: Path,
     data_dir: Path,
     params: dict,
     nproc: int | None,
     extra_inputs: tuple[str, ...] = (),
-) -> subprocess.Popen:
+) -> list[str]:
     """``torchrun`` with ``nproc`` processes, or a plain single process when ``nproc`` is None."""
     head = (
         [
@@ -129,9 +143,33 @@ def launch(
     ]
     for pair in extra_inputs:
         cmd += ["--input", pair]
+    return cmd
+
+
+def train_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    for name in (FAULT, MARKS):
+        env.pop(name, None)
+    return env
+
+
+def launch(
+    out: Path,
+    model_dir: Path,
+    data_dir: Path,
+    params: dict,
+    nproc: int | None,
+    extra_inputs: tuple[str, ...] = (),
+    env: dict | None = None,
+    replace_env: bool = False,
+) -> subprocess.Popen:
+    """Start training; ``env`` adds to the training environment (or replaces it)."""
+    cmd = launch_command(out, model_dir, data_dir, params, nproc, extra_inputs)
+    full_env = (
+        dict(env) if replace_env else {**train_env(), **{k: str(v) for k, v in (env or {}).items()}}
+    )
     return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -239,65 +277,25 @@ def test_two_processes_match_one(tmp_path, single_run, tiny_model_dir, data_dir)
     assert_same_adapter(single_run, out)
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (torchrun starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a launcher and its workers at once, as a node failure would."""
-    for member in _process_tree(pid):
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_for_checkpoint(proc, out: Path, timeout: float = 120) -> Path:
-    root = store.staging_dir(out) / "checkpoints"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = sorted(root.glob("step-*/complete")) if root.exists() else []
-        if found:
-            return found[0].parent
-        assert proc.poll() is None, "training ended before it wrote a checkpoint"
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint appeared")
-
-
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+@pytest.mark.parametrize(
+    "how, resumed_from",
+    # SIGKILL right after the checkpoint of step 4: nothing after it is lost. SIGTERM there: the
+    # handler finishes step 5, checkpoints it and exits with 143.
+    [("SIGKILL", 4), ("SIGTERM", 5)],
+)
 def test_killed_run_resumes_to_the_same_adapter(
-    how, tmp_path, single_run, tiny_model_dir, data_dir
+    how, resumed_from, tmp_path, single_run, tiny_model_dir, data_dir
 ):
     out = tmp_path / "train"
-    # Many steps, so that the kill lands mid-training; same global batch as single_run.
-    params = {**BASE_PARAMS, "grad_accum": 2}
-    proc = launch(out, tiny_model_dir, data_dir, params, nproc=None)
-    _wait_for_checkpoint(proc, out)
-    os.kill(proc.pid, signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal landed")
-    expected = -signal.SIGKILL if how == "sigkill" else 143
-    assert proc.returncode == expected, output[-3000:]
+    params = {**BASE_PARAMS, "grad_accum": 2}  # the global batch of single_run
+    proc = launch(out, tiny_model_dir, data_dir, params, None, env={FAULT: f"train.step.4:{how}"})
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == (-signal.SIGKILL if how == "SIGKILL" else 143), output[-3000:]
     assert not (out / store.MANIFEST).exists()
-    if how == "sigterm":
-        assert "checkpoint saved at step" in output
+    if how == "SIGTERM":
+        assert f"checkpoint saved at step {resumed_from} of {STEPS}" in output
     manifest = train(out, tiny_model_dir, data_dir, params)
-    resumed = manifest["info"]["resumed_from_step"]
-    assert resumed is not None and 0 < resumed < STEPS
+    assert manifest["info"]["resumed_from_step"] == resumed_from
     assert [m["step"] for m in metrics(out)] == list(range(STEPS + 1))
     for a, b in zip(metrics(single_run), metrics(out), strict=True):
         assert b["loss" if "loss" in a else "eval_loss"] == pytest.approx(
@@ -306,26 +304,93 @@ def test_killed_run_resumes_to_the_same_adapter(
     assert_same_adapter(single_run, out)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_killed_torchrun_resumes_to_the_same_adapter(
-    how, tmp_path, single_run, tiny_model_dir, data_dir
+def test_second_run_of_a_key_is_refused_while_the_first_holds_the_staging_lock(
+    tmp_path, single_run, tiny_model_dir, data_dir
 ):
-    out = tmp_path / "train"
-    proc = launch(out, tiny_model_dir, data_dir, BASE_PARAMS, nproc=2)
-    _wait_for_checkpoint(proc, out)
-    if how == "sigkill":
-        _kill_tree(proc.pid)
+    out, marks = tmp_path / "train", tmp_path / "marks"
+    marks.mkdir()
+    params = {**BASE_PARAMS, "grad_accum": 2}
+    first = launch(
+        out, tiny_model_dir, data_dir, params, None, env={FAULT: "train.step.2:pause", MARKS: marks}
+    )
+    try:
+        pid = wait_for_mark(marks, "train.step.2", first)
+        staged = sorted(p.name for p in (store.staging_dir(out) / "checkpoints").iterdir())
+        second = launch(out, tiny_model_dir, data_dir, params, None)
+        output, _ = second.communicate(timeout=300)
+        assert second.returncode != 0
+        lines = [line for line in output.splitlines() if "is locked by another run" in line]
+        assert len(lines) == 1 and f"pid {pid}" in lines[0], output[-3000:]
+        assert str(store.staging_dir(out)) in lines[0]
+        assert "Traceback" not in output
+        # The refused run wrote nothing: the paused run's checkpoints are as they were.
+        assert sorted(p.name for p in (store.staging_dir(out) / "checkpoints").iterdir()) == staged
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    # The lock died with its holder: the stale folder is resumed from its last checkpoint.
+    manifest = train(out, tiny_model_dir, data_dir, params)
+    assert manifest["info"]["resumed_from_step"] == 2
+    assert_same_adapter(single_run, out)
+
+
+def _launch_in_job_shell(out, model_dir, data_dir, params, nproc, env, log) -> subprocess.Popen:
+    """torchrun under a shell in a process group of its own, as a Snakemake job runs it."""
+    cmd = launch_command(out, model_dir, data_dir, params, nproc)
+    with open(log, "w") as handle:  # a file, not a pipe: a surviving worker would hold a pipe open
+        return subprocess.Popen(
+            ["bash", "-c", " ".join(shlex.quote(c) for c in cmd) + "; exit $?"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_killing_the_job_group_leaves_no_torchrun_worker(tmp_path, tiny_model_dir, data_dir):
+    """SIGKILL to the job's process group: the workers (in their own sessions) die with it."""
+    out, marks, log = tmp_path / "train", tmp_path / "marks", tmp_path / "train.log"
+    marks.mkdir()
+    env, tag = tagged_env({**train_env(), FAULT: "train.step.1:pause", MARKS: str(marks)})
+    proc = _launch_in_job_shell(out, tiny_model_dir, data_dir, BASE_PARAMS, 2, env, log)
+    try:
+        wait_for_mark(marks, "train.step.1", proc)
+        before = tagged_processes(tag)
+        sessions = {os.getsid(p) for p in before}
+        assert len(sessions) >= 2, "torchrun's workers should run in sessions of their own"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        survivors = wait_until_gone(tag, timeout=20)
+        assert survivors == [], f"processes outlived the job: {survivors} (of {before})"
+    finally:
+        kill_all(tagged_processes(tag))
+    assert not (out / store.MANIFEST).exists()
+    # Nobody holds the staging folder any more.
+    os.close(store.lock_staging(store.staging_dir(out)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, resumed_from", [("SIGKILL", 4), ("SIGTERM", 5)])
+def test_killed_torchrun_resumes_to_the_same_adapter(
+    how, resumed_from, tmp_path, single_run, tiny_model_dir, data_dir
+):
+    out, marks = tmp_path / "train", tmp_path / "marks"
+    marks.mkdir()
+    env, tag = tagged_env({**train_env(), FAULT: "train.step.4:pause", MARKS: str(marks)})
+    proc = launch(out, tiny_model_dir, data_dir, BASE_PARAMS, 2, env=env, replace_env=True)
+    wait_for_mark(marks, "train.step.4", proc)
+    if how == "SIGKILL":  # a node failure: the launcher and every worker at once
+        kill_all(process_tree(proc.pid))
     else:  # torchrun forwards SIGTERM to its workers (as on scancel or a Slurm time limit)
         os.kill(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal landed")
+    assert proc.returncode != 0, output[-3000:]
+    assert wait_until_gone(tag) == []
     assert not (out / store.MANIFEST).exists(), output[-3000:]
-    if how == "sigterm":
-        assert "checkpoint saved at step" in output
+    if how == "SIGTERM":
+        assert f"checkpoint saved at step {resumed_from} of {STEPS}" in output
     manifest = train(out, tiny_model_dir, data_dir, BASE_PARAMS, nproc=2)
-    assert 0 < manifest["info"]["resumed_from_step"] < STEPS
+    assert manifest["info"]["resumed_from_step"] == resumed_from
     assert_same_adapter(single_run, out)
 
 

@@ -1,6 +1,8 @@
 """The content-addressed workflow on a tiny configuration: a real build, then dry-runs.
 
-(a) an unchanged, built configuration schedules no job; (b) an evaluation setting schedules only
+The build runs with PATH stripped of the environment and decoy ``python``/``torchrun`` commands
+first on it, so every rule must call the environment's interpreter explicitly. Then (a) an
+unchanged, built configuration schedules no job; (b) an evaluation setting schedules only
 evaluation and report jobs; (c) a training setting schedules training and its descendants, not
 data, filtering or caching; (d) reverting a built change schedules no job and the view points at
 the old artifacts again; (e) editing a stage's source reruns that stage and its descendants.
@@ -72,9 +74,31 @@ def tiny_config(model_dir: Path) -> dict:
     }
 
 
+DECOYS = ("python", "python3", "torchrun")
+
+
+def path_without_environment(decoy_dir: Path) -> str:
+    """PATH without this environment's bin folder, behind decoys that record being called.
+
+    As when `.venv/bin/snakemake` runs in a shell where the venv is not activated: a rule that
+    calls `python` or `torchrun` from PATH reaches a decoy, which fails and leaves a mark.
+    """
+    decoy_dir.mkdir(parents=True, exist_ok=True)
+    for name in DECOYS:
+        decoy = decoy_dir / name
+        decoy.write_text(
+            f'#!/bin/sh\necho "$0 $*" >> {decoy_dir}/called\necho "decoy {name}" >&2\nexit 97\n'
+        )
+        decoy.chmod(0o755)
+    env_bin = str(Path(sys.executable).parent)
+    kept = [d for d in os.environ["PATH"].split(os.pathsep) if d and d != env_bin]
+    return os.pathsep.join([str(decoy_dir), *kept])
+
+
 class Workspace:
     def __init__(self, root: Path, model_dir: Path):
         self.root = root
+        self.decoys = root / "decoy-bin"
         for name in COPIED:
             source = REPO / name
             if source.is_dir():
@@ -86,8 +110,9 @@ class Workspace:
         self.env = {
             **os.environ,
             "PYTHONPATH": str(root),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PATH": path_without_environment(self.decoys),
         }
+        self.env.pop("VIRTUAL_ENV", None)
 
     def write_config(self) -> None:
         (self.root / "config" / "config.yaml").write_text(yaml.safe_dump(self.config))
@@ -145,6 +170,22 @@ def test_build_publishes_every_stage_and_the_view(built):
         assert (built.root / path / "_manifest.json").exists()
     assert (built.root / "results" / "tiny" / "adapter" / "adapter_config.json").exists()
     assert (built.root / "results" / "tiny" / "eval.json").exists()
+
+
+def test_rules_need_no_interpreter_on_path(built):
+    """The build above ran every rule, torchrun included, without the environment on PATH."""
+    assert not (built.decoys / "called").exists(), (built.decoys / "called").read_text()
+    built.set("train", "lr", 5e-4)
+    try:
+        output = built.snakemake("-n", "--printshellcmds")
+    finally:
+        built.set("train", "lr", 1e-3)
+    commands = [line for line in output.splitlines() if "-m pipeline." in line]
+    assert commands, output[-3000:]
+    for command in commands:
+        assert f"{sys.executable} -m " in command, command
+        assert "torchrun " not in command, command
+    assert any("-m torch.distributed.run --standalone" in c for c in commands), commands
 
 
 def test_a_unchanged_configuration_schedules_nothing(built):

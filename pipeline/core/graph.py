@@ -15,16 +15,22 @@ from typing import Any
 
 from pipeline.core import stage as stage_cli
 from pipeline.core import stages, store
+from pipeline.core.errors import InputError
 
 DATA_SOURCES = {
     "templates": "templates",
     "latentqa": "import_latentqa",
+    "latentqa_eval": "import_latentqa",
     "curated": "curate",
     "context": "context",
     "classification": "classification",
     "relation_qa": "relation_qa",
 }
-"""Config keys under ``data`` and the stage each one runs."""
+"""Config keys under ``data`` and the stage each one runs. ``latentqa_eval`` is evaluation only:
+it feeds the evaluate stage, never the filter or training."""
+EVAL_ONLY = "latentqa_eval"
+LATENTQA_FILES = ("qa.json",)
+"""Files every LatentQA folder needs besides one ``<kind>.json`` per imported kind."""
 FROM_TEXTS = ("context", "classification")
 """Data stages that read the model's own texts (the ``texts`` stage, configured under ``texts``)."""
 
@@ -75,7 +81,7 @@ def experiment_graph(
     name: str, config: Mapping[str, Any], root: str | Path = "."
 ) -> dict[str, Node]:
     """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``)."""
-    from pipeline.core.model_source import fingerprint
+    from pipeline.core.model_source import fingerprint, model_depth
 
     root = Path(root)
     where = f"experiments.{name}"
@@ -83,6 +89,7 @@ def experiment_graph(
     model = Node("prepare_model", full_params("prepare_model", config["model"], f"{where}.model"))
     model.external["model"] = fingerprint(model.params)
     nodes["prepare_model"] = model
+    depth = model_depth(model.params)
 
     sources = config.get("data") or {}
     if not sources:
@@ -107,10 +114,18 @@ def experiment_graph(
             node.inputs["relations"] = str(root / "data" / "relations.yaml")
         elif stage_name == "import_latentqa":
             src = root / values.pop("path")
+            # Imported training data is split by label in the filter; the evaluation split stays.
+            values.setdefault("split", "eval" if source == EVAL_ONLY else "train")
             node.inputs["source"] = str(src)
-            node.external["source"] = _dir_digest(src, "*.json")
         node.params = full_params(stage_name, values, f"{where}.data.{source}")
-        nodes[f"data:{source}"] = data_nodes[f"data_{source}"] = node
+        if stage_name == "import_latentqa":
+            _check_latentqa_folder(f"{where}.data.{source}", src, node.params)
+            node.external["source"] = _dir_digest(src, "*.json")
+        nodes[f"data:{source}"] = node
+        if source != EVAL_ONLY:
+            data_nodes[f"data_{source}"] = node
+    if not data_nodes:
+        raise ValueError(f"{where}.data has no training source, only {EVAL_ONLY}")
 
     filtered = Node(
         "filter",
@@ -132,6 +147,9 @@ def experiment_graph(
         )
         nodes["activation_cache"] = cache
         train.inputs["cache"] = cache
+        _check_layers(f"{where}.cache.layers", cache.params["layers"], depth, model.params)
+    for layer in ("read_layer", "write_layer"):
+        _check_layers(f"{where}.train.{layer}", [train_params[layer]], depth, model.params)
     nodes["train"] = train
 
     evaluate = Node(
@@ -149,8 +167,8 @@ def experiment_graph(
                 f"{where}: relations {shared} are both trained on (data.relation_qa.relations) "
                 "and evaluated on (evaluate.eval_relations)"
             )
-    if "latentqa" in sources:
-        evaluate.inputs["latentqa"] = data_nodes["data_latentqa"]
+    if EVAL_ONLY in sources:
+        evaluate.inputs["latentqa"] = nodes[f"data:{EVAL_ONLY}"]
     nodes["evaluate"] = evaluate
 
     report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}
@@ -173,6 +191,31 @@ def experiment_graph(
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+def _check_latentqa_folder(where: str, folder: Path, params: dict[str, Any]) -> None:
+    """A missing folder or file fails here, at parse, not after model preparation."""
+    if where.endswith(EVAL_ONLY) and params["split"] != "eval":
+        raise InputError(
+            f"{where}.split: the evaluation split stays 'eval', not {params['split']!r}"
+        )
+    needed = [*LATENTQA_FILES, *(f"{kind}.json" for kind in params["kinds"])]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{where}.path: {folder} lacks {', '.join(missing)} (LatentQA files; "
+            "data/latentqa/README.md says where to get the training data)"
+        )
+
+
+def _check_layers(where: str, layers: list[int], depth: int | None, model: dict) -> None:
+    """Refuse blocks the model does not have now, not after preparing it and making the data."""
+    for layer in layers:
+        if depth is not None and not 0 <= layer < depth:
+            raise InputError(
+                f"{where} = {layer}, but the model {model['name']} has {depth} blocks "
+                f"(0..{depth - 1})"
+            )
 
 
 def _assign_key(node: Node) -> str:

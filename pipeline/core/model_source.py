@@ -70,6 +70,34 @@ def _folder_fingerprint(folder: Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
+def _gguf_depth(path: Path) -> int | None:
+    from gguf import GGUFReader  # numpy only; reads the header, the weights stay on disk
+
+    fields = GGUFReader(str(path)).fields
+    arch = fields.get("general.architecture")
+    if arch is None:
+        return None
+    name = bytes(arch.parts[arch.data[0]]).decode()
+    count = fields.get(f"{name}.block_count")
+    return int(count.parts[count.data[0]][0]) if count is not None else None
+
+
+def model_depth(spec: dict[str, Any]) -> int | None:
+    """The number of decoder blocks of the model a spec points to, read from its config (or the
+    GGUF header) without loading weights; None when the config does not say."""
+    spec = stage.build_params(ModelSpec, spec, where="model")
+    if spec.source == "gguf_package":
+        return _gguf_depth(packaged_gguf(spec.name, spec.file))
+    folder = Path(spec.name) if spec.source == "local" else hub_snapshot(spec.name)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # prepare_model reports a missing or broken config with the folder's name
+    config = config.get("text_config", config)
+    depth = config.get("num_hidden_layers", config.get("n_layer"))
+    return int(depth) if isinstance(depth, int) else None
+
+
 def fingerprint(spec: dict[str, Any]) -> str:
     """A cheap identity of the model a spec points to, for the store key (computed at parse)."""
     spec = stage.build_params(ModelSpec, spec, where="model")

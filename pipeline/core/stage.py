@@ -1,9 +1,10 @@
 """The command line every stage shares: ``python -m pipeline.<concept>.<stage> --out DIR ...``.
 
 A stage is a typed params dataclass plus ``run(params, inputs, workdir, info)``. This module parses
-the arguments, builds the dataclass (rejecting unknown fields), and publishes ``workdir`` into the
-store atomically when ``run`` returns. ``info`` is a dict the stage may fill with summary figures
-that go into the manifest.
+the arguments, builds the dataclass (rejecting unknown fields), locks the staging folder, and
+publishes ``workdir`` into the store atomically when ``run`` returns. The process dies with its
+parent (the job's shell), so a killed job leaves no stage running. ``info`` is a dict the stage
+may fill with summary figures that go into the manifest.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import stages, store
+from pipeline.core.errors import InputError
+from pipeline.core.faults import fault_point
+from pipeline.core.lifeline import die_with_parent
 
 T = TypeVar("T")
 log = logging.getLogger("pipeline")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """Stage parameters that do not fit the stage's dataclass."""
 
 
@@ -105,7 +109,25 @@ def input_keys(inputs: Mapping[str, Path]) -> dict[str, str]:
     return keys
 
 
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (a multi-line message would read as several errors)."""
+    return " ".join(str(exc).split())
+
+
 def main(
+    stage: str,
+    params_cls: type[T],
+    run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
+    argv: list[str] | None = None,
+) -> None:
+    """Run a stage from its command line; bad input ends it with one line naming the culprit."""
+    try:
+        _main(stage, params_cls, run, argv)
+    except (InputError, store.StoreError) as exc:
+        raise SystemExit(f"{stage}: error: {one_line(exc)}") from None
+
+
+def _main(
     stage: str,
     params_cls: type[T],
     run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
@@ -118,17 +140,27 @@ def main(
     parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)
+    die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    raw = json.loads(args.params)
+    try:
+        raw = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise ParamsError(f"--params is not a JSON object: {exc}") from None
     params = build_params(params_cls, raw, where=f"{stage} params")
     inputs = _parse_inputs(args.input)
     for name, path in inputs.items():
         if not path.exists():
-            raise SystemExit(f"{stage}: input {name} does not exist: {path}")
+            raise InputError(f"input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
-    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs)) as (workdir, info):
+    keep = stages.STAGES[stage].resumable if stage in stages.STAGES else None
+    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep) as (
+        workdir,
+        info,
+    ):
+        fault_point(f"stage.{stage}.start")
         run(params, inputs, workdir, info)
+        fault_point(f"stage.{stage}.publish")
     log.info("published %s", args.out)

@@ -29,6 +29,8 @@ class StageSpec:
     """``<module>:<class>`` of its params dataclass, in a module that does not import torch."""
     data_globs: tuple[str, ...] = ()
     """Authored files under the repository that the stage reads (part of its code digest)."""
+    resumable: tuple[str, ...] = ()
+    """Entries of a killed run's staging folder that a rerun resumes from; the rest is removed."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -45,8 +47,12 @@ STAGES: dict[str, StageSpec] = {
     "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
     "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
     "filter": StageSpec("data.filter", "data.filter:FilterParams"),
-    "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
-    "train": StageSpec("training.train", "training.params:TrainParams"),
+    "activation_cache": StageSpec(
+        "training.activation_cache", "training.params:CacheParams", resumable=("shards",)
+    ),
+    "train": StageSpec(
+        "training.train", "training.params:TrainParams", resumable=("checkpoints", "metrics.jsonl")
+    ),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),
     "report": StageSpec("report.report", "report.report:ReportParams"),

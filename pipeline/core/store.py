@@ -2,28 +2,45 @@
 
 An artifact lives at ``results/store/<stage>/<key>/``. It is complete exactly when its
 ``_manifest.json`` exists; the manifest is written last, inside a staging directory that is then
-renamed into place, so a reader never sees a half-written artifact under its final name.
+renamed into place, so a reader never sees a half-written artifact under its final name. A run
+holds an exclusive ``flock`` on the staging directory for its whole life, so two runs of one key
+never write into the same folder; a staging directory nobody holds is stale, and a new run resumes
+from what it kept there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.lifeline import child_lifeline
+
+log = logging.getLogger("pipeline.core.store")
+
 MANIFEST = "_manifest.json"
+HOLDER = "_holder.json"
+"""Inside a staging directory: who holds its lock (for the message a second run gets)."""
 KEY_LENGTH = 16
 _CHUNK = 1 << 20
 
 
 class StoreError(RuntimeError):
     """An artifact is missing, incomplete or does not match its manifest."""
+
+
+class StagingBusy(StoreError):
+    """Another process holds the lock on the staging directory of the same key."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -73,7 +90,12 @@ def _versions() -> dict[str, str]:
 def _git_commit() -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            preexec_fn=child_lifeline,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -120,6 +142,57 @@ def staging_dir(out_dir: str | os.PathLike) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
 
+def _holder(stage_dir: Path) -> str:
+    try:
+        holder = json.loads((stage_dir / HOLDER).read_text())
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"
+
+
+def lock_staging(stage_dir: Path) -> int:
+    """Create ``stage_dir`` if needed and take an exclusive lock on it; return the descriptor.
+
+    Raises :class:`StagingBusy` at once when another process holds it: that run is still
+    writing there (an orphaned worker of a killed run included), and waiting on it could outlast a
+    scheduler's time limit without a word.
+    """
+    while True:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(stage_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StagingBusy(
+                f"{stage_dir} is locked by another run of this stage ({_holder(stage_dir)}), "
+                "which is still writing there; wait for it to finish or stop it, then rerun"
+            ) from None
+        try:
+            current = os.stat(stage_dir)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)  # published or removed between mkdir and flock: look again
+
+
+def _clean_stale(stage_dir: Path, keep: Collection[str] | None) -> None:
+    """Remove what a killed run left in ``stage_dir`` except the entries a resume reuses."""
+    removed = []
+    for entry in sorted(stage_dir.iterdir()):
+        if entry.name == HOLDER or (keep is not None and entry.name not in keep):
+            removed.append(entry.name)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    kept = sorted(p.name for p in stage_dir.iterdir())
+    if kept or removed:
+        log.info("stale staging folder %s: resuming from %s; removed %s", stage_dir, kept, removed)
+
+
 @contextmanager
 def publishing(
     out_dir: str | os.PathLike,
@@ -127,29 +200,42 @@ def publishing(
     stage: str,
     params: Mapping[str, Any],
     inputs: Mapping[str, str],
-    resume: bool = True,
+    keep: Collection[str] | None = None,
 ):
-    """Yield a staging directory; on success write the manifest and rename it to ``out_dir``.
+    """Yield a locked staging directory; on success write the manifest and rename it to ``out_dir``.
 
-    With ``resume`` the staging directory of a killed run is kept, so a stage may skip the work it
-    already finished there. On an exception the staging directory is left for the next attempt
-    and nothing is published.
+    The staging directory of a killed run is reused: ``keep`` names the top-level entries a
+    resumed run may skip work with (``None``: all of them); the rest is removed first. On an
+    exception the staging directory is left for the next attempt and nothing is published.
     """
     out_dir = Path(out_dir)
-    if (out_dir / MANIFEST).exists():
-        raise StoreError(f"{out_dir} is already published; refusing to overwrite it")
     stage_dir = staging_dir(out_dir)
-    if stage_dir.exists() and not resume:
-        shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    extra: dict[str, Any] = {}
-    yield stage_dir, extra
-    (stage_dir / MANIFEST).unlink(missing_ok=True)
-    write_manifest(stage_dir, key, stage, params, inputs, extra)
-    if out_dir.exists():
-        # Snakemake may have created an empty output directory; an incomplete one is stale.
-        shutil.rmtree(out_dir)
-    os.replace(stage_dir, out_dir)
+    fd = lock_staging(stage_dir)
+    try:
+        if (out_dir / MANIFEST).exists():
+            if not any(stage_dir.iterdir()):
+                stage_dir.rmdir()
+            raise StoreError(f"{out_dir} is already published; refusing to overwrite it")
+        _clean_stale(stage_dir, keep)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+        (stage_dir / HOLDER).write_text(json.dumps(holder) + "\n")
+        extra: dict[str, Any] = {}
+        try:
+            yield stage_dir, extra
+        except BaseException:
+            (stage_dir / HOLDER).unlink(missing_ok=True)
+            if not any(stage_dir.iterdir()):
+                stage_dir.rmdir()  # nothing to resume from
+            raise
+        (stage_dir / HOLDER).unlink(missing_ok=True)
+        (stage_dir / MANIFEST).unlink(missing_ok=True)
+        write_manifest(stage_dir, key, stage, params, inputs, extra)
+        if out_dir.exists():
+            # Snakemake may have created an empty output directory; an incomplete one is stale.
+            shutil.rmtree(out_dir)
+        os.replace(stage_dir, out_dir)
+    finally:
+        os.close(fd)  # the lock goes with it (it followed the folder through the rename)
 
 
 def read_manifest(directory: str | os.PathLike, verify: str = "fast") -> dict[str, Any]:

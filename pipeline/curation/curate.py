@@ -29,6 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.core import stage
+from pipeline.core.errors import InputError
 from pipeline.curation.filters import CurationFilters, filter_generated, is_refusal, normalise
 from pipeline.curation.openai_backend import RESPONSE_FORMATS, ChatBackend, RequestFailed, cost_usd
 from pipeline.curation.request_cache import RequestCache, request_key
@@ -425,6 +426,13 @@ def run(params: CurateParams, inputs: dict[str, Path], workdir: Path, info: dict
         label = make_label(request["family"], item["label"], item["control"].strip(), used)
         rows.extend(item_rows(item, label, params))
 
+    if not rows:
+        first = next((r for r in requests if cache.get(r["key"]) is not None), None)
+        where = f"e.g. {cache.path(first['key'])}" if first else f"in {params.cache_dir}"
+        raise InputError(
+            f"no usable dialog in {len(requests)} responses (dropped: "
+            f"{dict(sorted(drops.items()))}; {where}: {next(iter(examples.values()), [''])[0]})"
+        )
     kept, filter_report = filter_generated(rows, params.filters, "<generated>")
     written = write_dialogs(kept, workdir / "dialogs.parquet")
     cost = {k: cost_usd(params.model, *v, params.prices) for k, v in tokens.items()}

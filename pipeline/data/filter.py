@@ -19,15 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from tqdm import tqdm
 
 from pipeline.core import stage
 from pipeline.data.schema import (
-    COLUMNS,
     CONTROL_KINDS,
     SPLITS,
     DataError,
+    read_frame,
     validate_record,
     write_dialogs,
 )
@@ -68,14 +67,11 @@ class FilterParams:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Raw rows of a dialogs Parquet file; a file without the schema's columns is an error."""
-    if not path.exists():
-        raise DataError(path, None, "<file>", "does not exist")
-    frame = pl.read_parquet(path)
-    missing = [name for name in COLUMNS if name not in frame.columns and name != "id"]
-    if missing:
-        raise DataError(path, None, missing[0], "missing column")
-    return frame.to_dicts()
+    """Raw rows of a dialogs Parquet file (rows are validated, and dropped, one by one later)."""
+    rows = read_frame(path).to_dicts()
+    if not rows:
+        raise DataError(path, None, "<file>", "no dialogs")
+    return rows
 
 
 def token_lengths(tokenizer, dialogs: list[list[dict[str, str]]]) -> list[int]:

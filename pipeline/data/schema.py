@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.core.errors import InputError
 from pipeline.core.store import canonical_json
 
 CONTROL_KINDS = ("control", "stimulus", "stimulus_completion", "system")
@@ -45,7 +46,7 @@ def as_answer(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A record that does not fit the schema, located by file, record index and field."""
 
     def __init__(self, file: str | os.PathLike, record: int | None, field: str, reason: str):
@@ -166,16 +167,35 @@ def write_dialogs(records: Iterable[Any], path: str | os.PathLike) -> list[dict[
     return rows
 
 
-def read_dialogs(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read and validate a dialogs Parquet file."""
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def read_frame(path: str | os.PathLike) -> pl.DataFrame:
+    """A dialogs Parquet file as a frame, its columns and column types checked (not its rows)."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "<file>", "does not exist")
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for unreadable files
-        raise DataError(path, None, "<file>", f"not a readable Parquet file: {exc}") from exc
+        raise DataError(
+            path, None, "<file>", f"not a readable Parquet file: {_one_line(exc)}"
+        ) from None
     missing = [name for name in COLUMNS if name not in frame.columns and name != "id"]
     if missing:
         raise DataError(path, None, missing[0], "missing column")
-    return validate_records(frame.to_dicts(), path)
+    for name, expected in POLARS_SCHEMA.items():
+        if name not in frame.columns:
+            continue
+        actual = frame.schema[name]
+        fits = actual.is_integer() if expected == pl.Int64 else actual == expected
+        if not fits and not (name == "id" and actual == pl.Null):
+            raise DataError(path, None, name, f"column has type {actual}, expected {expected}")
+    return frame
+
+
+def read_dialogs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and validate a dialogs Parquet file."""
+    path = Path(path)
+    return validate_records(read_frame(path).to_dicts(), path)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.core.errors import InputError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -36,19 +38,60 @@ def load_tokenizer(path: str | os.PathLike):
     return tokenizer
 
 
+def checked_from_pretrained(folder: Path, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` that fails on one line naming the folder.
+
+    Truncated or mismatched safetensors and a broken config.json raise in transformers with
+    messages that span many lines and do not name the folder; tensors missing from the weights
+    would be initialised at random without an error.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            str(folder), output_loading_info=True, **kwargs
+        )
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise InputError(f"{folder}: cannot load the model: {_reason(exc)}") from None
+        # The message points at a logged report; loading again tolerantly says which tensor.
+        _, loading = AutoModelForCausalLM.from_pretrained(
+            str(folder), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        name, *shapes = min(loading.get("mismatched_keys") or [("?",)])
+        raise InputError(
+            f"{folder}: cannot load the model: size mismatch for {name}: the weights hold "
+            f"{' but the config wants '.join(str(tuple(s)) for s in shapes)}"
+        ) from None
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise InputError(f"{folder}: cannot load the model: {_reason(exc)}") from None
+    missing = loading.get("missing_keys") or []
+    if missing:
+        raise InputError(
+            f"{folder}: the weights lack {len(missing)} of the model's tensors (e.g. {missing[0]})"
+        )
+    return model
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a loader's exception: its first lines that say something, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "mismatch" in line] or lines
+    return f"{type(exc).__name__}: " + " ".join(" ".join(useful[:3]).split())[:400]
+
+
 def load_model(
     path: str | os.PathLike,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
 ):
     """Load a prepared model folder (safetensors) and its tokenizer, with no network access."""
-    from transformers import AutoModelForCausalLM
-
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a prepared model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
+    model = checked_from_pretrained(
+        path,
         dtype=torch_dtype(dtype),
         attn_implementation=attention_implementation(device),
         local_files_only=True,

@@ -21,7 +21,7 @@ log = logging.getLogger("pipeline.mechanism.prepare_model")
 def _load(spec: ModelSpec):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.mechanism.modeling import torch_dtype
+    from pipeline.mechanism.modeling import checked_from_pretrained, torch_dtype
 
     dtype = torch_dtype(spec.dtype)
     if spec.source == "gguf_package":
@@ -31,8 +31,12 @@ def _load(spec: ModelSpec):
     else:
         folder = Path(spec.name) if spec.source == "local" else hub_snapshot(spec.name)
         kwargs = {"local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kwargs)
+    if spec.source == "gguf_package":
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kwargs)
+    else:
+        model = checked_from_pretrained(folder, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
     if spec.source == "gguf_package":
         # A de-quantized GGUF model keeps loader state that save_pretrained rejects; a fresh
         # instance from the same config holds the same weights and saves cleanly.

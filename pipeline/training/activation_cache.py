@@ -22,6 +22,7 @@ import polars as pl
 import torch
 
 from pipeline.core import stage, store
+from pipeline.core.faults import fault_point
 from pipeline.mechanism.dialogs import TokenizedRead, parse_positions, tokenize_read_dialog
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
 from pipeline.training.params import CacheParams
@@ -187,6 +188,7 @@ def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[
             _write_shard(folder, shard_name(s), [ids[i] for i in shard], shard_items, acts)
             computed += forwarded
             bar.update(forwarded)
+            fault_point(f"activation_cache.shard.{s}")
     elapsed = time.perf_counter() - started
     d_model = int(model.config.get_text_config().hidden_size)
     meta = {

@@ -36,6 +36,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core import stage, store
+from pipeline.core.faults import fault_point
+from pipeline.core.lifeline import die_with_parent
 from pipeline.mechanism.decoder import DecoderBatch, answer_loss
 from pipeline.mechanism.lora import (
     adapter_blocks,
@@ -298,6 +300,7 @@ def run(
                 f"SIGTERM: checkpoint saved at step {step} of {params.max_steps}; "
                 f"rerun the stage to resume"
             )
+        fault_point(f"train.step.{step}", ctx.rank)
     bar.close()
     state.save_final_adapter(workdir / "adapter")
     if rank0:
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     """Every process trains; rank 0 alone publishes, through ``stage.main``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     params, inputs, out = _parse_args(argv)
+    # torchrun starts workers in sessions of their own: without this, killing the job's process
+    # group would leave them running and writing into the staging folder.
+    die_with_parent()
     ctx = init_distributed(params.device)
     code = 0
     try:

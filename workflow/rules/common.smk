@@ -9,9 +9,33 @@ from pathlib import Path
 REPO = str(Path(workflow.basedir).parent)
 sys.path.insert(0, REPO)
 
+from pipeline.core.config_check import check_config
+from pipeline.core.errors import InputError
 from pipeline.core.graph import Node, deep_merge, experiment_graph
 from pipeline.core.view import refresh_view
+from pipeline.data.latentqa_split import DataLeak, check_disjoint
 
+check_config(
+    config,
+    Path(workflow.basedir) / "schemas" / "config.schema.yaml",
+    workflow.configfiles or ["config/config.yaml"],
+)
+
+
+def _python():
+    """The interpreter of every job, the one running Snakemake (the project's environment).
+
+    Nothing then depends on PATH (`.venv/bin/snakemake` works without activating the venv). Under
+    `--software-deployment-method conda` each job has its own environment, whose `python` is meant.
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return "python"
+    return shlex.quote(sys.executable)
+
+
+PYTHON = _python()
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")
 EXPERIMENTS = {
@@ -25,13 +49,36 @@ def _build_graphs():
     for name, values in EXPERIMENTS.items():
         try:
             graphs[name] = experiment_graph(name, values, root=REPO)
-        except FileNotFoundError as exc:
-            # An experiment whose model is not on this machine must not break the others.
+            sources = values.get("data") or {}
+            if "latentqa" in sources and "latentqa_eval" in sources:
+                check_disjoint(
+                    Path(REPO) / sources["latentqa"]["path"],
+                    Path(REPO) / sources["latentqa_eval"]["path"],
+                )
+        except (FileNotFoundError, DataLeak) as exc:
+            # An experiment whose model or data is not on this machine, or whose training data
+            # holds evaluation rows, cannot run; the others still can.
+            graphs.pop(name, None)
             errors[name] = str(exc)
     return graphs, errors
 
 
 GRAPHS, GRAPH_ERRORS = _build_graphs()
+
+
+def _requested_experiments():
+    """Experiments named by this run's targets (`results/<name>`), or the default ones."""
+    targets = getattr(getattr(workflow, "dag_settings", None), "targets", None) or []
+    if not targets:
+        return set(config.get("default_experiments", []))
+    parts = [Path(t).parts for t in targets]
+    return {p[1] for p in parts if len(p) == 2 and p[0] == "results"}
+
+
+# An experiment that cannot run (model or data missing, training rows from the evaluation
+# split) stops a run that asks for it here, with its reason, before any job starts.
+for _name in sorted(_requested_experiments() & set(GRAPH_ERRORS)):
+    raise InputError(f"experiment {_name}: {GRAPH_ERRORS[_name]}")
 NODES = {}
 for _experiment, _graph in GRAPHS.items():
     for _node in _graph.values():

@@ -16,10 +16,11 @@ rule texts:
         runtime=stage_resource("texts", "runtime", 60),
         gpu=stage_resource("texts", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("texts"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.data.texts --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.data.texts --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -37,10 +38,11 @@ rule context:
         mem_mb=stage_resource("context", "mem_mb", 2000),
         runtime=stage_resource("context", "runtime", 10),
     params:
+        python=PYTHON,
         json=stage_params("context"),
         inputs=input_args,
     shell:
-        "python -m pipeline.data.context --out {output} "
+        "{params.python} -m pipeline.data.context --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -58,10 +60,11 @@ rule classification:
         mem_mb=stage_resource("classification", "mem_mb", 2000),
         runtime=stage_resource("classification", "runtime", 10),
     params:
+        python=PYTHON,
         json=stage_params("classification"),
         inputs=input_args,
     shell:
-        "python -m pipeline.data.classification --out {output} "
+        "{params.python} -m pipeline.data.classification --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -79,8 +82,9 @@ rule relation_qa:
         mem_mb=stage_resource("relation_qa", "mem_mb", 2000),
         runtime=stage_resource("relation_qa", "runtime", 10),
     params:
+        python=PYTHON,
         json=stage_params("relation_qa"),
         inputs=input_args,
     shell:
-        "python -m pipeline.data.relation_qa --out {output} "
+        "{params.python} -m pipeline.data.relation_qa --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -13,10 +13,11 @@ rule templates:
         runtime=stage_resource("templates", "runtime", 60),
         gpu=stage_resource("templates", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("templates"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.data.templates --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.data.templates --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -34,10 +35,11 @@ rule import_latentqa:
         mem_mb=stage_resource("import_latentqa", "mem_mb", 2000),
         runtime=stage_resource("import_latentqa", "runtime", 10),
     params:
+        python=PYTHON,
         json=stage_params("import_latentqa"),
         inputs=input_args,
     shell:
-        "python -m pipeline.data.import_latentqa --out {output} "
+        "{params.python} -m pipeline.data.import_latentqa --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -55,10 +57,11 @@ rule filter:
         mem_mb=stage_resource("filter", "mem_mb", 4000),
         runtime=stage_resource("filter", "runtime", 10),
     params:
+        python=PYTHON,
         json=stage_params("filter"),
         inputs=input_args,
     shell:
-        "python -m pipeline.data.filter --out {output} "
+        "{params.python} -m pipeline.data.filter --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -78,8 +81,9 @@ rule curate:
         mem_mb=stage_resource("curate", "mem_mb", 2000),
         runtime=stage_resource("curate", "runtime", 240),
     params:
+        python=PYTHON,
         json=stage_params("curate"),
         inputs=input_args,
     shell:
-        "python -m pipeline.curation.curate --out {output} "
+        "{params.python} -m pipeline.curation.curate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -13,10 +13,11 @@ rule evaluate:
         runtime=stage_resource("evaluate", "runtime", 120),
         gpu=stage_resource("evaluate", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("evaluate"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.evaluation.evaluate --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.evaluation.evaluate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -35,8 +36,9 @@ rule control:
         runtime=stage_resource("control", "runtime", 120),
         gpu=stage_resource("control", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("control"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.control.control --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.control.control --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -12,8 +12,9 @@ rule prepare_model:
         mem_mb=stage_resource("prepare_model", "mem_mb", 8000),
         runtime=stage_resource("prepare_model", "runtime", 60),
     params:
+        python=PYTHON,
         json=stage_params("prepare_model"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.mechanism.prepare_model --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.mechanism.prepare_model --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

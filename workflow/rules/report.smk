@@ -17,10 +17,11 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
+        python=PYTHON,
         json=stage_params("report"),
         inputs=input_args,
     shell:
-        "python -m pipeline.report.report --out {output} "
+        "{params.python} -m pipeline.report.report --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
@@ -38,6 +39,7 @@ rule experiment:
         mem_mb=500,
         runtime=5,
     params:
+        python=PYTHON,
         inputs=input_args,
     shell:
-        "python -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"
+        "{params.python} -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"

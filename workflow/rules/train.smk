@@ -13,14 +13,16 @@ rule activation_cache:
         runtime=stage_resource("activation_cache", "runtime", 120),
         gpu=stage_resource("activation_cache", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("activation_cache"),
         inputs=input_args,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.training.activation_cache --out {output} "
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.training.activation_cache --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
 
 
-# One allocation, one node: torchrun's standalone rendezvous starts one process per device.
+# One allocation, one node: torchrun's standalone rendezvous starts one process per device. It runs
+# as `python -m torch.distributed.run` so that no `torchrun` on PATH is needed.
 rule train:
     input:
         unpack(stage_inputs("train")),
@@ -36,10 +38,11 @@ rule train:
         runtime=stage_resource("train", "runtime", 240),
         gpu=stage_resource("train", "gpu", 0),
     params:
+        python=PYTHON,
         json=stage_params("train"),
         inputs=input_args,
         nproc=stage_resource("train", "nproc", 1),
     shell:
-        "OMP_NUM_THREADS={threads} torchrun --standalone --nproc_per_node {params.nproc} "
-        "-m pipeline.training.train --out {output} --key {wildcards.key} --params {params.json:q} "
-        "{params.inputs} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.python} -m torch.distributed.run --standalone "
+        "--nproc_per_node {params.nproc} -m pipeline.training.train --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

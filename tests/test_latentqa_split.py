@@ -1,0 +1,85 @@
+"""LatentQA training data lives in data/latentqa/; the evaluation split is evaluation only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import REPO
+
+from pipeline.core.errors import InputError
+from pipeline.core.graph import experiment_graph
+from pipeline.data.latentqa_split import DataLeak, check_disjoint
+
+LEAK = REPO / "tests" / "bad_inputs" / "latentqa" / "leak"
+
+
+def _config(model_dir, train_dir, eval_dir, **eval_values) -> dict:
+    return {
+        "model": {"source": "local", "name": str(model_dir)},
+        "data": {
+            "latentqa": {"path": str(train_dir), "kinds": ["control"]},
+            "latentqa_eval": {"path": str(eval_dir), "kinds": ["control"], **eval_values},
+        },
+        "train": {"read_layer": 1},
+    }
+
+
+@pytest.fixture
+def clean_train(tmp_path):
+    """The leaking training folder without its leaked row."""
+    folder = tmp_path / "train"
+    shutil.copytree(LEAK / "train", folder)
+    rows = json.loads((folder / "control.json").read_text())
+    (folder / "control.json").write_text(json.dumps(rows[:1]))
+    return folder
+
+
+def test_a_training_row_of_the_evaluation_split_is_refused_naming_both_files():
+    with pytest.raises(DataLeak) as leak:
+        check_disjoint(LEAK / "train", LEAK / "eval")
+    message = str(leak.value)
+    assert "leak/train/control.json: 1 rows" in message
+    assert "leak/eval/control.json" in message and "record 1 = record 0" in message
+
+
+def test_disjoint_folders_pass(clean_train):
+    check_disjoint(clean_train, LEAK / "eval")
+
+
+def test_the_evaluation_split_feeds_evaluation_only(tiny_model_dir, clean_train):
+    graph = experiment_graph("x", _config(tiny_model_dir, clean_train, LEAK / "eval"))
+    evaluation = graph["data:latentqa_eval"]
+    assert (
+        evaluation.params["split"] == "eval" and graph["data:latentqa"].params["split"] == "train"
+    )
+    assert graph["evaluate"].inputs["latentqa"] is evaluation
+    training_inputs = {**graph["filter"].inputs, **graph["train"].inputs}
+    assert evaluation not in training_inputs.values()
+    assert graph["data:latentqa"] in graph["filter"].inputs.values()
+
+
+def test_the_evaluation_split_cannot_be_relabelled_for_training(tiny_model_dir, clean_train):
+    with pytest.raises(InputError, match="latentqa_eval.split"):
+        experiment_graph("x", _config(tiny_model_dir, clean_train, LEAK / "eval", split="train"))
+
+
+def test_a_missing_training_folder_names_what_is_missing(tiny_model_dir, tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match="lacks qa.json, control.json.*data/latentqa/README"
+    ):
+        experiment_graph("x", _config(tiny_model_dir, tmp_path / "absent", LEAK / "eval"))
+
+
+def test_no_experiment_trains_on_anything_under_shared():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for name, values in config["experiments"].items():
+        for source, spec in (values.get("data") or {}).items():
+            if source != "latentqa_eval" and isinstance(spec, dict) and "path" in spec:
+                assert not spec["path"].startswith("../shared"), (name, source, spec["path"])
+    for name in ("decoder_8b", "decoder_70b"):
+        data = config["experiments"][name]["data"]
+        assert data["latentqa"]["path"] == "data/latentqa"
+        assert data["latentqa_eval"]["path"] == "../shared/latentqa_eval"
