@@ -93,3 +93,27 @@ def test_imported_data_is_keyed_by_file_content(experiment):
     graph = experiment_graph("tiny", with_import, REPO)
     assert graph["data:latentqa_eval"].external["source"]
     assert "latentqa" in graph["evaluate"].inputs
+
+
+def test_a_compared_experiment_feeds_the_report_and_is_built_first(experiment):
+    from pipeline.core.graph import build_order
+
+    long = deep_merge(experiment, {"train": {"max_steps": 6}, "report": {"compare_with": ["a"]}})
+    experiments = {"long": long, "a": experiment}
+    assert build_order(experiments) == ["a", "long"]
+    peers = {"a": experiment_graph("a", experiment, REPO)}
+    graph = experiment_graph("long", long, REPO, peers=peers)
+    report = graph["report"]
+    assert report.inputs["peer_a_train"] is peers["a"]["train"]
+    assert report.inputs["peer_a_evaluate"] is peers["a"]["evaluate"]
+    # Everything before training is shared; the peer's decoder changes this report only.
+    assert graph["filter"].key == peers["a"]["filter"].key
+    assert graph["train"].key != peers["a"]["train"].key
+    other = experiment_graph("a", deep_merge(experiment, {"train": {"lr": 1e-5}}), REPO)
+    again = experiment_graph("long", long, REPO, peers={"a": other})
+    assert again["report"].key != report.key and again["train"].key == graph["train"].key
+    with pytest.raises(ValueError, match="compare_with: 'a' is not another experiment"):
+        experiment_graph("long", long, REPO)
+    circle = {"x": {"report": {"compare_with": ["y"]}}, "y": {"report": {"compare_with": ["x"]}}}
+    with pytest.raises(ValueError, match="compare_with circle"):
+        build_order(circle)

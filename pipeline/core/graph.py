@@ -77,10 +77,34 @@ def _dir_digest(path: Path, pattern: str = "*") -> str:
     return store.source_digest([p.resolve() for p in files], root="/")
 
 
+def build_order(experiments: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Experiment names, each after those its ``report.compare_with`` names (which it reads)."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order or name not in experiments:
+            return  # an unknown name is reported by experiment_graph, with its field
+        if name in path:
+            raise ValueError(f"experiments {' -> '.join((*path, name))}: compare_with circle")
+        for peer in (experiments[name].get("report") or {}).get("compare_with", []):
+            visit(peer, (*path, name))
+        order.append(name)
+
+    for name in experiments:
+        visit(name, ())
+    return order
+
+
 def experiment_graph(
-    name: str, config: Mapping[str, Any], root: str | Path = "."
+    name: str,
+    config: Mapping[str, Any],
+    root: str | Path = ".",
+    peers: Mapping[str, dict[str, Node]] | None = None,
 ) -> dict[str, Node]:
-    """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``)."""
+    """The nodes of one experiment, keyed by stage name (data sources as ``data:<source>``).
+
+    ``peers``: the graphs of experiments built before, which ``report.compare_with`` may name.
+    """
     from pipeline.core.model_source import fingerprint, model_depth
 
     root = Path(root)
@@ -185,9 +209,15 @@ def experiment_graph(
         )
         nodes["control"] = control
         report_inputs["control"] = control
-    nodes["report"] = Node(
-        "report", full_params("report", config.get("report"), f"{where}.report"), report_inputs
-    )
+    report_params = full_params("report", config.get("report"), f"{where}.report")
+    for peer in report_params["compare_with"]:
+        if peer == name or peer not in (peers or {}):
+            raise ValueError(
+                f"{where}.report.compare_with: {peer!r} is not another experiment of the config"
+            )
+        report_inputs[f"peer_{peer}_train"] = peers[peer]["train"]
+        report_inputs[f"peer_{peer}_evaluate"] = peers[peer]["evaluate"]
+    nodes["report"] = Node("report", report_params, report_inputs)
     for node in nodes.values():
         _assign_key(node)
     return nodes

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core import stage
 from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.report import reading_curve
 from pipeline.report.html import markdown_to_html
 
 log = logging.getLogger("pipeline.report.report")
@@ -21,6 +22,9 @@ class ReportParams:
 
     smoothing: int = 5
     """Window (in logged steps) of the moving average drawn over the training loss."""
+    compare_with: list[str] = field(default_factory=list)
+    """Experiments whose decoders are drawn beside this one: reading metrics against training
+    minutes (experiments on the same data with other training lengths)."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -107,7 +111,14 @@ def run(params: ReportParams, inputs: dict[str, Path], workdir: Path, info: dict
     for name in ("evaluate", "control"):
         for png in sorted(inputs[name].glob("*.png")) if name in inputs else []:
             (workdir / f"{name}_{png.name}").write_bytes(png.read_bytes())
-    summary = "\n".join(_summary_lines(inputs, metrics)) + "\n"
+    lines = _summary_lines(inputs, metrics)
+    if (inputs["evaluate"] / "eval.json").exists():
+        found = reading_curve.points(inputs)
+        reading_curve.plot(found, workdir / "reading_vs_minutes.png")
+        lines += ["", "## Reading against training minutes", "", "true / shuffled:", ""]
+        lines += reading_curve.table(found)
+        info["reading"] = found
+    summary = "\n".join(lines) + "\n"
     (workdir / "summary.md").write_text(summary)
     (workdir / "summary.html").write_text(markdown_to_html(summary, "Decoder report"))
     info["plots"] = sorted(p.name for p in workdir.glob("*.png"))

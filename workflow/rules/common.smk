@@ -11,7 +11,7 @@ sys.path.insert(0, REPO)
 
 from pipeline.core.config_check import check_config
 from pipeline.core.errors import InputError
-from pipeline.core.graph import Node, deep_merge, experiment_graph
+from pipeline.core.graph import build_order, Node, deep_merge, experiment_graph
 from pipeline.core.view import refresh_view
 from pipeline.data.latentqa_split import DataLeak, check_disjoint
 
@@ -46,9 +46,20 @@ EXPERIMENTS = {
 
 def _build_graphs():
     graphs, errors = {}, {}
-    for name, values in EXPERIMENTS.items():
+    for name in build_order(EXPERIMENTS):
+        values = EXPERIMENTS[name]
+        broken = [
+            p
+            for p in (values.get("report") or {}).get("compare_with", [])
+            if p in errors
+        ]
+        if broken:
+            errors[name] = (
+                f"it compares with {broken[0]}, which cannot run: {errors[broken[0]]}"
+            )
+            continue
         try:
-            graphs[name] = experiment_graph(name, values, root=REPO)
+            graphs[name] = experiment_graph(name, values, root=REPO, peers=graphs)
             sources = values.get("data") or {}
             if "latentqa" in sources and "latentqa_eval" in sources:
                 check_disjoint(
