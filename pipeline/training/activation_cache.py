@@ -79,9 +79,16 @@ def _shard_complete(folder: Path, name: str, ids: list[str]) -> bool:
 
 
 def _compute_shard(
-    model, items: list[TokenizedRead], layers: list[int], batch_size: int, pad_id: int, device
+    model,
+    items: list[TokenizedRead],
+    layers: list[int],
+    batch_size: int,
+    pad_id: int,
+    device,
+    progress=lambda tokens: None,
 ) -> tuple[dict[int, list[torch.Tensor]], int]:
-    """Read activations of ``items`` (bf16, CPU), in item order, and the tokens forwarded."""
+    """Read activations of ``items`` (bf16, CPU), in item order, and the tokens forwarded
+    (``progress`` is told each batch's)."""
     rows: list[dict[int, torch.Tensor] | None] = [None] * len(items)
     # Similar lengths share a batch so little is spent on padding; order is restored below.
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
@@ -91,6 +98,7 @@ def _compute_shard(
         ids, mask = pad_batch([items[i].input_ids for i in chunk], pad_id)
         acts = read_activations(model, ids.to(device), mask.to(device), layers)
         forwarded += int(mask.sum())
+        progress(int(mask.sum()))
         positions = [items[i].read_positions for i in chunk]
         per_layer = {layer: gather(acts[layer], positions) for layer in layers}
         for row, i in enumerate(chunk):
@@ -183,11 +191,16 @@ def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[
                 continue
             shard_items = [items[i] for i in shard]
             acts, forwarded = _compute_shard(
-                model, shard_items, layers, params.batch_size, tokenizer.pad_token_id, device
+                model,
+                shard_items,
+                layers,
+                params.batch_size,
+                tokenizer.pad_token_id,
+                device,
+                bar.update,
             )
             _write_shard(folder, shard_name(s), [ids[i] for i in shard], shard_items, acts)
             computed += forwarded
-            bar.update(forwarded)
             fault_point(f"activation_cache.shard.{s}")
     elapsed = time.perf_counter() - started
     d_model = int(model.config.get_text_config().hidden_size)
