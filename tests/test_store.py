@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,7 +74,8 @@ def test_failed_stage_publishes_nothing_and_keeps_staging_for_resume(tmp_path):
     assert (out / store.MANIFEST).exists()
 
 
-def test_a_second_run_of_the_key_is_refused_while_the_first_holds_the_lock(tmp_path):
+def test_a_second_run_of_the_key_is_refused_while_the_first_holds_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.5)
     out = tmp_path / "abc"
     with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
         (work / "first").write_text("mine")
@@ -123,7 +125,7 @@ def test_another_process_is_refused_and_free_after_the_holder_dies(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}"):
-            store.lock_staging(store.staging_dir(out))
+            store.lock_staging(store.staging_dir(out), grace_s=0.5)
     finally:
         holder.kill()
         holder.wait()
@@ -177,3 +179,30 @@ def test_stage_cli_rejects_unknown_params(tmp_path):
     assert result.returncode != 0
     assert "unknown field(s) ['sorce']" in result.stderr
     assert not out.exists()
+
+
+def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
+    """A worker of a killed run closes its files only as it finishes dying: the rerun waits."""
+    out = tmp_path / "abc"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pipeline.core import store\n"
+            f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}) as (work, _):\n"
+            "    (work / 'part').write_text('x'); print('holding', flush=True); time.sleep(2)\n"
+            "    raise SystemExit(3)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        start = time.monotonic()
+        fd = store.lock_staging(store.staging_dir(out), grace_s=30)
+        waited = time.monotonic() - start
+        os.close(fd)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    assert holder.returncode == 3 and 0.5 < waited < 30

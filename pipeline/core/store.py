@@ -136,6 +136,10 @@ def write_manifest(
     return manifest
 
 
+LOCK_GRACE_S = 10.0
+"""How long a stage waits for the holder of its staging folder to let go before refusing to run."""
+
+
 def staging_dir(out_dir: str | os.PathLike) -> Path:
     """Where a stage writes before publishing. Stable, so that a killed stage can resume."""
     out_dir = Path(out_dir)
@@ -150,13 +154,15 @@ def _holder(stage_dir: Path) -> str:
         return "holder unknown"
 
 
-def lock_staging(stage_dir: Path) -> int:
+def lock_staging(stage_dir: Path, grace_s: float | None = None) -> int:
     """Create ``stage_dir`` if needed and take an exclusive lock on it; return the descriptor.
 
-    Raises :class:`StagingBusy` at once when another process holds it: that run is still
-    writing there (an orphaned worker of a killed run included), and waiting on it could outlast a
-    scheduler's time limit without a word.
+    A holder gets ``grace_s`` seconds (default :data:`LOCK_GRACE_S`) to let go: a worker of a run
+    that was just killed releases its files only as it finishes dying. After that, raises
+    :class:`StagingBusy`: that run is still writing there (an orphaned worker of a killed run
+    included), and waiting on it longer could outlast a scheduler's time limit without a word.
     """
+    deadline = time.monotonic() + (LOCK_GRACE_S if grace_s is None else grace_s)
     while True:
         stage_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(stage_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -164,6 +170,9 @@ def lock_staging(stage_dir: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             raise StagingBusy(
                 f"{stage_dir} is locked by another run of this stage ({_holder(stage_dir)}), "
                 "which is still writing there; wait for it to finish or stop it, then rerun"
