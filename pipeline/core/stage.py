@@ -164,3 +164,4 @@ def _main(
         run(params, inputs, workdir, info)
         fault_point(f"stage.{stage}.publish")
     log.info("published %s", args.out)
+    fault_point(f"stage.{stage}.published")

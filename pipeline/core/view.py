@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.core import store
+from pipeline.core.faults import fault_point
 
 SHORTCUTS = {
     "adapter": ("train", "adapter"),
@@ -25,7 +26,9 @@ SHORTCUTS = {
 }
 
 
-def _write_view(view_dir: Path, artifacts: Mapping[str, str]) -> None:
+def _write_view(view_dir: Path, artifacts: Mapping[str, str], fault: str | None = None) -> None:
+    """Replace ``view_dir`` by a new view; ``fault`` names a test-only fault point for the moment
+    when the old view is gone and the new one not yet in place."""
     tmp = view_dir.with_name(view_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -42,6 +45,8 @@ def _write_view(view_dir: Path, artifacts: Mapping[str, str]) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if view_dir.exists() or view_dir.is_symlink():
         os.replace(view_dir, old)
+    if fault:
+        fault_point(fault)
     os.replace(tmp, view_dir)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     artifacts = dict(pair.split("=", 1) for pair in args.input)
     for path in artifacts.values():
         store.read_manifest(path, verify="fast")
-    _write_view(args.view, artifacts)
+    fault_point("view.start")
+    _write_view(args.view, artifacts, fault="view.swap")
+    fault_point("view.published")
 
 
 if __name__ == "__main__":
