@@ -224,7 +224,12 @@ def draw_kills(order: list[str], n_shards: int, rng: random.Random) -> list[Kill
             for stage, point, rank, position in chosen
         ]
         groups = sum(k.target == GROUP for k in kills)
-        if len(kills) // 3 <= groups <= len(kills) - len(kills) // 3:
+        in_training = {k.target for k in kills if k.stage == "train"}
+        if (
+            len(kills) // 3 <= groups <= len(kills) - len(kills) // 3
+            and GROUP in in_training
+            and any(t.startswith("torchrun worker") for t in in_training)
+        ):
             return sorted(kills, key=lambda k: k.position)
 
 
