@@ -66,13 +66,14 @@ def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> b
     """
     view_dir = Path(view_dir)
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
-    if current(view_dir) == artifacts:
+    complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
+    if current(view_dir) == artifacts and complete:
         if _mtime(view_dir) <= OUTDATED:  # current again: a setting was reverted
             _set_mtime(view_dir, None)
         return False
-    if only_if_complete and not all(
-        (Path(path) / store.MANIFEST).exists() for path in artifacts.values()
-    ):
+    if only_if_complete and not complete:
+        # Not built yet, or an artifact the view links to was removed from the store: dated to
+        # the epoch, the view is rebuilt after the artifacts (a current date would hide them).
         mark_outdated(view_dir)
         return False
     _write_view(view_dir, artifacts)
