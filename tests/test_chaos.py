@@ -171,6 +171,7 @@ class Kill:
     position: tuple[int, int]
     """(stage order, place in the stage): a pass hits its kills in this order."""
     row: dict = field(default_factory=dict)
+    deferrals: int = 0
 
     @property
     def armed(self) -> str:
@@ -357,6 +358,20 @@ def complete_shards(root: Path, artifact: Artifact) -> int:
     return len(list(folder.glob("*.index.parquet"))) if folder.exists() else 0
 
 
+def reachable(kill_: Kill, root: Path, reference: dict[str, Artifact]) -> bool:
+    """Whether a run from the store as it is passes the kill's point."""
+    if kill_.stage == VIEW:
+        return True
+    if published(root, reference, kill_.stage):
+        return False
+    number = int(kill_.point.rsplit(".", 1)[1]) if kill_.point[-1].isdigit() else None
+    if kill_.point.startswith("train.step."):
+        return latest_checkpoint(root, reference["train"]) < number
+    if kill_.point.startswith("activation_cache.shard."):
+        return complete_shards(root, reference["activation_cache"]) <= number
+    return True
+
+
 def first_point_back(
     kill_: Kill, marks: Path, ref_time: dict[str, float], ended: float, ref_end: float
 ) -> float:
@@ -395,15 +410,31 @@ def test_killed_anywhere_the_workflow_resumes_to_the_same_results(tmp_path, talk
     kills = draw_kills(order, n_shards, random.Random(SEED))
     assert len(kills) >= 20 and {k.stage for k in kills} == set(order)
     rows: list[Kill] = []
-    for number, pass_kills in enumerate(passes(kills), 1):
+    plan = passes(kills)
+    print("\nkill plan:", *(f"pass {n}: {[k.armed for k in p]}" for n, p in enumerate(plan, 1)))
+    number = 0
+    while plan:
+        pass_kills = plan.pop(0)
+        number += 1
         pass_started = time.time()
-        for stage in descendants(reference, pass_kills[0].stage):
+        stale = {s for k in pass_kills for s in descendants(reference, k.stage)}
+        for stage in sorted(stale):
             shutil.rmtree(reference[stage].path(root))
-        if pass_kills[0].stage == VIEW:
+        if any(k.stage == VIEW for k in pass_kills) and not stale:
             shutil.rmtree(root / "results" / "tiny")
         checked = {s for s in reference if published(root, reference, s)}
         previous: Kill | None = None
-        for kill_ in [*pass_kills, None]:
+        deferred: list[Kill] = []
+        queue: list[Kill | None] = [*pass_kills, None]
+        while queue:
+            kill_ = queue.pop(0)
+            if kill_ is not None and not reachable(kill_, root, reference):
+                # Snakemake ran an independent stage first (its order among ready jobs varies),
+                # or a resumed stage starts past the point: hit it in the next pass.
+                kill_.deferrals += 1
+                assert kill_.deferrals <= 3, f"{kill_.armed} was never reached"
+                deferred.append(kill_)
+                continue
             pause = [f"{kill_.armed}:pause"] if kill_ else []
             watched = [f"{p}:mark" for p in every_point if not kill_ or p != kill_.point]
             run_started = time.time()
@@ -461,13 +492,19 @@ def test_killed_anywhere_the_workflow_resumes_to_the_same_results(tmp_path, talk
             kill_.row.update(number=len(rows) + 1, pass_=number)
             rows.append(kill_)
             previous = kill_
+        if deferred:
+            if plan:
+                plan[0] = sorted(plan[0] + deferred, key=lambda k: k.position)
+            else:
+                plan.append(deferred)
 
         assert not [p for p in store_dirs(root) if p.name.endswith(".partial")]
         assert not list((root / "results").glob("tiny.*")), "the view left a temporary behind"
         assert workspace.view() == reference_view
         eval_now = json.loads((root / "results" / "tiny" / "eval.json").read_text())
         assert eval_now == reference_eval, f"pass {number}: eval.json differs"
-        print(f"pass {number}: {len(pass_kills)} kills, {time.time() - pass_started:.0f} s")
+        print(f"pass {number}: {len(pass_kills) - len(deferred)} kills", end=" ")
+        print(f"({len(deferred)} deferred), {time.time() - pass_started:.0f} s")
 
     table = format_table(rows, reference_seconds, time.time() - started)
     (tmp_path / "chaos_table.md").write_text(table)
