@@ -108,3 +108,26 @@ def test_e_editing_a_stage_source_reruns_it_and_descendants(built, module, expec
         assert set(built.scheduled()) == expected
     finally:
         source.write_text(original)
+
+
+def test_f_an_emptied_store_is_rebuilt_with_its_view(built):
+    """No artifact left (the store removed, or every key changed by a new model or an edited core
+    module): every stage and the view are scheduled, although the view exists."""
+    store_dir = built.root / "results" / "store"
+    aside = store_dir.with_name("store.aside")
+    store_dir.rename(aside)
+    try:
+        assert set(built.scheduled()) == {
+            "prepare_model",
+            "templates",
+            "filter",
+            "activation_cache",
+            "train",
+            "evaluate",
+            "control",
+            "report",
+            "experiment",
+        }
+    finally:
+        aside.rename(store_dir)
+    assert built.scheduled() == {}

@@ -68,8 +68,9 @@ def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> b
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
     complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
     if current(view_dir) == artifacts and complete:
-        if _mtime(view_dir) <= OUTDATED:  # current again: a setting was reverted
-            _set_mtime(view_dir, None)
+        # Dated now: newer than the config it is built from (the view rule's other input), and
+        # current again after a reverted setting.
+        _set_mtime(view_dir, None)
         return False
     if only_if_complete and not complete:
         # Not built yet, or an artifact the view links to was removed from the store: dated to
@@ -88,8 +89,9 @@ def mark_outdated(view_dir: Path) -> None:
     """Date a stale view to the epoch, so that a scheduler going by mtimes rebuilds it.
 
     Snakemake, with only the mtime trigger, reruns a job whose output exists only when an input
-    is newer; the artifacts a stale view should point to may not exist yet, so the view itself
-    must look old. A view that is current again (a reverted setting) gets today's date back.
+    that exists is newer; the artifacts a stale view should point to may not exist yet, so the
+    view itself must look old, and the view rule also reads the config files, which always exist.
+    A view that is current again (a reverted setting) gets today's date back.
     """
     _set_mtime(view_dir, OUTDATED)
 

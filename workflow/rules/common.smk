@@ -152,6 +152,21 @@ def experiment_nodes(wildcards):
     }
 
 
+CONFIG_FILES = [str(path) for path in workflow.configfiles or ["config/config.yaml"]]
+"""Inputs of the view besides the artifacts: files that always exist, so that a view dated to the
+epoch (out of date, pipeline.core.view) is rebuilt even when none of its new artifacts exists yet
+(a changed model or an edited core module changes every key)."""
+
+
+def view_args(wildcards, input):
+    """The view's artifacts as --input arguments (every input but the config files)."""
+    return " ".join(
+        f"--input {shlex.quote(f'{name}={path}')}"
+        for name, path in input.items()
+        if name != "config"
+    )
+
+
 def default_targets():
     return [f"results/{name}" for name in config.get("default_experiments", [])]
 
