@@ -68,8 +68,8 @@ def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> b
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
     complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
     if current(view_dir) == artifacts and complete:
-        # Dated now: newer than the config it is built from (the view rule's other input), and
-        # current again after a reverted setting.
+        # Dated now: newer than the store folder (the view rule's other input), and current
+        # again after a reverted setting.
         _set_mtime(view_dir, None)
         return False
     if only_if_complete and not complete:
@@ -90,7 +90,7 @@ def mark_outdated(view_dir: Path) -> None:
 
     Snakemake, with only the mtime trigger, reruns a job whose output exists only when an input
     that exists is newer; the artifacts a stale view should point to may not exist yet, so the
-    view itself must look old, and the view rule also reads the config files, which always exist.
+    view itself must look old, and the view rule also reads the store folder, which always exists.
     A view that is current again (a reverted setting) gets today's date back.
     """
     _set_mtime(view_dir, OUTDATED)

@@ -28,7 +28,7 @@ rule report:
 rule experiment:
     input:
         unpack(experiment_nodes),
-        config=CONFIG_FILES,
+        store=STORE,
     output:
         directory("results/{experiment}"),
     log:
