@@ -113,20 +113,29 @@ class Artifact:
         return root / "results" / "store" / self.stage / self.key
 
 
-VOLATILE = {"train": {"metrics.jsonl"}}
-"""Files that record wall-clock figures (compared without them, see :func:`content`)."""
-TIMING_FIELDS = ("tokens_per_s",)
+TIMING_FIELDS = {"seconds", "tokens_per_s"}
+"""Wall-clock figures in JSON results (eval.json, control.json, metrics.jsonl): left out."""
 
 
-def content(stage: str, folder: Path) -> dict[str, str]:
-    """An artifact's files by sha256, from a full check of its manifest; timing fields left out."""
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_FIELDS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def content(folder: Path) -> dict[str, str]:
+    """An artifact's files, checked against its manifest: sha256, or for JSON its content without
+    wall-clock figures."""
     manifest = store.read_manifest(folder, verify="full")
     files = {rel: entry["sha256"] for rel, entry in manifest["files"].items()}
-    for rel in VOLATILE.get(stage, ()):
-        rows = [json.loads(line) for line in (folder / rel).read_text().splitlines()]
-        files[rel] = json.dumps(
-            [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
-        )
+    for rel in files:
+        if rel.endswith((".json", ".jsonl")):
+            text = (folder / rel).read_text()
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = [json.loads(text)] if rel.endswith(".json") else rows
+            files[rel] = json.dumps(without_timings(rows), sort_keys=True)
     return files
 
 
@@ -139,7 +148,7 @@ def artifacts(root: Path) -> dict[str, Artifact]:
             manifest["stage"],
             manifest["key"],
             set(manifest["inputs"].values()),
-            content(manifest["stage"], manifest_path.parent),
+            content(manifest_path.parent),
             manifest.get("info", {}),
         )
     return found
@@ -407,7 +416,9 @@ def test_killed_anywhere_the_workflow_resumes_to_the_same_results(tmp_path, talk
     assert wait_until_gone(tag) == []
     reference = artifacts(root)
     reference_view = workspace.view()
-    reference_eval = json.loads((root / "results" / "tiny" / "eval.json").read_text())
+    reference_eval = without_timings(
+        json.loads((root / "results" / "tiny" / "eval.json").read_text())
+    )
     ref_time = {p: t for p in every_point if (t := reached(marks, p)) is not None}
     order = sorted(reference, key=lambda s: ref_time[f"stage.{s}.start"]) + [VIEW]
     n_shards = reference["activation_cache"].info["n_shards"]
@@ -489,7 +500,7 @@ def test_killed_anywhere_the_workflow_resumes_to_the_same_results(tmp_path, talk
                 assert not store.staging_dir(artifact.path(root)).exists(), (
                     f"{where}: {stage} was published and its staging folder is still there"
                 )
-                files = content(stage, artifact.path(root))
+                files = content(artifact.path(root))
                 differ += [
                     f"{stage}/{f}" for f in sorted(files) if files[f] != artifact.files.get(f)
                 ]
@@ -515,7 +526,9 @@ def test_killed_anywhere_the_workflow_resumes_to_the_same_results(tmp_path, talk
         assert not [p for p in store_dirs(root) if p.name.endswith(".partial")]
         assert not list((root / "results").glob("tiny.*")), "the view left a temporary behind"
         assert workspace.view() == reference_view
-        eval_now = json.loads((root / "results" / "tiny" / "eval.json").read_text())
+        eval_now = without_timings(
+            json.loads((root / "results" / "tiny" / "eval.json").read_text())
+        )
         assert eval_now == reference_eval, f"pass {number}: eval.json differs"
         print(f"pass {number}: {len(pass_kills) - len(deferred)} kills", end=" ")
         print(f"({len(deferred)} deferred), {time.time() - pass_started:.0f} s")
