@@ -133,9 +133,11 @@ def content(folder: Path) -> dict[str, str]:
     for rel in files:
         if rel.endswith((".json", ".jsonl")):
             text = (folder / rel).read_text()
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            rows = [json.loads(text)] if rel.endswith(".json") else rows
-            files[rel] = json.dumps(without_timings(rows), sort_keys=True)
+            if rel.endswith(".json"):
+                value = json.loads(text)
+            else:
+                value = [json.loads(line) for line in text.splitlines() if line.strip()]
+            files[rel] = json.dumps(without_timings(value), sort_keys=True)
     return files
 
 

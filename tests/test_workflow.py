@@ -5,15 +5,24 @@ first on it, so every rule must call the environment's interpreter explicitly. T
 unchanged, built configuration schedules no job; (b) an evaluation setting schedules only
 evaluation and report jobs; (c) a training setting schedules training and its descendants, not
 data, filtering or caching; (d) reverting a built change schedules no job and the view points at
-the old artifacts again; (e) editing a stage's source reruns that stage and its descendants.
+the old artifacts again; (e) editing a stage's source reruns that stage and its descendants; (f)
+an emptied store is rebuilt; (g) a run killed after a job published its output resumes.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import sys
 
 import pytest
+from processes import kill_all, tagged_env, tagged_processes, wait_for_mark, wait_until_gone
 from workspace import Workspace
+
+from pipeline.core.faults import ENV as FAULT
+from pipeline.core.faults import MARKS_ENV as MARKS
 
 DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
 
@@ -131,3 +140,36 @@ def test_f_an_emptied_store_is_rebuilt_with_its_view(built):
     finally:
         aside.rename(store_dir)
     assert built.scheduled() == {}
+
+
+def test_g_a_run_killed_after_a_job_published_is_resumed_by_the_normal_command(built, tmp_path):
+    """SIGKILL to the Snakemake process group once the view is in place but before Snakemake has
+    seen its job end: the output is complete (published atomically), so `--unlock` and the normal
+    command finish the run; Snakemake's incomplete marker must not refuse it or rebuild it."""
+    view = built.root / "results" / "tiny"
+    shutil.rmtree(view)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env, tag = tagged_env({**built.env, FAULT: "view.published:pause", MARKS: str(marks)})
+    log = tmp_path / "killed.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            built.command(),
+            cwd=built.root,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_mark(marks, "view.published", proc, timeout=300)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert wait_until_gone(tag) == []
+    finally:
+        kill_all(tagged_processes(tag))
+    published = (view / "view.json").stat().st_mtime
+    built.snakemake("--unlock")
+    assert built.scheduled() == {}, log.read_text()[-3000:]
+    assert "Nothing to be done" in built.snakemake()
+    assert (view / "view.json").stat().st_mtime == published
