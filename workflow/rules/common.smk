@@ -155,8 +155,8 @@ def experiment_nodes(wildcards):
 def view_args(wildcards, input):
     """The view's artifacts as --input arguments (every input but the store folder itself).
 
-    The view rule also reads the store folder, which always exists and has no checksum: a view
-    dated to the epoch (out of date, pipeline.core.view) is then rebuilt even when none of its
+    The view rule also reads the store folder, which always exists and has no checksum, so a view
+    dated to the epoch (out of date, pipeline.core.view) is rebuilt even when none of its
     new artifacts exists yet (an emptied store, or every key changed by a new model or an edited
     core module). A current view is dated now at parse, so the folder's date never reruns it.
     """
