@@ -25,6 +25,7 @@ folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -113,21 +114,38 @@ class Artifact:
         return root / "results" / "store" / self.stage / self.key
 
 
-TIMING_FIELDS = {"seconds", "tokens_per_s"}
-"""Wall-clock figures in JSON results (eval.json, control.json, metrics.jsonl): left out."""
+TIMING_FIELDS = {"seconds", "tokens_per_s", "train_seconds", "wall_seconds_this_run"}
+"""Wall-clock figures in JSON results (eval.json, control.json, metrics.jsonl): left out, with
+``resumed_from_step`` (control.json copies training's manifest info, which records the resume)."""
+RUN_FACTS = TIMING_FIELDS | {"resumed_from_step"}
 
 
 def without_timings(value):
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_FIELDS}
+        return {k: without_timings(v) for k, v in value.items() if k not in RUN_FACTS}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
 
 
+def tensors_digest(path: Path) -> str:
+    """A safetensors file by its tensors and metadata (the header's key order varies by run)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {
+            name: hashlib.sha256(
+                handle.get_tensor(name).contiguous().reshape(-1).view(torch.uint8).numpy()
+            ).hexdigest()
+            for name in handle.keys()
+        }
+        return json.dumps([tensors, handle.metadata()], sort_keys=True)
+
+
 def content(folder: Path) -> dict[str, str]:
     """An artifact's files, checked against its manifest: sha256, or for JSON its content without
-    wall-clock figures."""
+    wall-clock figures, for safetensors its tensors and metadata."""
     manifest = store.read_manifest(folder, verify="full")
     files = {rel: entry["sha256"] for rel, entry in manifest["files"].items()}
     for rel in files:
@@ -138,6 +156,8 @@ def content(folder: Path) -> dict[str, str]:
             else:
                 value = [json.loads(line) for line in text.splitlines() if line.strip()]
             files[rel] = json.dumps(without_timings(value), sort_keys=True)
+        elif rel.endswith(".safetensors"):
+            files[rel] = tensors_digest(folder / rel)
     return files
 
 
