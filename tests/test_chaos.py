@@ -604,7 +604,7 @@ def format_table(rows: list[Kill], reference_seconds: float, total_seconds: floa
         r = k.row
         lost = f"{r['lost']:.1f}" if "lost" in r else "?"
         lines.append(
-            f"| {r['number']} | {r['pass_']} | `{r['point']}` | {r['target']} | "
+            f"| {r['number']} | {r['pass_']} | `{k.armed}` | {k.target} | "
             f"{r.get('resumed', '-')} | {lost} |"
         )
     lines += [
