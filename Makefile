@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= decoder_smollm2
 
-.PHONY: setup run test test-slow test-slurm lint format
+.PHONY: setup run test test-slow test-chaos test-slurm lint format
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: setup
 
 test-slow: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m slow
+
+# The tiny workflow killed with SIGKILL at 22 seeded points over every stage and resumed each time
+# (tests/test_chaos.py); prints the table of kills. LATENTQA_CHAOS_SEED=<n> draws other points.
+test-chaos: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -s -m chaos tests/test_chaos.py
 
 # Starts a single-node Slurm cluster on this machine (root, Debian) and runs the workflow through it.
 test-slurm: setup

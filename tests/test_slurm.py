@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_workflow import Workspace
+from workspace import Workspace
 
 pytestmark = pytest.mark.slurm
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from test_workflow import Workspace
+from workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

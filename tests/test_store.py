@@ -109,6 +109,28 @@ def test_a_stale_staging_folder_keeps_only_what_a_resume_uses(tmp_path):
     assert "half-written.tmp" not in store.read_manifest(out)["files"]
 
 
+def test_scratch_stays_until_publication_and_is_never_published(tmp_path):
+    """Checkpoints survive a stage killed after its work (a resume needs them), not publication."""
+    out = tmp_path / "abc"
+    with pytest.raises(RuntimeError):
+        with store.publishing(out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)) as (
+            work,
+            _,
+        ):
+            (work / "checkpoints" / "step-000004").mkdir(parents=True)
+            (work / "adapter.bin").write_bytes(b"done")
+            raise RuntimeError("killed between the work and its publication")
+    assert (store.staging_dir(out) / "checkpoints" / "step-000004").is_dir()
+    with store.publishing(out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)) as (
+        work,
+        _,
+    ):
+        assert (work / "checkpoints" / "step-000004").is_dir()  # resumed from
+        (work / "adapter.bin").write_bytes(b"done")
+    assert not (out / "checkpoints").exists()
+    assert list(store.read_manifest(out, verify="full")["files"]) == ["adapter.bin"]
+
+
 def test_another_process_is_refused_and_free_after_the_holder_dies(tmp_path):
     out = tmp_path / "abc"
     holder = subprocess.Popen(

@@ -278,17 +278,22 @@ def test_two_processes_match_one(tmp_path, single_run, tiny_model_dir, data_dir)
 
 
 @pytest.mark.parametrize(
-    "how, resumed_from",
+    "point, how, resumed_from",
     # SIGKILL right after the checkpoint of step 4: nothing after it is lost. SIGTERM there: the
-    # handler finishes step 5, checkpoints it and exits with 143.
-    [("SIGKILL", 4), ("SIGTERM", 5)],
+    # handler finishes step 5, checkpoints it and exits with 143. SIGKILL once training is done
+    # but not yet published: the checkpoint of the last step is still there.
+    [
+        ("train.step.4", "SIGKILL", 4),
+        ("train.step.4", "SIGTERM", 5),
+        ("stage.train.publish", "SIGKILL", STEPS),
+    ],
 )
 def test_killed_run_resumes_to_the_same_adapter(
-    how, resumed_from, tmp_path, single_run, tiny_model_dir, data_dir
+    point, how, resumed_from, tmp_path, single_run, tiny_model_dir, data_dir
 ):
     out = tmp_path / "train"
     params = {**BASE_PARAMS, "grad_accum": 2}  # the global batch of single_run
-    proc = launch(out, tiny_model_dir, data_dir, params, None, env={FAULT: f"train.step.4:{how}"})
+    proc = launch(out, tiny_model_dir, data_dir, params, None, env={FAULT: f"{point}:{how}"})
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == (-signal.SIGKILL if how == "SIGKILL" else 143), output[-3000:]
     assert not (out / store.MANIFEST).exists()

@@ -5,146 +5,26 @@ first on it, so every rule must call the environment's interpreter explicitly. T
 unchanged, built configuration schedules no job; (b) an evaluation setting schedules only
 evaluation and report jobs; (c) a training setting schedules training and its descendants, not
 data, filtering or caching; (d) reverting a built change schedules no job and the view points at
-the old artifacts again; (e) editing a stage's source reruns that stage and its descendants.
+the old artifacts again; (e) editing a stage's source reruns that stage and its descendants; (f)
+an emptied store is rebuilt; (g) a run killed after a job published its output resumes.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
+import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from processes import kill_all, tagged_env, tagged_processes, wait_for_mark, wait_until_gone
+from workspace import Workspace
 
-COPIED = ("workflow", "pipeline", "data", "config", "environment.yml")
+from pipeline.core.faults import ENV as FAULT
+from pipeline.core.faults import MARKS_ENV as MARKS
+
 DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
-
-
-def tiny_config(model_dir: Path) -> dict:
-    return {
-        "store": "results/store",
-        "logs": "results/logs",
-        "default_experiments": ["tiny"],
-        "experiments": {
-            "tiny": {
-                "model": {"source": "local", "name": str(model_dir)},
-                "data": {
-                    "templates": {
-                        "labels_per_family": 3,
-                        "stimuli_per_label": 2,
-                        "completion_tokens": 0,
-                        "batch_size": 8,
-                    }
-                },
-                "filter": {"eval_fraction": 0.3},
-                "train": {
-                    "read_layer": 1,
-                    "mode": "cached",
-                    "max_steps": 2,
-                    "warmup_steps": 1,
-                    "per_device_batch_size": 4,
-                    "checkpoint_every": 1,
-                    "eval_every": 1,
-                    "eval_examples": 4,
-                },
-                "evaluate": {
-                    "max_loglik_items": 4,
-                    "max_recovery_items": 2,
-                    "max_relation_items": 4,
-                    "max_new_tokens": 4,
-                    "bootstrap": 10,
-                },
-                "control": {
-                    "steps": 1,
-                    "n_prompts": 2,
-                    "n_eval_prompts": 2,
-                    "max_new_tokens": 4,
-                    "batch_size": 2,
-                },
-                "report": {},
-                "resources": {"train": {"nproc": 1, "threads": 1}},
-            }
-        },
-    }
-
-
-DECOYS = ("python", "python3", "torchrun")
-
-
-def path_without_environment(decoy_dir: Path) -> str:
-    """PATH without this environment's bin folder, behind decoys that record being called.
-
-    As when `.venv/bin/snakemake` runs in a shell where the venv is not activated: a rule that
-    calls `python` or `torchrun` from PATH reaches a decoy, which fails and leaves a mark.
-    """
-    decoy_dir.mkdir(parents=True, exist_ok=True)
-    for name in DECOYS:
-        decoy = decoy_dir / name
-        decoy.write_text(
-            f'#!/bin/sh\necho "$0 $*" >> {decoy_dir}/called\necho "decoy {name}" >&2\nexit 97\n'
-        )
-        decoy.chmod(0o755)
-    env_bin = str(Path(sys.executable).parent)
-    kept = [d for d in os.environ["PATH"].split(os.pathsep) if d and d != env_bin]
-    return os.pathsep.join([str(decoy_dir), *kept])
-
-
-class Workspace:
-    def __init__(self, root: Path, model_dir: Path):
-        self.root = root
-        self.decoys = root / "decoy-bin"
-        for name in COPIED:
-            source = REPO / name
-            if source.is_dir():
-                shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy(source, root / name)
-        self.config = tiny_config(model_dir)
-        self.write_config()
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(root),
-            "PATH": path_without_environment(self.decoys),
-        }
-        self.env.pop("VIRTUAL_ENV", None)
-
-    def write_config(self) -> None:
-        (self.root / "config" / "config.yaml").write_text(yaml.safe_dump(self.config))
-
-    def set(self, section: str, name: str, value) -> None:
-        self.config["experiments"]["tiny"].setdefault(section, {})[name] = value
-        self.write_config()
-
-    def snakemake(self, *args: str, timeout: int = 900) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", "2", *args, "results/tiny"],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-6000:]
-        return output
-
-    def scheduled(self) -> dict[str, int]:
-        output = self.snakemake("-n")
-        if "Nothing to be done" in output:
-            return {}
-        table = output[output.index("Job stats:") :]
-        return {
-            m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
-        }
-
-    def view(self) -> dict:
-        return json.loads((self.root / "results" / "tiny" / "view.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +117,59 @@ def test_e_editing_a_stage_source_reruns_it_and_descendants(built, module, expec
         assert set(built.scheduled()) == expected
     finally:
         source.write_text(original)
+
+
+def test_f_an_emptied_store_is_rebuilt_with_its_view(built):
+    """No artifact left (the store removed, or every key changed by a new model or an edited core
+    module): every stage and the view are scheduled, although the view exists."""
+    store_dir = built.root / "results" / "store"
+    aside = store_dir.with_name("store.aside")
+    store_dir.rename(aside)
+    try:
+        assert set(built.scheduled()) == {
+            "prepare_model",
+            "templates",
+            "filter",
+            "activation_cache",
+            "train",
+            "evaluate",
+            "control",
+            "report",
+            "experiment",
+        }
+    finally:
+        aside.rename(store_dir)
+    assert built.scheduled() == {}
+
+
+def test_g_a_run_killed_after_a_job_published_is_resumed_by_the_normal_command(built, tmp_path):
+    """SIGKILL to the Snakemake process group once the view is in place but before Snakemake has
+    seen its job end: the output is complete (published atomically), so `--unlock` and the normal
+    command finish the run; Snakemake's incomplete marker must not refuse it or rebuild it."""
+    view = built.root / "results" / "tiny"
+    shutil.rmtree(view)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env, tag = tagged_env({**built.env, FAULT: "view.published:pause", MARKS: str(marks)})
+    log = tmp_path / "killed.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            built.command(),
+            cwd=built.root,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_mark(marks, "view.published", proc, timeout=300)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert wait_until_gone(tag) == []
+    finally:
+        kill_all(tagged_processes(tag))
+    published = (view / "view.json").stat().st_mtime
+    built.snakemake("--unlock")
+    assert built.scheduled() == {}, log.read_text()[-3000:]
+    assert "Nothing to be done" in built.snakemake()
+    assert (view / "view.json").stat().st_mtime == published

@@ -2,8 +2,11 @@
 
 ``LATENTQA_FAULT="<point>:<action>[,<point>:<action>...]"`` arms points by name. The code that
 reaches a point names it: ``stage.<stage>.start`` (staging folder locked, nothing run yet),
-``stage.<stage>.publish`` (the stage's work done, nothing published yet), ``train.step.<n>`` (after
-optimizer step ``n`` and its checkpoint), ``activation_cache.shard.<n>`` (after shard ``n``).
+``stage.<stage>.publish`` (the stage's work done, nothing published yet),
+``stage.<stage>.published`` (the artifact renamed into place, the process not yet ended),
+``train.step.<n>`` (after optimizer step ``n`` and its checkpoint), ``activation_cache.shard.<n>``
+(after shard ``n``); the view (``pipeline.core.view``): ``view.start`` (nothing written),
+``view.swap`` (the old view moved aside, the new one not yet in place), ``view.published``.
 ``<point>/rank<r>`` arms it in process ``r`` of a multi-process stage (rank 0 otherwise).
 
 Actions: a signal name (``SIGKILL``, ``SIGTERM``, ``SIGINT``) that the process sends itself;

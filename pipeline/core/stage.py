@@ -155,8 +155,9 @@ def _main(
             raise InputError(f"input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
-    keep = stages.STAGES[stage].resumable if stage in stages.STAGES else None
-    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep) as (
+    spec = stages.STAGES.get(stage)
+    keep, scratch = (spec.resumable, spec.scratch) if spec else (None, ())
+    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep, scratch) as (
         workdir,
         info,
     ):
@@ -164,3 +165,4 @@ def _main(
         run(params, inputs, workdir, info)
         fault_point(f"stage.{stage}.publish")
     log.info("published %s", args.out)
+    fault_point(f"stage.{stage}.published")

@@ -31,6 +31,9 @@ class StageSpec:
     """Authored files under the repository that the stage reads (part of its code digest)."""
     resumable: tuple[str, ...] = ()
     """Entries of a killed run's staging folder that a rerun resumes from; the rest is removed."""
+    scratch: tuple[str, ...] = ()
+    """Entries of the staging folder that only serve a resume (checkpoints): removed at
+    publication, not before, so that a run killed between its work and publication resumes."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -51,7 +54,10 @@ STAGES: dict[str, StageSpec] = {
         "training.activation_cache", "training.params:CacheParams", resumable=("shards",)
     ),
     "train": StageSpec(
-        "training.train", "training.params:TrainParams", resumable=("checkpoints", "metrics.jsonl")
+        "training.train",
+        "training.params:TrainParams",
+        resumable=("checkpoints", "metrics.jsonl"),
+        scratch=("checkpoints",),
     ),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),

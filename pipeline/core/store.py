@@ -210,12 +210,15 @@ def publishing(
     params: Mapping[str, Any],
     inputs: Mapping[str, str],
     keep: Collection[str] | None = None,
+    scratch: Collection[str] = (),
 ):
     """Yield a locked staging directory; on success write the manifest and rename it to ``out_dir``.
 
     The staging directory of a killed run is reused: ``keep`` names the top-level entries a
     resumed run may skip work with (``None``: all of them); the rest is removed first. On an
     exception the staging directory is left for the next attempt and nothing is published.
+    ``scratch`` names top-level entries that only serve a resume (checkpoints): they stay until
+    the stage's work is done and are removed just before the manifest, never published.
     """
     out_dir = Path(out_dir)
     stage_dir = staging_dir(out_dir)
@@ -238,6 +241,12 @@ def publishing(
             raise
         (stage_dir / HOLDER).unlink(missing_ok=True)
         (stage_dir / MANIFEST).unlink(missing_ok=True)
+        for name in scratch:
+            entry = stage_dir / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
         write_manifest(stage_dir, key, stage, params, inputs, extra)
         if out_dir.exists():
             # Snakemake may have created an empty output directory; an incomplete one is stale.

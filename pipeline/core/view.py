@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.core import store
+from pipeline.core.faults import fault_point
 
 SHORTCUTS = {
     "adapter": ("train", "adapter"),
@@ -25,7 +26,9 @@ SHORTCUTS = {
 }
 
 
-def _write_view(view_dir: Path, artifacts: Mapping[str, str]) -> None:
+def _write_view(view_dir: Path, artifacts: Mapping[str, str], fault: str | None = None) -> None:
+    """Replace ``view_dir`` by a new view; ``fault`` names a test-only fault point for the moment
+    when the old view is gone and the new one not yet in place."""
     tmp = view_dir.with_name(view_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -42,6 +45,8 @@ def _write_view(view_dir: Path, artifacts: Mapping[str, str]) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if view_dir.exists() or view_dir.is_symlink():
         os.replace(view_dir, old)
+    if fault:
+        fault_point(fault)
     os.replace(tmp, view_dir)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -61,13 +66,15 @@ def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> b
     """
     view_dir = Path(view_dir)
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
-    if current(view_dir) == artifacts:
-        if _mtime(view_dir) <= OUTDATED:  # current again: a setting was reverted
-            _set_mtime(view_dir, None)
+    complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
+    if current(view_dir) == artifacts and complete:
+        # Dated now: newer than the store folder (the view rule's other input), and current
+        # again after a reverted setting.
+        _set_mtime(view_dir, None)
         return False
-    if only_if_complete and not all(
-        (Path(path) / store.MANIFEST).exists() for path in artifacts.values()
-    ):
+    if only_if_complete and not complete:
+        # Not built yet, or an artifact the view links to was removed from the store: dated to
+        # the epoch, the view is rebuilt after the artifacts (a current date would hide them).
         mark_outdated(view_dir)
         return False
     _write_view(view_dir, artifacts)
@@ -82,8 +89,9 @@ def mark_outdated(view_dir: Path) -> None:
     """Date a stale view to the epoch, so that a scheduler going by mtimes rebuilds it.
 
     Snakemake, with only the mtime trigger, reruns a job whose output exists only when an input
-    is newer; the artifacts a stale view should point to may not exist yet, so the view itself
-    must look old. A view that is current again (a reverted setting) gets today's date back.
+    that exists is newer; the artifacts a stale view should point to may not exist yet, so the
+    view itself must look old, and the view rule also reads the store folder, which always exists.
+    A view that is current again (a reverted setting) gets today's date back.
     """
     _set_mtime(view_dir, OUTDATED)
 
@@ -112,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     artifacts = dict(pair.split("=", 1) for pair in args.input)
     for path in artifacts.values():
         store.read_manifest(path, verify="fast")
-    _write_view(args.view, artifacts)
+    fault_point("view.start")
+    _write_view(args.view, artifacts, fault="view.swap")
+    fault_point("view.published")
 
 
 if __name__ == "__main__":

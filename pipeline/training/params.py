@@ -75,7 +75,8 @@ class TrainParams:
     gradient_checkpointing: bool = False
     """Recompute each adapted block in the backward pass: far less memory, one more forward each."""
     checkpoint_every: int = 50
-    """Save a resumable checkpoint every this many optimizer steps (0: only on SIGTERM)."""
+    """Save a resumable checkpoint every this many optimizer steps and after the last one (0: only
+    on SIGTERM)."""
     eval_every: int = 25
     """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
     eval_examples: int = 64

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -288,10 +287,10 @@ def run(
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens / seconds:.0f}")
         interrupted = bool(totals[3] > 0)
+        # The last step too: a run killed between its end and publication resumes there.
         if interrupted or (
             params.checkpoint_every
-            and step % params.checkpoint_every == 0
-            and step < params.max_steps
+            and (step % params.checkpoint_every == 0 or step == params.max_steps)
         ):
             state.save(step)
         if interrupted:
@@ -327,8 +326,8 @@ def run(
                 "resumed_from_step": resumed_from,
             }
         )
-        # The artifact holds the result, not the means of resuming.
-        shutil.rmtree(state.root, ignore_errors=True)
+        # The checkpoints stay until publication, which removes them (StageSpec.scratch): a run
+        # killed before that resumes from the last one instead of training again.
         if wandb_run is not None:
             wandb_run.finish()
     barrier(ctx)

@@ -163,12 +163,29 @@ def experiment_nodes(wildcards):
     }
 
 
+def view_args(wildcards, input):
+    """The view's artifacts as --input arguments (every input but the store folder itself).
+
+    The view rule also reads the store folder, which always exists and has no checksum, so a view
+    dated to the epoch (out of date, pipeline.core.view) is rebuilt even when none of its
+    new artifacts exists yet (an emptied store, or every key changed by a new model or an edited
+    core module). A current view is dated now at parse, so the folder's date never reruns it.
+    """
+    return " ".join(
+        f"--input {shlex.quote(f'{name}={path}')}"
+        for name, path in input.items()
+        if name != "store"
+    )
+
+
 def default_targets():
     return [f"results/{name}" for name in config.get("default_experiments", [])]
 
 
 # A reverted setting finds its old artifacts: point each experiment's view at them now, so that
-# no job is needed (the profile's mtime-only rerun trigger then sees the view as current).
+# no job is needed (the profile's mtime-only rerun trigger then sees the view as current). The
+# store folder is an input of every view (view_args), so it exists from the start.
+Path(STORE).mkdir(parents=True, exist_ok=True)
 for _experiment, _graph in GRAPHS.items():
     refresh_view(f"results/{_experiment}", _graph, STORE, only_if_complete=True)
 

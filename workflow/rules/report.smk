@@ -28,6 +28,7 @@ rule report:
 rule experiment:
     input:
         unpack(experiment_nodes),
+        store=STORE,
     output:
         directory("results/{experiment}"),
     log:
@@ -40,6 +41,6 @@ rule experiment:
         runtime=5,
     params:
         python=PYTHON,
-        inputs=input_args,
+        inputs=view_args,
     shell:
         "{params.python} -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"
