@@ -4,6 +4,10 @@ A stage is a typed params dataclass plus ``run(params, inputs, workdir, info)``.
 the arguments, builds the dataclass (rejecting unknown fields), and publishes ``workdir`` into the
 store atomically when ``run`` returns. ``info`` is a dict the stage may fill with summary figures
 that go into the manifest.
+
+This module does not import the stage registry (``pipeline.core.stages``): every stage imports
+this module, so the registry would enter every stage's code digest, and registering a new stage
+would change the key of every artifact already built.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.core import stages, store
+from pipeline.core import store
 
 T = TypeVar("T")
 log = logging.getLogger("pipeline")
@@ -105,14 +109,19 @@ def input_keys(inputs: Mapping[str, Path]) -> dict[str, str]:
     return keys
 
 
+def _running_module(stage: str) -> str:
+    """The module run as ``python -m`` (``pipeline.<concept>.<stage>``), else the stage's name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name.startswith("pipeline.") else stage
+
+
 def main(
     stage: str,
     params_cls: type[T],
     run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
     argv: list[str] | None = None,
 ) -> None:
-    module = stages.STAGES[stage].module if stage in stages.STAGES else stage
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{module}")
+    parser = argparse.ArgumentParser(prog=f"python -m {_running_module(stage)}")
     parser.add_argument("--out", required=True, type=Path, help="the artifact directory to publish")
     parser.add_argument("--key", required=True, help="the store key of this artifact")
     parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
