@@ -45,10 +45,14 @@ STAGES: dict[str, StageSpec] = {
     "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
     "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
     "filter": StageSpec("data.filter", "data.filter:FilterParams"),
+    "statements": StageSpec("data.statements", "data.statements:StatementParams"),
     "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
     "train": StageSpec("training.train", "training.params:TrainParams"),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),
+    "layer_cache": StageSpec("analysis.layer_cache", "analysis.params:LayerCacheParams"),
+    "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams"),
+    "lens": StageSpec("analysis.lens", "analysis.params:LensParams"),
     "report": StageSpec("report.report", "report.report:ReportParams"),
 }
 
