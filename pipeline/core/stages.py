@@ -49,6 +49,7 @@ STAGES: dict[str, StageSpec] = {
     "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
     "train": StageSpec("training.train", "training.params:TrainParams"),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
+    "explain": StageSpec("evaluation.explain", "evaluation.explain:ExplainParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),
     "layer_cache": StageSpec("analysis.layer_cache", "analysis.params:LayerCacheParams"),
     "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams"),
