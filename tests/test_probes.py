@@ -15,10 +15,10 @@ from test_layer_cache import build
 from pipeline.analysis import labels, truth
 from pipeline.analysis.params import LayerCacheParams, ProbeParams
 from pipeline.analysis.probes import best_layer, run
+from pipeline.data.relations import load_relations
 from pipeline.data.schema import write_dialogs
 from pipeline.data.statements import StatementParams, contrast_pairs
 from pipeline.data.statements import run as run_statements
-from pipeline.data.relations import load_relations
 
 PARAMS = ProbeParams(ccs_restarts=2, ccs_steps=60, random_directions=5, min_labels=2, bootstrap=20)
 

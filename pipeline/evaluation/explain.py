@@ -157,8 +157,10 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
     eval_params = EvalParams(batch_size=params.batch_size, seed=params.seed)
     similarity = load_similarity(params.similarity)
     texts = [[candidate_text(c, params.candidate_view) for c in cs] for cs in cands]
-    truth = [next(j for j, c in enumerate(cs) if c["id"] == r["id"]) for r, cs in zip(rows, cands,
-                                                                                     strict=True)]  # fmt: skip
+    truth = [
+        next(j for j, c in enumerate(cs) if c["id"] == r["id"])
+        for r, cs in zip(rows, cands, strict=True)
+    ]
     results: dict[str, Any] = {}
     records = [{"id": r["id"], "label": r["label"], "candidates": [c["id"] for c in cs]}
                for r, cs in zip(rows, cands, strict=True)]  # fmt: skip
@@ -195,8 +197,9 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
 
 def explain_table(report: dict) -> str:
     lines = [
-        f'Explanation scoring: the decoder answers "{report["question"]}"; {report["scorer"]["name"]} '
-        f"picks the read dialog among candidates by its {report['candidate_view']} text "
+        f'Explanation scoring: the decoder answers "{report["question"]}"; '
+        f"{report['scorer']['name']} picks the read dialog among candidates by its "
+        f"{report['candidate_view']} text "
         f"(n={report['n']}, chance {report['chance']:.2f}).",
         "",
         "| condition | accuracy | 95% CI |",
