@@ -93,3 +93,39 @@ def test_imported_data_is_keyed_by_file_content(experiment):
     graph = experiment_graph("tiny", with_import, REPO)
     assert graph["data:latentqa"].external["source"]
     assert "latentqa" in graph["evaluate"].inputs
+
+
+def test_the_stage_registry_is_in_no_stage_code_digest():
+    """Registering a stage must not change the key of every artifact already built."""
+    from pipeline.core import stages
+
+    registry = stages.PACKAGE_DIR / "core" / "stages.py"
+    for name, spec in stages.STAGES.items():
+        assert registry not in stages.source_files(spec.module), name
+
+
+def test_analysis_nodes_read_as_the_decoder_reads_and_train_settings_spare_the_caches(experiment):
+    with_analysis = deep_merge(experiment, {"analysis": {"lens": {"shots": 1}}})
+    graph = experiment_graph("tiny", with_analysis, REPO)
+    assert graph["layer_cache:dialogs"].params["items"] == "controlled"
+    assert graph["layer_cache:statements"].params["items"] == "all"
+    assert graph["layer_cache:statements"].inputs["data"] is graph["statements"]
+    assert graph["probes"].inputs["train"] is graph["train"]
+    assert {"probes", "lens", "explain"} <= set(graph["report"].inputs)
+    # Adding the analysis changes no other node's key but the report's (it shows the readers).
+    plain = keys(experiment)
+    assert changed(plain, {n: k for n, k in keys(with_analysis).items() if n in plain}) == {
+        "report"
+    }
+    after = keys(deep_merge(with_analysis, {"train": {"lr": 5e-4}}))
+    assert changed(keys(with_analysis), after) == {
+        "train", "evaluate", "control", "probes", "explain", "report"
+    }  # fmt: skip
+    positions = keys(deep_merge(with_analysis, {"train": {"positions": "last:4"}}))
+    assert {"layer_cache:dialogs", "layer_cache:statements"} <= changed(keys(with_analysis),
+                                                                         positions)  # fmt: skip
+
+
+def test_unknown_analysis_sections_are_refused(experiment):
+    with pytest.raises(ValueError, match="unknown section"):
+        experiment_graph("tiny", deep_merge(experiment, {"analysis": {"probe": {}}}), REPO)

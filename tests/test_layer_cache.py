@@ -27,7 +27,8 @@ def build(out: Path, data: Path, model: Path, params: dict) -> LayerCache:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dialogs")
-    write_dialogs(make_dialogs(10), folder / "dialogs.parquet")
+    text = {**make_dialogs(1)[0], "kind": "text", "label": "a text", "n_masked_turns": 0}
+    write_dialogs([*make_dialogs(10), text], folder / "dialogs.parquet")
     return folder
 
 
@@ -35,6 +36,7 @@ def test_pooled_residuals_of_every_block_match_a_direct_read(tmp_path, data_dir,
     cache = build(tmp_path / "cache", data_dir, tiny_model_dir, {"batch_size": 3, "shard_items": 4})
     rows = read_dialogs(data_dir / "dialogs.parquet")
     assert cache.layers == [0, 1, 2, 3] and len(cache.meta["shards"]) == 3
+    assert len(cache.index) == len(rows) == 11
     assert cache.index["id"].to_list() == [r["id"] for r in rows]
     model, tokenizer = load_model(tiny_model_dir)
     for row in rows[:4]:
@@ -55,10 +57,10 @@ def test_kinds_layers_and_caps_select_what_is_cached(tmp_path, data_dir, tiny_mo
         tmp_path / "cache",
         data_dir,
         tiny_model_dir,
-        {"layers": [2], "pooling": ["last"], "kinds": ["system"], "max_per_split": 2},
+        {"layers": [2], "pooling": ["last"], "items": "controlled"},
     )
-    assert cache.layers == [2] and set(cache.index["kind"]) == {"system"}
-    assert len(cache.index) == 2
+    assert cache.layers == [2] and "text" not in set(cache.index["kind"])
+    assert len(cache.index) == 10
     with pytest.raises(KeyError, match="block 1 not cached"):
         cache.features("last", 1)
     with pytest.raises(KeyError, match="pooling 'mean' not cached"):
@@ -81,6 +83,6 @@ def test_a_complete_shard_is_not_recomputed(tmp_path, data_dir, tiny_model_dir, 
     (staging / "shards" / "00002.index.parquet").unlink()
     info: dict = {}
     run(params, {"data": data_dir, "model": tiny_model_dir}, staging, info)
-    assert info["resumed_shards"] == 2
+    assert info["resumed_shards"] == 2 and info["n_items"] == 11
     assert (staging / "shards" / "00000.safetensors").read_bytes() == first
     assert not out.exists()

@@ -107,7 +107,7 @@ def probed(tmp_path_factory, tiny_model_dir):
         "train": make_train_artifact(root, tiny_model_dir),
     }
     build(inputs["statements_cache"], root / "statements", tiny_model_dir, {})
-    build(inputs["dialogs_cache"], root / "data", tiny_model_dir, {"kinds": ["system"]})
+    build(inputs["dialogs_cache"], root / "data", tiny_model_dir, {"items": "controlled"})
     assert LayerCacheParams().pooling == ["last", "mean"]
     out = root / "out"
     out.mkdir()

@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO
 
 COPIED = ("workflow", "pipeline", "data", "config", "environment.yml")
-DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
+DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment", "probes", "explain"}
 
 
 def tiny_config(model_dir: Path) -> dict:
@@ -66,6 +66,18 @@ def tiny_config(model_dir: Path) -> dict:
                     "batch_size": 2,
                 },
                 "report": {},
+                "analysis": {
+                    "statements": {"max_facts_per_relation": 3},
+                    "probes": {
+                        "ccs_restarts": 1,
+                        "ccs_steps": 10,
+                        "random_directions": 2,
+                        "bootstrap": 10,
+                        "max_iter": 10,
+                    },
+                    "lens": {"max_facts_per_relation": 1, "translation_pairs": ["fr-de"]},
+                    "explain": {"max_items": 3, "max_new_tokens": 4, "bootstrap": 10},
+                },
                 "resources": {"train": {"nproc": 1, "threads": 1}},
             }
         },
@@ -96,9 +108,9 @@ class Workspace:
         self.config["experiments"]["tiny"].setdefault(section, {})[name] = value
         self.write_config()
 
-    def snakemake(self, *args: str, timeout: int = 900) -> str:
+    def snakemake(self, *args: str, timeout: int = 900, target: str = "results/tiny") -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", "2", *args, "results/tiny"],
+            [sys.executable, "-m", "snakemake", "--cores", "2", *args, target],
             cwd=self.root,
             env=self.env,
             capture_output=True,
@@ -109,8 +121,8 @@ class Workspace:
         assert result.returncode == 0, output[-6000:]
         return output
 
-    def scheduled(self) -> dict[str, int]:
-        output = self.snakemake("-n")
+    def scheduled(self, target: str = "results/tiny") -> dict[str, int]:
+        output = self.snakemake("-n", target=target)
         if "Nothing to be done" in output:
             return {}
         table = output[output.index("Job stats:") :]
@@ -140,11 +152,51 @@ def test_build_publishes_every_stage_and_the_view(built):
         "evaluate",
         "control",
         "report",
+        "statements",
+        "layer_cache_dialogs",
+        "layer_cache_statements",
+        "lens",
+        "probes",
+        "explain",
     }
     for path in view.values():
         assert (built.root / path / "_manifest.json").exists()
     assert (built.root / "results" / "tiny" / "adapter" / "adapter_config.json").exists()
     assert (built.root / "results" / "tiny" / "eval.json").exists()
+    for name in ("probes.json", "lens.json", "explain.json"):
+        assert (built.root / "results" / "tiny" / name).exists()
+    summary = (built.root / view["report"] / "summary.md").read_text()
+    assert "## Readers beside the decoder" in summary and "| ccs |" in summary
+    assert {"probes_probes.png", "lens_lens.png"} <= {
+        p.name for p in (built.root / view["report"]).iterdir()
+    }
+
+
+def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
+    # Every analysis artifact is built: parsing the workflow points the view at them, no job.
+    assert built.scheduled("results/tiny_analysis") == {}
+    analysis = json.loads((built.root / "results" / "tiny_analysis" / "view.json").read_text())
+    assert set(analysis) == {
+        "statements",
+        "layer_cache_dialogs",
+        "layer_cache_statements",
+        "lens",
+        "probes",
+        "explain",
+    }
+    assert all(built.view()[name] == path for name, path in analysis.items())
+    assert (built.root / "results" / "tiny_analysis" / "probes.json").exists()
+    # A training setting leaves what needs no decoder alone: only probes and explanations rerun.
+    built.set("train", "lr", 5e-4)
+    try:
+        assert set(built.scheduled("results/tiny_analysis")) == {
+            "train",
+            "probes",
+            "explain",
+            "analysis_view",
+        }
+    finally:
+        built.set("train", "lr", 1e-3)
 
 
 def test_a_unchanged_configuration_schedules_nothing(built):
@@ -182,7 +234,8 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("evaluation/evaluate", {"evaluate", "report", "experiment"}),
+        # The probes and explanation stages score with the evaluation's own decoder passes.
+        ("evaluation/evaluate", {"evaluate", "report", "experiment", "probes", "explain"}),
         ("training/train", DOWNSTREAM_OF_TRAIN),
         # The params module is imported by both training stages, not by evaluate's own code.
         ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),

@@ -23,7 +23,6 @@ import torch
 
 from pipeline.analysis.params import LayerCacheParams
 from pipeline.core import stage, store
-from pipeline.training.activation_cache import plan_shards, shard_name
 
 log = logging.getLogger("pipeline.analysis.layer_cache")
 
@@ -79,6 +78,10 @@ def pooled_residuals(
     return out
 
 
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -100,7 +103,7 @@ def run(
 ) -> None:
     from safetensors.torch import save_file
 
-    from pipeline.data.schema import read_dialogs
+    from pipeline.data.schema import CONTROL_KINDS, read_dialogs
     from pipeline.mechanism.dialogs import tokenize_read_dialog
     from pipeline.mechanism.modeling import decoder_layers, load_model
 
@@ -109,9 +112,10 @@ def run(
             raise SystemExit(f"layer_cache: needs --input {name}=PATH")
     data = Path(inputs["data"])
     source = data / "dialogs.parquet" if data.is_dir() else data
-    rows = select_rows(read_dialogs(source), params.kinds, params.max_per_split, params.seed)
+    kinds = CONTROL_KINDS if params.items == "controlled" else None
+    rows = select_rows(read_dialogs(source), kinds, params.max_per_split, params.seed)
     if not rows:
-        raise ValueError(f"{source}: no dialogs of kinds {params.kinds}")
+        raise ValueError(f"{source}: no dialogs to cache (items: {params.items})")
     device = params.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -133,7 +137,8 @@ def run(
             raise ValueError(f"{source}: record {i} ({row['id']}): {exc}") from exc
     folder = workdir / SHARDS
     folder.mkdir(parents=True, exist_ok=True)
-    plan = plan_shards([1] * len(rows), params.shard_items)
+    size = params.shard_items
+    plan = [list(range(i, min(i + size, len(rows)))) for i in range(0, len(rows), size)]
     resumed = 0
     for s, shard in enumerate(plan):
         name = shard_name(s)

@@ -182,15 +182,19 @@ def summarize_lens(records: list[dict], n_layers: int) -> dict[str, Any]:
 
 
 def run(params: LensParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]) -> None:
+    import torch
+
     from pipeline.analysis.plots import plot_lens
-    from pipeline.analysis.prompting import device_of
     from pipeline.data.relations import load_relations, select
     from pipeline.mechanism.modeling import decoder_layers, load_model
 
     for name in ("model", "relations", "translation"):
         if name not in inputs:
             raise SystemExit(f"lens: needs --input {name}=PATH")
-    model, tokenizer = load_model(inputs["model"], params.dtype, device_of(params.device))
+    device = params.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(inputs["model"], params.dtype, device)
     model.eval()
     relations = load_relations(inputs["relations"])
     if params.relations is not None:

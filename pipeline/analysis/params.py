@@ -12,6 +12,7 @@ from pipeline.core import stage
 from pipeline.mechanism.dialogs import parse_positions
 
 POOLINGS = ("last", "mean")
+ITEMS = ("all", "controlled")
 
 
 @dataclass
@@ -25,8 +26,9 @@ class LayerCacheParams:
     """Read positions pooled over: ``all`` or ``last:K`` (as the decoder reads)."""
     layers: list[int] | None = None
     """Blocks whose outputs are kept (``hidden_states[layer + 1]``); null: every block."""
-    kinds: list[str] | None = None
-    """Dialog kinds kept (null: all); the workflow sets it per item set."""
+    items: str = "all"
+    """``all`` dialogs, or ``controlled``: only those under a control (persona, goal, scenario);
+    the workflow sets it per item set."""
     max_per_split: int | None = None
     """At most this many items per split (seeded choice); null: all."""
     seed: int = 0
@@ -45,6 +47,10 @@ class LayerCacheParams:
         if not self.pooling or bad:
             raise stage.ParamsError(f"layer_cache: pooling must be among {POOLINGS}, not {bad}")
         parse_positions(self.positions)
+        if self.items not in ITEMS:
+            raise stage.ParamsError(
+                f"layer_cache: items must be one of {ITEMS}, not {self.items!r}"
+            )
         if self.batch_size < 1 or self.shard_items < 1:
             raise stage.ParamsError("layer_cache: batch_size and shard_items must be positive")
         if self.max_per_split is not None and self.max_per_split < 1:

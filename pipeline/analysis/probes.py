@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.analysis.params import ProbeParams
+from pipeline.analysis.summary import best
 from pipeline.core import stage
 
 log = logging.getLogger("pipeline.analysis.probes")
@@ -98,11 +99,8 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
 
 def best_layer(result: dict, split: str, method: str = "logistic") -> int | None:
     """The block where ``method`` is most accurate on ``split`` (the earliest on a tie)."""
-    per_layer = result.get("per_layer", {}).get(method, {})
-    scored = [
-        (v[split]["mean"], -int(k)) for k, v in per_layer.items() if v[split]["mean"] is not None
-    ]
-    return -max(scored)[1] if scored else None
+    top = best(result.get("per_layer", {}).get(method, {}), split)
+    return top[0] if top else None
 
 
 if __name__ == "__main__":

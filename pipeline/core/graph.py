@@ -167,12 +167,93 @@ def experiment_graph(
         )
         nodes["control"] = control
         report_inputs["control"] = control
+    if config.get("analysis") is not None:
+        analysis = analysis_nodes(config["analysis"], where, root, model, filtered, train)
+        nodes.update(analysis)
+        report_inputs.update(
+            {name: analysis[name] for name in ("probes", "lens", "explain") if name in analysis}
+        )
     nodes["report"] = Node(
         "report", full_params("report", config.get("report"), f"{where}.report"), report_inputs
     )
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+ANALYSIS_STAGES = ("statements", "layer_cache", "probes", "lens", "explain")
+"""The sections of an experiment's ``analysis`` config, one per stage."""
+
+
+def analysis_nodes(
+    values: Mapping[str, Any], where: str, root: Path, model: Node, data: Node, train: Node
+) -> dict[str, Node]:
+    """The readers beside the decoder: layer caches, probes, the logit lens, explanations.
+
+    Both layer caches read the positions the decoder reads (``train.positions``), one the
+    filter's dialogs under a control, one the statements. Every node but ``probes`` and
+    ``explain`` is independent of the decoder, so they can be built before training.
+    """
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(ANALYSIS_STAGES))
+    if unknown:
+        raise ValueError(
+            f"{where}.analysis: unknown section(s) {unknown}; known: {ANALYSIS_STAGES}"
+        )
+    where = f"{where}.analysis"
+
+    def params(stage_name: str, **fixed: Any) -> dict[str, Any]:
+        section = {**dict(values.get(stage_name) or {}), **fixed}
+        return full_params(stage_name, section, f"{where}.{stage_name}")
+
+    relations = str(root / "data" / "relations.yaml")
+    statements = Node("statements", params("statements"), {"relations": relations})
+    cache = dict(values.get("layer_cache") or {})
+    positions = cache.get("positions", train.params["positions"])
+    dialogs_cache = Node(
+        "layer_cache",
+        params("layer_cache", positions=positions, items="controlled"),
+        {"model": model, "data": data},
+    )
+    statements_cache = Node(
+        "layer_cache",
+        params("layer_cache", positions=positions, items="all"),
+        {"model": model, "data": statements},
+    )
+    lens = Node(
+        "lens",
+        params("lens"),
+        {
+            "model": model,
+            "relations": relations,
+            "translation": str(root / "data" / "lens" / "translation.yaml"),
+        },
+    )
+    probes = Node(
+        "probes",
+        params("probes"),
+        {
+            "model": model,
+            "statements": statements,
+            "statements_cache": statements_cache,
+            "data": data,
+            "dialogs_cache": dialogs_cache,
+            "train": train,
+        },
+    )
+    explain = Node("explain", params("explain"), {"model": model, "train": train, "data": data})
+    return {
+        "statements": statements,
+        "layer_cache:dialogs": dialogs_cache,
+        "layer_cache:statements": statements_cache,
+        "lens": lens,
+        "probes": probes,
+        "explain": explain,
+    }
+
+
+BEFORE_TRAINING = ("statements", "layer_cache:dialogs", "layer_cache:statements", "lens")
+"""Analysis nodes that need no decoder (the layer choice reads them before training)."""
 
 
 def _assign_key(node: Node) -> str:

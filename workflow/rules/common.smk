@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = str(Path(workflow.basedir).parent)
 sys.path.insert(0, REPO)
 
-from pipeline.core.graph import Node, deep_merge, experiment_graph
+from pipeline.core.graph import BEFORE_TRAINING, Node, deep_merge, experiment_graph
 from pipeline.core.view import refresh_view
 
 STORE = config.get("store", "results/store")
@@ -105,6 +105,20 @@ def experiment_nodes(wildcards):
     }
 
 
+ANALYSIS_NODES = (*BEFORE_TRAINING, "probes", "explain")
+
+
+def analysis_view_nodes(wildcards):
+    """The analysis artifacts of an experiment (its own view, results/<experiment>_analysis)."""
+    nodes = experiment_nodes(wildcards)
+    names = [name.replace(":", "_") for name in ANALYSIS_NODES]
+    if not all(name in nodes for name in names):
+        raise ValueError(
+            f"experiment {wildcards.experiment} has no analysis: add `analysis: {{}}` to it"
+        )
+    return {name: nodes[name] for name in names}
+
+
 def default_targets():
     return [f"results/{name}" for name in config.get("default_experiments", [])]
 
@@ -113,6 +127,11 @@ def default_targets():
 # no job is needed (the profile's mtime-only rerun trigger then sees the view as current).
 for _experiment, _graph in GRAPHS.items():
     refresh_view(f"results/{_experiment}", _graph, STORE, only_if_complete=True)
+    _analysis = {name: _graph[name] for name in ANALYSIS_NODES if name in _graph}
+    if len(_analysis) == len(ANALYSIS_NODES):
+        refresh_view(
+            f"results/{_experiment}_analysis", _analysis, STORE, only_if_complete=True
+        )
 
 
 wildcard_constraints:

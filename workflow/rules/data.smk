@@ -83,3 +83,25 @@ rule curate:
     shell:
         "python -m pipeline.curation.curate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+# True statements and corrupted copies from the relation facts (the probes' truth task).
+rule statements:
+    input:
+        unpack(stage_inputs("statements")),
+    output:
+        directory(f"{STORE}/statements/{{key}}"),
+    log:
+        f"{LOGS}/statements/{{key}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=stage_resource("statements", "mem_mb", 2000),
+        runtime=stage_resource("statements", "runtime", 10),
+    params:
+        json=stage_params("statements"),
+        inputs=input_args,
+    shell:
+        "python -m pipeline.data.statements --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
