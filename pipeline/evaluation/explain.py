@@ -105,6 +105,25 @@ def candidate_sets(items: list[dict], pool: list[dict], params: ExplainParams) -
     return out
 
 
+def similarities(similarity, explanations: list[str], texts: list[list[str]]) -> list[list[float]]:
+    """Per explanation, its similarity to each of its candidates' texts.
+
+    A scorer with sentence embeddings embeds every distinct text once; the result equals
+    ``similarity.score`` pair by pair (an empty explanation scores 0 against every candidate).
+    """
+    if not hasattr(similarity, "embed"):
+        return [similarity.score([e] * len(t), t) for e, t in zip(explanations, texts, strict=True)]
+    unique = sorted({t for ts in texts for t in ts})
+    where = {t: i for i, t in enumerate(unique)}
+    cands = similarity.embed(unique)
+    expl = similarity.embed([e or " " for e in explanations])
+    out = []
+    for i, (e, ts) in enumerate(zip(explanations, texts, strict=True)):
+        sims = (cands[[where[t] for t in ts]] @ expl[i]).clamp(-1, 1).tolist()
+        out.append(sims if e.strip() else [0.0] * len(ts))
+    return out
+
+
 def pick_scores(scores: list[float], truth: int) -> float:
     """1 if the true candidate scores highest, 1/k if it ties k ways for the top, else 0."""
     top = max(scores)
@@ -167,8 +186,8 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
     for cond in CONDITIONS:
         rows_out = run_condition(model, tokenizer, metric, cond, reads, perm, settings, eval_params)
         correct = []
-        for i, row in enumerate(rows_out):
-            scores = similarity.score([row["prediction"]] * len(texts[i]), texts[i])
+        all_scores = similarities(similarity, [r["prediction"] for r in rows_out], texts)
+        for i, (row, scores) in enumerate(zip(rows_out, all_scores, strict=True)):
             correct.append(pick_scores(scores, truth[i]))
             records[i][cond] = {"explanation": row["prediction"], "scores": scores}
         results[cond] = {"scores": correct, **summarize(correct, params.bootstrap, params.seed)}
