@@ -72,9 +72,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int = 10
 
 
 def ccs_loss(probe: Linear, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """Consistency (p(a) = 1 - p(b)) plus confidence (not both near 0.5)."""
+    """Consistency (p(a) = 1 - p(b)) plus confidence (not both near 0.5); one value per column
+    of ``probe.w`` when it holds several probes (d x R)."""
     pa, pb = torch.sigmoid(probe.score(xa)), torch.sigmoid(probe.score(xb))
-    return ((pa - (1 - pb)) ** 2).mean() + (torch.minimum(pa, pb) ** 2).mean()
+    return ((pa - (1 - pb)) ** 2).mean(0) + (torch.minimum(pa, pb) ** 2).mean(0)
 
 
 def fit_ccs(
@@ -85,25 +86,24 @@ def fit_ccs(
     seed: int = 0,
     lr: float = 1e-2,
 ) -> Linear:
-    """CCS on normalised pair members; the restart with the lowest loss (sign not yet fixed)."""
+    """CCS on normalised pair members; the restart with the lowest loss (sign not yet fixed).
+
+    The restarts are trained together, as the columns of one (d x restarts) matrix: their losses
+    add up, so each column follows its own gradient.
+    """
     generator = torch.Generator().manual_seed(seed)
-    best, best_loss = None, float("inf")
-    for _ in range(restarts):
-        w = torch.randn(xa.shape[1], generator=generator) / xa.shape[1] ** 0.5
-        w.requires_grad_(True)
-        b = torch.zeros((), requires_grad=True)
-        opt = torch.optim.Adam([w, b], lr=lr)
-        with torch.enable_grad():
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = ccs_loss(Linear(w, b), xa, xb)
-                loss.backward()
-                opt.step()
-        final = float(ccs_loss(Linear(w.detach(), b.detach()), xa, xb))
-        if final < best_loss:
-            best, best_loss = Linear(w.detach(), b.detach()), final
-    assert best is not None
-    return best
+    w = torch.randn(xa.shape[1], restarts, generator=generator) / xa.shape[1] ** 0.5
+    w.requires_grad_(True)
+    b = torch.zeros(restarts, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            ccs_loss(Linear(w, b), xa, xb).sum().backward()
+            opt.step()
+    with torch.no_grad():
+        best = int(torch.argmin(ccs_loss(Linear(w, b), xa, xb)))
+    return Linear(w.detach()[:, best].clone(), b.detach()[best].clone())
 
 
 def ccs_choice(probe: Linear, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
