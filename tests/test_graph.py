@@ -105,18 +105,18 @@ def test_the_stage_registry_is_in_no_stage_code_digest():
 
 
 def test_analysis_nodes_read_as_the_decoder_reads_and_train_settings_spare_the_caches(experiment):
+    from pipeline.core.graph import view_nodes
+
     with_analysis = deep_merge(experiment, {"analysis": {"lens": {"shots": 1}}})
     graph = experiment_graph("tiny", with_analysis, REPO)
     assert graph["layer_cache:dialogs"].params["items"] == "controlled"
     assert graph["layer_cache:statements"].params["items"] == "all"
     assert graph["layer_cache:statements"].inputs["data"] is graph["statements"]
     assert graph["probes"].inputs["train"] is graph["train"]
-    assert {"probes", "lens", "explain"} <= set(graph["report"].inputs)
-    # Adding the analysis changes no other node's key but the report's (it shows the readers).
+    # Opt-in: an analysis section alone changes no existing key and stays out of the view.
     plain = keys(experiment)
-    assert changed(plain, {n: k for n, k in keys(with_analysis).items() if n in plain}) == {
-        "report"
-    }
+    assert {n: k for n, k in keys(with_analysis).items() if n in plain} == plain
+    assert set(view_nodes(graph)) == set(plain)
     after = keys(deep_merge(with_analysis, {"train": {"lr": 5e-4}}))
     assert changed(keys(with_analysis), after) == {
         "train", "evaluate", "control", "probes", "explain", "report"
@@ -124,6 +124,17 @@ def test_analysis_nodes_read_as_the_decoder_reads_and_train_settings_spare_the_c
     positions = keys(deep_merge(with_analysis, {"train": {"positions": "last:4"}}))
     assert {"layer_cache:dialogs", "layer_cache:statements"} <= changed(keys(with_analysis),
                                                                          positions)  # fmt: skip
+
+
+def test_report_readers_put_the_analysis_in_the_report_and_the_view(experiment):
+    from pipeline.core.graph import view_nodes
+
+    config = deep_merge(experiment, {"analysis": {}, "report": {"readers": True}})
+    graph = experiment_graph("tiny", config, REPO)
+    assert {"probes", "lens", "explain"} <= set(graph["report"].inputs)
+    assert set(view_nodes(graph)) == set(graph)
+    with pytest.raises(ValueError, match="needs an analysis section"):
+        experiment_graph("tiny", deep_merge(experiment, {"report": {"readers": True}}), REPO)
 
 
 def test_unknown_analysis_sections_are_refused(experiment):

@@ -65,7 +65,7 @@ def tiny_config(model_dir: Path) -> dict:
                     "max_new_tokens": 4,
                     "batch_size": 2,
                 },
-                "report": {},
+                "report": {"readers": True},
                 "analysis": {
                     "statements": {"max_facts_per_relation": 3},
                     "probes": {

@@ -167,15 +167,15 @@ def experiment_graph(
         )
         nodes["control"] = control
         report_inputs["control"] = control
+    report_params = full_params("report", config.get("report"), f"{where}.report")
     if config.get("analysis") is not None:
         analysis = analysis_nodes(config["analysis"], where, root, model, filtered, train)
         nodes.update(analysis)
-        report_inputs.update(
-            {name: analysis[name] for name in ("probes", "lens", "explain") if name in analysis}
-        )
-    nodes["report"] = Node(
-        "report", full_params("report", config.get("report"), f"{where}.report"), report_inputs
-    )
+        if report_params["readers"]:
+            report_inputs.update({name: analysis[name] for name in ("probes", "lens", "explain")})
+    elif report_params["readers"]:
+        raise ValueError(f"{where}.report.readers needs an analysis section (`analysis: {{}}`)")
+    nodes["report"] = Node("report", report_params, report_inputs)
     for node in nodes.values():
         _assign_key(node)
     return nodes
@@ -252,8 +252,19 @@ def analysis_nodes(
     }
 
 
+def view_nodes(graph: Mapping[str, Node]) -> dict[str, Node]:
+    """The nodes ``results/<experiment>`` links: all but analysis nodes the report does not read
+    (those have their own view, ``results/<experiment>_analysis``, and are built on demand)."""
+    shown = {name for name, up in graph["report"].inputs.items() if isinstance(up, Node)}
+    if shown & set(ANALYSIS_NODES):
+        return dict(graph)
+    return {name: node for name, node in graph.items() if name not in ANALYSIS_NODES}
+
+
 BEFORE_TRAINING = ("statements", "layer_cache:dialogs", "layer_cache:statements", "lens")
 """Analysis nodes that need no decoder (the layer choice reads them before training)."""
+ANALYSIS_NODES = (*BEFORE_TRAINING, "probes", "explain")
+"""Every analysis node (the view ``results/<experiment>_analysis``)."""
 
 
 def _assign_key(node: Node) -> str:

@@ -21,6 +21,9 @@ class ReportParams:
 
     smoothing: int = 5
     """Window (in logged steps) of the moving average drawn over the training loss."""
+    readers: bool = False
+    """Show the readers beside the decoder (probes, logit lens, explanation scoring); needs the
+    experiment's ``analysis`` section and builds it with the experiment."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,13 @@ from pathlib import Path
 REPO = str(Path(workflow.basedir).parent)
 sys.path.insert(0, REPO)
 
-from pipeline.core.graph import BEFORE_TRAINING, Node, deep_merge, experiment_graph
+from pipeline.core.graph import (
+    ANALYSIS_NODES,
+    Node,
+    deep_merge,
+    experiment_graph,
+    view_nodes,
+)
 from pipeline.core.view import refresh_view
 
 STORE = config.get("store", "results/store")
@@ -101,22 +107,19 @@ def experiment_nodes(wildcards):
         )
     return {
         name.replace(":", "_"): node.path(STORE)
-        for name, node in GRAPHS[wildcards.experiment].items()
+        for name, node in view_nodes(GRAPHS[wildcards.experiment]).items()
     }
-
-
-ANALYSIS_NODES = (*BEFORE_TRAINING, "probes", "explain")
 
 
 def analysis_view_nodes(wildcards):
     """The analysis artifacts of an experiment (its own view, results/<experiment>_analysis)."""
-    nodes = experiment_nodes(wildcards)
-    names = [name.replace(":", "_") for name in ANALYSIS_NODES]
-    if not all(name in nodes for name in names):
+    experiment_nodes(wildcards)  # an experiment whose graph failed names its error
+    graph = GRAPHS[wildcards.experiment]
+    if not all(name in graph for name in ANALYSIS_NODES):
         raise ValueError(
             f"experiment {wildcards.experiment} has no analysis: add `analysis: {{}}` to it"
         )
-    return {name: nodes[name] for name in names}
+    return {name.replace(":", "_"): graph[name].path(STORE) for name in ANALYSIS_NODES}
 
 
 def default_targets():
@@ -126,7 +129,9 @@ def default_targets():
 # A reverted setting finds its old artifacts: point each experiment's view at them now, so that
 # no job is needed (the profile's mtime-only rerun trigger then sees the view as current).
 for _experiment, _graph in GRAPHS.items():
-    refresh_view(f"results/{_experiment}", _graph, STORE, only_if_complete=True)
+    refresh_view(
+        f"results/{_experiment}", view_nodes(_graph), STORE, only_if_complete=True
+    )
     _analysis = {name: _graph[name] for name in ANALYSIS_NODES if name in _graph}
     if len(_analysis) == len(ANALYSIS_NODES):
         refresh_view(
