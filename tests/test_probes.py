@@ -157,3 +157,17 @@ def test_build_task_options_share_question_and_split():
             for option in item["options"]:
                 assert task.questions[option] == item["qa"][0]["question"]
                 assert option in {it["target"] for it in items} or split == "train"
+
+
+def test_held_out_candidates_are_capped_and_hold_the_target():
+    rows = persona_rows()[:-1]
+    for i, row in enumerate(rows):
+        n = int(row["label"].rsplit("-", 1)[1])
+        row["id"] = f"d{i}"
+        row["split"] = "validation" if n % 5 == 0 else ("eval" if n % 2 else "train")
+    params = ProbeParams(min_labels=2, label_candidates=3)
+    task = labels.build_task(rows, {r["id"] for r in rows}, params)
+    assert len(task.items["eval"]) == 16
+    for item in task.items["eval"]:
+        assert len(item["options"]) == 3 and item["target"] in item["options"]
+    assert labels.chance(task, "eval") == pytest.approx(1 / 3)

@@ -1,5 +1,5 @@
-"""The label task: which held-out label (persona, goal) produced a dialog, among the labels of its
-split that answer the same recovery question.
+"""The label task: which held-out label (persona, goal) produced a dialog, among a few labels of
+its split that answer the same recovery question (its own and seeded distractors).
 
 Labels are split as in the evaluation (the filter's train / validation / eval splits, disjoint by
 label), so a held-out label was never seen in training: a plain classifier has no class for it.
@@ -67,14 +67,16 @@ def build_task(rows: list[dict], cached_ids: set[str], params: ProbeParams) -> L
         ]
         if split != "train" and len(chosen) > params.max_label_items:
             chosen = random.Random(f"{params.seed}:{split}").sample(chosen, params.max_label_items)
-        task.items[split] = [
-            {
-                **row,
-                "target": index[row["label"]],
-                "options": [index[x] for x in groups[(labels[row["label"]][0], split)]],
-            }
-            for row in chosen
-        ]
+        rng = random.Random(f"{params.seed}:{split}:candidates")
+        task.items[split] = []
+        for row in chosen:
+            target = index[row["label"]]
+            options = [index[x] for x in groups[(labels[row["label"]][0], split)]]
+            if split != "train":
+                others = [o for o in options if o != target]
+                keep = rng.sample(others, min(params.label_candidates - 1, len(others)))
+                options = sorted([target, *keep])
+            task.items[split].append({**row, "target": target, "options": options})
     log.info(
         "label task: questions %s, items %s",
         kept,

@@ -79,8 +79,11 @@ class ProbeParams:
     """Random directions (or random maps, for labels) averaged in the baseline."""
     min_labels: int = 4
     """A label task (labels sharing one recovery question) needs this many labels per split."""
-    max_label_items: int = 96
+    max_label_items: int = 64
     """At most this many held-out dialogs per split in the label task (seeded)."""
+    label_candidates: int = 5
+    """Labels each held-out dialog is named among: its own and seeded distractors of the same
+    question and split (chance 1 / candidates); every reader scores the same ones."""
     batch_size: int = 16
     """Prompts per forward pass (zero-shot, decoder)."""
     bootstrap: int = 1000
@@ -101,6 +104,7 @@ class ProbeParams:
             for n in ("max_iter", "ccs_restarts", "ccs_steps", "random_directions", "batch_size")
             if getattr(self, n) < 1
         ]
+        small += ["label_candidates"] if self.label_candidates < 2 else []
         if small or self.min_labels < 2 or self.l2 < 0 or self.label_l2 < 0:
             raise stage.ParamsError(f"probes: {small or 'min_labels or l2'} out of range")
 

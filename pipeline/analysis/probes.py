@@ -70,7 +70,8 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
         emb, embedder = labels.label_embeddings(task.descriptions, model, tokenizer)
         label_result: dict[str, Any] = {
             "description": "name the label of a dialog whose label was held out from training, "
-            "among the labels of its split that answer the same recovery question",
+            f"among {params.label_candidates} labels of its split answering the same recovery "
+            "question (its own and seeded distractors)",
             "chance": {s: labels.chance(task, s) for s in ("validation", "eval")},
             "pooling": params.labels_pooling,
             "embedder": embedder,

@@ -101,3 +101,37 @@ def decoder_logliks(
         model, tokenizer, examples, acts, settings.write_layer, batch_size, desc
     )
     return [-nll / max(n, 1) for nll, n in results]
+
+
+@torch.no_grad()
+def decoder_yes_minus_no(
+    model,
+    tokenizer,
+    settings,
+    dialogs: list[tuple[list[dict], int]],
+    question: str,
+    batch_size: int,
+) -> list[float]:
+    """The decoder's logit of "Yes" minus "No" as its first answer token, reading each dialog's
+    activations and asked ``question`` (one forward per dialog)."""
+    from pipeline.mechanism.decoder import collate, decoder_logits
+    from pipeline.mechanism.dialogs import build_decoder_example
+    from pipeline.mechanism.reading import compute_reads
+
+    yes, no = first_token(tokenizer, "Yes"), first_token(tokenizer, "No")
+    reads = compute_reads(model, tokenizer, dialogs, settings, batch_size, desc="reading")
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(reads), batch_size):
+        chunk = reads[start : start + batch_size]
+        examples = [
+            build_decoder_example(tokenizer, r.read_positions, question, None,
+                                  settings.align_positions)
+            for r in chunk
+        ]  # fmt: skip
+        batch = collate(
+            examples, [r.acts for r in chunk], tokenizer.pad_token_id, padding_side="left"
+        ).to(device)
+        logits = decoder_logits(model, batch, settings.write_layer, logits_to_keep=1)[:, -1]
+        out += (logits[:, yes] - logits[:, no]).float().tolist()
+    return out

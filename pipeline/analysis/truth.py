@@ -4,7 +4,7 @@ Readers, each scored by picking the true member of every pair of a split (chance
 per block, a logistic probe (supervised, fitted on the train statements one by one), CCS
 (unsupervised, fitted on the train pairs, sign fixed on them) and random directions (sign fixed
 on the train pairs too); once, the base model prompted "True or false?" and the decoder asked its
-question about the statement's activations (answer "Yes." against "No.").
+question about the statement's activations (first answer token "Yes" against "No").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from pipeline.analysis import readers
 from pipeline.analysis.params import ProbeParams
-from pipeline.data.statements import FALSE_ANSWER, TRUE_ANSWER, is_true
+from pipeline.data.statements import is_true
 from pipeline.evaluation.scoring import summarize
 
 log = logging.getLogger("pipeline.analysis.truth")
@@ -113,7 +113,7 @@ def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[s
 
 def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
     """Zero-shot prompting of the base model and, given a decoder, the decoder; on one split."""
-    from pipeline.analysis.prompting import decoder_logliks, zero_shot_true_minus_false
+    from pipeline.analysis.prompting import decoder_yes_minus_no, zero_shot_true_minus_false
 
     truth = pairs.a_true.bool()
     texts = [r["messages"][-1]["content"] for r in pairs.rows_a + pairs.rows_b]
@@ -131,13 +131,9 @@ def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbePara
     rows = pairs.rows_a + pairs.rows_b
     dialogs = [(r["messages"], r["n_masked_turns"]) for r in rows]
     question = rows[0]["qa"][0]["question"]
-    queries = [(i, question, a) for i in range(len(rows)) for a in (TRUE_ANSWER, FALSE_ANSWER)]
-    ll = torch.tensor(
-        decoder_logliks(
-            model, tokenizer, settings, dialogs, queries, params.batch_size, "truth/decoder"
-        )
-    ).view(len(rows), 2)
-    yes_minus_no = (ll[:, 0] - ll[:, 1]).view(2, -1)
+    yes_minus_no = torch.tensor(
+        decoder_yes_minus_no(model, tokenizer, settings, dialogs, question, params.batch_size)
+    ).view(2, -1)
     out["decoder"] = {
         "question": question,
         "layer": settings.read_layer,
