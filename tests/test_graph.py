@@ -117,3 +117,50 @@ def test_a_compared_experiment_feeds_the_report_and_is_built_first(experiment):
     circle = {"x": {"report": {"compare_with": ["y"]}}, "y": {"report": {"compare_with": ["x"]}}}
     with pytest.raises(ValueError, match="compare_with circle"):
         build_order(circle)
+
+
+def test_the_stage_registry_is_in_no_stage_code_digest():
+    """Registering a stage must not change the key of every artifact already built."""
+    from pipeline.core import stages
+
+    registry = stages.PACKAGE_DIR / "core" / "stages.py"
+    for name, spec in stages.STAGES.items():
+        assert registry not in stages.source_files(spec.module), name
+
+
+def test_analysis_nodes_read_as_the_decoder_reads_and_train_settings_spare_the_caches(experiment):
+    from pipeline.core.graph import view_nodes
+
+    with_analysis = deep_merge(experiment, {"analysis": {"lens": {"shots": 1}}})
+    graph = experiment_graph("tiny", with_analysis, REPO)
+    assert graph["layer_cache:dialogs"].params["items"] == "controlled"
+    assert graph["layer_cache:statements"].params["items"] == "all"
+    assert graph["layer_cache:statements"].inputs["data"] is graph["statements"]
+    assert graph["probes"].inputs["train"] is graph["train"]
+    # Opt-in: an analysis section alone changes no existing key and stays out of the view.
+    plain = keys(experiment)
+    assert {n: k for n, k in keys(with_analysis).items() if n in plain} == plain
+    assert set(view_nodes(graph)) == set(plain)
+    after = keys(deep_merge(with_analysis, {"train": {"lr": 5e-4}}))
+    assert changed(keys(with_analysis), after) == {
+        "train", "evaluate", "control", "probes", "explain", "report"
+    }  # fmt: skip
+    positions = keys(deep_merge(with_analysis, {"train": {"positions": "last:4"}}))
+    assert {"layer_cache:dialogs", "layer_cache:statements"} <= changed(keys(with_analysis),
+                                                                         positions)  # fmt: skip
+
+
+def test_report_readers_put_the_analysis_in_the_report_and_the_view(experiment):
+    from pipeline.core.graph import view_nodes
+
+    config = deep_merge(experiment, {"analysis": {}, "report": {"readers": True}})
+    graph = experiment_graph("tiny", config, REPO)
+    assert {"probes", "lens", "explain"} <= set(graph["report"].inputs)
+    assert set(view_nodes(graph)) == set(graph)
+    with pytest.raises(ValueError, match="needs an analysis section"):
+        experiment_graph("tiny", deep_merge(experiment, {"report": {"readers": True}}), REPO)
+
+
+def test_unknown_analysis_sections_are_refused(experiment):
+    with pytest.raises(ValueError, match="unknown section"):
+        experiment_graph("tiny", deep_merge(experiment, {"analysis": {"probe": {}}}), REPO)

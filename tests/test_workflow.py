@@ -11,7 +11,9 @@ an emptied store is rebuilt; (g) a run killed after a job published its output r
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,12 +26,12 @@ from workspace import Workspace
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 
-DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment"}
+DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment", "probes", "explain"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model_dir):
-    workspace = Workspace(tmp_path_factory.mktemp("workflow"), tiny_model_dir)
+    workspace = Workspace(tmp_path_factory.mktemp("workflow"), tiny_model_dir, readers=True)
     workspace.snakemake()
     return workspace
 
@@ -45,11 +47,61 @@ def test_build_publishes_every_stage_and_the_view(built):
         "evaluate",
         "control",
         "report",
+        "statements",
+        "layer_cache_dialogs",
+        "layer_cache_statements",
+        "lens",
+        "probes",
+        "explain",
     }
     for path in view.values():
         assert (built.root / path / "_manifest.json").exists()
     assert (built.root / "results" / "tiny" / "adapter" / "adapter_config.json").exists()
     assert (built.root / "results" / "tiny" / "eval.json").exists()
+    for name in ("probes.json", "lens.json", "explain.json"):
+        assert (built.root / "results" / "tiny" / name).exists()
+    summary = (built.root / view["report"] / "summary.md").read_text()
+    assert "## Readers beside the decoder" in summary and "| ccs |" in summary
+    assert {"probes_probes.png", "lens_lens.png"} <= {
+        p.name for p in (built.root / view["report"]).iterdir()
+    }
+
+
+def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
+    # Every analysis artifact is built: parsing the workflow points the view at them, no job.
+    assert built.scheduled("results/tiny_analysis") == {}
+    analysis = json.loads((built.root / "results" / "tiny_analysis" / "view.json").read_text())
+    assert set(analysis) == {
+        "statements",
+        "layer_cache_dialogs",
+        "layer_cache_statements",
+        "lens",
+        "probes",
+        "explain",
+    }
+    assert all(built.view()[name] == path for name, path in analysis.items())
+    assert (built.root / "results" / "tiny_analysis" / "probes.json").exists()
+    layers = subprocess.run(
+        [sys.executable, "-m", "pipeline.analysis.layers", "--experiment", "tiny"],
+        cwd=built.root,
+        env=built.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"^suggested read layer: [0-3] ", layers, re.M), layers
+    assert len(re.findall(r"^\s+[0-3]\s", layers, re.M)) == 4
+    # A training setting leaves what needs no decoder alone: only probes and explanations rerun.
+    built.set("train", "lr", 5e-4)
+    try:
+        assert set(built.scheduled("results/tiny_analysis")) == {
+            "train",
+            "probes",
+            "explain",
+            "analysis_view",
+        }
+    finally:
+        built.set("train", "lr", 1e-3)
 
 
 def test_rules_need_no_interpreter_on_path(built):
@@ -103,7 +155,8 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("evaluation/evaluate", {"evaluate", "report", "experiment"}),
+        # The probes and explanation stages score with the evaluation's own decoder passes.
+        ("evaluation/evaluate", {"evaluate", "report", "experiment", "probes", "explain"}),
         ("training/train", DOWNSTREAM_OF_TRAIN),
         # The params module is imported by both training stages, not by evaluate's own code.
         ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),

@@ -70,6 +70,24 @@ def tiny_experiment(model_dir: Path) -> dict:
     }
 
 
+READERS = {
+    "report": {"readers": True},
+    "analysis": {
+        "statements": {"max_facts_per_relation": 3},
+        "probes": {
+            "ccs_restarts": 1,
+            "ccs_steps": 10,
+            "random_directions": 2,
+            "bootstrap": 10,
+            "max_iter": 10,
+        },
+        "lens": {"max_facts_per_relation": 1, "translation_pairs": ["fr-de"]},
+        "explain": {"max_items": 3, "max_new_tokens": 4, "bootstrap": 10},
+    },
+}
+"""What ``tiny`` adds to build the readers beside the decoder, in its report."""
+
+
 DECOYS = ("python", "python3", "torchrun")
 
 
@@ -92,7 +110,7 @@ def path_without_environment(decoy_dir: Path) -> str:
 
 
 class Workspace:
-    def __init__(self, root: Path, model_dir: Path):
+    def __init__(self, root: Path, model_dir: Path, readers: bool = False):
         self.root = root
         self.decoys = root / "decoy-bin"
         for name in COPIED:
@@ -102,6 +120,8 @@ class Workspace:
             else:
                 shutil.copy(source, root / name)
         self.config = tiny_experiment(model_dir)
+        if readers:
+            self.config["experiments"]["tiny"].update(READERS)
         self.write_config()
         self.env = {
             **os.environ,
@@ -117,13 +137,13 @@ class Workspace:
         self.config["experiments"]["tiny"].setdefault(section, {})[name] = value
         self.write_config()
 
-    def command(self, *args: str, cores: int = 2) -> list[str]:
-        """The Snakemake command line of a build of ``results/tiny``."""
-        return [sys.executable, "-m", "snakemake", "--cores", str(cores), *args, "results/tiny"]
+    def command(self, *args: str, cores: int = 2, target: str = "results/tiny") -> list[str]:
+        """The Snakemake command line of a build of ``target``."""
+        return [sys.executable, "-m", "snakemake", "--cores", str(cores), *args, target]
 
-    def snakemake(self, *args: str, timeout: int = 900) -> str:
+    def snakemake(self, *args: str, timeout: int = 900, target: str = "results/tiny") -> str:
         result = subprocess.run(
-            self.command(*args),
+            self.command(*args, target=target),
             cwd=self.root,
             env=self.env,
             capture_output=True,
@@ -134,8 +154,8 @@ class Workspace:
         assert result.returncode == 0, output[-6000:]
         return output
 
-    def scheduled(self) -> dict[str, int]:
-        output = self.snakemake("-n")
+    def scheduled(self, target: str = "results/tiny") -> dict[str, int]:
+        output = self.snakemake("-n", target=target)
         if "Nothing to be done" in output:
             return {}
         table = output[output.index("Job stats:") :]

@@ -106,6 +106,16 @@ def experiment_schema() -> dict[str, Any]:
         "properties": data,
         "description": "data sources, each run by its own stage",
     }
+    analysis = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: dataclass_schema(stages.params_class(name)) for name in graph.ANALYSIS_STAGES
+        },
+        "description": "readers beside the decoder (layer caches, probes, logit lens, explanation "
+        "scoring), one section per stage; null or absent: none",
+    }
+    sections["analysis"] = {"anyOf": [analysis, {"type": "null"}]}
     resource = {"type": "object", "additionalProperties": False, "properties": RESOURCE_FIELDS}
     sections["resources"] = {
         "type": "object",

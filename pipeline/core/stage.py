@@ -5,6 +5,10 @@ the arguments, builds the dataclass (rejecting unknown fields), locks the stagin
 publishes ``workdir`` into the store atomically when ``run`` returns. The process dies with its
 parent (the job's shell), so a killed job leaves no stage running. ``info`` is a dict the stage
 may fill with summary figures that go into the manifest.
+
+This module does not import the stage registry (``pipeline.core.stages``): every stage imports
+this module, so the registry would enter every stage's code digest, and registering a new stage
+would change the key of every artifact already built.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.core import stages, store
+from pipeline.core import store
 from pipeline.core.errors import InputError
 from pipeline.core.faults import fault_point
 from pipeline.core.lifeline import die_with_parent
@@ -114,15 +118,29 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _running_module(stage: str) -> str:
+    """The module run as ``python -m`` (``pipeline.<concept>.<stage>``), else the stage's name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name.startswith("pipeline.") else stage
+
+
 def main(
     stage: str,
     params_cls: type[T],
     run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
     argv: list[str] | None = None,
+    *,
+    resumable: tuple[str, ...] = (),
+    scratch: tuple[str, ...] = (),
 ) -> None:
-    """Run a stage from its command line; bad input ends it with one line naming the culprit."""
+    """Run a stage from its command line; bad input ends it with one line naming the culprit.
+
+    ``resumable`` names the entries of a killed run's staging folder that a rerun resumes from
+    (the rest is removed); ``scratch`` those that only serve a resume (checkpoints), removed at
+    publication, not before, so that a run killed between its work and publication resumes.
+    """
     try:
-        _main(stage, params_cls, run, argv)
+        _main(stage, params_cls, run, argv, resumable=resumable, scratch=scratch)
     except (InputError, store.StoreError) as exc:
         raise SystemExit(f"{stage}: error: {one_line(exc)}") from None
 
@@ -132,9 +150,11 @@ def _main(
     params_cls: type[T],
     run: Callable[[T, dict[str, Path], Path, dict[str, Any]], None],
     argv: list[str] | None = None,
+    *,
+    resumable: tuple[str, ...] = (),
+    scratch: tuple[str, ...] = (),
 ) -> None:
-    module = stages.STAGES[stage].module if stage in stages.STAGES else stage
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{module}")
+    parser = argparse.ArgumentParser(prog=f"python -m {_running_module(stage)}")
     parser.add_argument("--out", required=True, type=Path, help="the artifact directory to publish")
     parser.add_argument("--key", required=True, help="the store key of this artifact")
     parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
@@ -155,9 +175,9 @@ def _main(
             raise InputError(f"input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
-    spec = stages.STAGES.get(stage)
-    keep, scratch = (spec.resumable, spec.scratch) if spec else (None, ())
-    with store.publishing(args.out, args.key, stage, raw, input_keys(inputs), keep, scratch) as (
+    with store.publishing(
+        args.out, args.key, stage, raw, input_keys(inputs), resumable, scratch
+    ) as (
         workdir,
         info,
     ):

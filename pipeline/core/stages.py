@@ -29,11 +29,6 @@ class StageSpec:
     """``<module>:<class>`` of its params dataclass, in a module that does not import torch."""
     data_globs: tuple[str, ...] = ()
     """Authored files under the repository that the stage reads (part of its code digest)."""
-    resumable: tuple[str, ...] = ()
-    """Entries of a killed run's staging folder that a rerun resumes from; the rest is removed."""
-    scratch: tuple[str, ...] = ()
-    """Entries of the staging folder that only serve a resume (checkpoints): removed at
-    publication, not before, so that a run killed between its work and publication resumes."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -50,17 +45,15 @@ STAGES: dict[str, StageSpec] = {
     "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
     "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
     "filter": StageSpec("data.filter", "data.filter:FilterParams"),
-    "activation_cache": StageSpec(
-        "training.activation_cache", "training.params:CacheParams", resumable=("shards",)
-    ),
-    "train": StageSpec(
-        "training.train",
-        "training.params:TrainParams",
-        resumable=("checkpoints", "metrics.jsonl"),
-        scratch=("checkpoints",),
-    ),
+    "statements": StageSpec("data.statements", "data.statements:StatementParams"),
+    "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
+    "train": StageSpec("training.train", "training.params:TrainParams"),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
+    "explain": StageSpec("evaluation.explain", "evaluation.explain:ExplainParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),
+    "layer_cache": StageSpec("analysis.layer_cache", "analysis.params:LayerCacheParams"),
+    "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams"),
+    "lens": StageSpec("analysis.lens", "analysis.params:LensParams"),
     "report": StageSpec("report.report", "report.report:ReportParams"),
 }
 

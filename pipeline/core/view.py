@@ -23,6 +23,9 @@ SHORTCUTS = {
     "eval.json": ("evaluate", "eval.json"),
     "eval_tables.md": ("evaluate", "tables.md"),
     "control.json": ("control", "control.json"),
+    "probes.json": ("probes", "probes.json"),
+    "lens.json": ("lens", "lens.json"),
+    "explain.json": ("explain", "explain.json"),
 }
 
 

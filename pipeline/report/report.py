@@ -25,6 +25,9 @@ class ReportParams:
     compare_with: list[str] = field(default_factory=list)
     """Experiments whose decoders are drawn beside this one: reading metrics against training
     minutes (experiments on the same data with other training lengths)."""
+    readers: bool = False
+    """Show the readers beside the decoder (probes, logit lens, explanation scoring); needs the
+    experiment's ``analysis`` section and builds it with the experiment."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -99,16 +102,35 @@ def _summary_lines(inputs: dict[str, Path], metrics: list[dict[str, Any]]) -> li
         for table in ("tables.md", "control.md"):
             if name in inputs and (inputs[name] / table).exists():
                 lines += ["", f"## {title}", "", (inputs[name] / table).read_text().strip()]
+    lines += readers_lines(inputs, settings.read_layer)
     filter_report = inputs.get("data", Path()) / "filter_report.md"
     if filter_report.exists():
         lines += ["", "## Data", "", filter_report.read_text().strip()]
     return lines
 
 
+def readers_lines(inputs: dict[str, Path], read_layer: int) -> list[str]:
+    """The readers beside the decoder (probes, lens, explanations), where the analysis ran."""
+    from pipeline.analysis.summary import lens_lines, probes_table
+
+    if not any(name in inputs for name in ("probes", "lens", "explain")):
+        return []
+    lines = ["", "## Readers beside the decoder", ""]
+    if "probes" in inputs:
+        report = json.loads((inputs["probes"] / "probes.json").read_text())
+        lines += ["### Probes (probes.png)", "", *probes_table(report, read_layer)]
+    if "lens" in inputs:
+        report = json.loads((inputs["lens"] / "lens.json").read_text())
+        lines += ["### Logit lens (lens.png)", "", *lens_lines(report)]
+    if "explain" in inputs:
+        lines += ["### Explanation scoring", "", (inputs["explain"] / "explain.md").read_text()]
+    return lines
+
+
 def run(params: ReportParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
     metrics = _read_jsonl(inputs["train"] / "metrics.jsonl")
     plot_training(metrics, workdir / "training_curve.png", params.smoothing)
-    for name in ("evaluate", "control"):
+    for name in ("evaluate", "control", "probes", "lens"):
         for png in sorted(inputs[name].glob("*.png")) if name in inputs else []:
             (workdir / f"{name}_{png.name}").write_bytes(png.read_bytes())
     lines = _summary_lines(inputs, metrics)

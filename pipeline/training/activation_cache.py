@@ -288,4 +288,4 @@ class ActivationCache:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("activation_cache", CacheParams, run)
+    stage.main("activation_cache", CacheParams, run, resumable=("shards",))

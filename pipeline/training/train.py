@@ -326,7 +326,7 @@ def run(
                 "resumed_from_step": resumed_from,
             }
         )
-        # The checkpoints stay until publication, which removes them (StageSpec.scratch): a run
+        # The checkpoints stay until publication, which removes them (its ``scratch``): a run
         # killed before that resumes from the last one instead of training again.
         if wandb_run is not None:
             wandb_run.finish()
@@ -373,7 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         if ctx.rank == 0:
-            stage.main("train", TrainParams, partial(run, ctx=ctx), argv)
+            stage.main(
+                "train",
+                TrainParams,
+                partial(run, ctx=ctx),
+                argv,
+                resumable=("checkpoints", "metrics.jsonl"),
+                scratch=("checkpoints",),
+            )
         else:
             logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
             run(params, inputs, store.staging_dir(out), {}, ctx)

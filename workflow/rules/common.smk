@@ -11,7 +11,14 @@ sys.path.insert(0, REPO)
 
 from pipeline.core.config_check import check_config
 from pipeline.core.errors import InputError
-from pipeline.core.graph import build_order, Node, deep_merge, experiment_graph
+from pipeline.core.graph import (
+    ANALYSIS_NODES,
+    Node,
+    build_order,
+    deep_merge,
+    experiment_graph,
+    view_nodes,
+)
 from pipeline.core.view import refresh_view
 from pipeline.data.latentqa_split import DataLeak, check_disjoint
 
@@ -159,7 +166,7 @@ def experiment_nodes(wildcards):
         )
     return {
         name.replace(":", "_"): node.path(STORE)
-        for name, node in GRAPHS[wildcards.experiment].items()
+        for name, node in view_nodes(GRAPHS[wildcards.experiment]).items()
     }
 
 
@@ -178,6 +185,17 @@ def view_args(wildcards, input):
     )
 
 
+def analysis_view_nodes(wildcards):
+    """The analysis artifacts of an experiment (its own view, results/<experiment>_analysis)."""
+    experiment_nodes(wildcards)  # an experiment whose graph failed names its error
+    graph = GRAPHS[wildcards.experiment]
+    if not all(name in graph for name in ANALYSIS_NODES):
+        raise ValueError(
+            f"experiment {wildcards.experiment} has no analysis: add `analysis: {{}}` to it"
+        )
+    return {name.replace(":", "_"): graph[name].path(STORE) for name in ANALYSIS_NODES}
+
+
 def default_targets():
     return [f"results/{name}" for name in config.get("default_experiments", [])]
 
@@ -187,7 +205,14 @@ def default_targets():
 # store folder is an input of every view (view_args), so it exists from the start.
 Path(STORE).mkdir(parents=True, exist_ok=True)
 for _experiment, _graph in GRAPHS.items():
-    refresh_view(f"results/{_experiment}", _graph, STORE, only_if_complete=True)
+    refresh_view(
+        f"results/{_experiment}", view_nodes(_graph), STORE, only_if_complete=True
+    )
+    _analysis = {name: _graph[name] for name in ANALYSIS_NODES if name in _graph}
+    if len(_analysis) == len(ANALYSIS_NODES):
+        refresh_view(
+            f"results/{_experiment}_analysis", _analysis, STORE, only_if_complete=True
+        )
 
 
 wildcard_constraints:

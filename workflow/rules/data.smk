@@ -87,3 +87,26 @@ rule curate:
     shell:
         "{params.python} -m pipeline.curation.curate --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+# True statements and corrupted copies from the relation facts (the probes' truth task).
+rule statements:
+    input:
+        unpack(stage_inputs("statements")),
+    output:
+        directory(f"{STORE}/statements/{{key}}"),
+    log:
+        f"{LOGS}/statements/{{key}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=stage_resource("statements", "mem_mb", 2000),
+        runtime=stage_resource("statements", "runtime", 10),
+    params:
+        python=PYTHON,
+        json=stage_params("statements"),
+        inputs=input_args,
+    shell:
+        "{params.python} -m pipeline.data.statements --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

@@ -42,3 +42,26 @@ rule control:
     shell:
         "OMP_NUM_THREADS={threads} {params.python} -m pipeline.control.control --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+rule explain:
+    input:
+        unpack(stage_inputs("explain")),
+    output:
+        directory(f"{STORE}/explain/{{key}}"),
+    log:
+        f"{LOGS}/explain/{{key}}.log",
+    conda:
+        "../../environment.yml"
+    threads: stage_threads("explain")
+    resources:
+        mem_mb=stage_resource("explain", "mem_mb", 16000),
+        runtime=stage_resource("explain", "runtime", 60),
+        gpu=stage_resource("explain", "gpu", 0),
+    params:
+        python=PYTHON,
+        json=stage_params("explain"),
+        inputs=input_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.evaluation.explain --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

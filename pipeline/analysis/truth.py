@@ -1,0 +1,142 @@
+"""The truth task: which member of a held-out contrast pair (a fact and its corrupted copy) is true.
+
+Readers, each scored by picking the true member of every pair of a split (chance 50%):
+per block, a logistic probe (supervised, fitted on the train statements one by one), CCS
+(unsupervised, fitted on the train pairs, sign fixed on them) and random directions (sign fixed
+on the train pairs too); once, the base model prompted "True or false?" and the decoder asked its
+question about the statement's activations (first answer token "Yes" against "No").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.analysis import readers
+from pipeline.analysis.params import ProbeParams
+from pipeline.data.statements import is_true
+from pipeline.evaluation.scoring import summarize
+
+log = logging.getLogger("pipeline.analysis.truth")
+HELD_OUT = ("validation", "eval")
+
+
+@dataclass
+class Pairs:
+    """The contrast pairs of one split, members in a seeded random order."""
+
+    ids_a: list[str]
+    ids_b: list[str]
+    rows_a: list[dict]
+    rows_b: list[dict]
+    a_true: torch.Tensor
+
+
+def _coin(label: str, seed: int) -> bool:
+    return hashlib.sha256(f"{seed}\x1f{label}".encode()).digest()[0] % 2 == 0
+
+
+def contrast_pairs(rows: list[dict], seed: int) -> dict[str, Pairs]:
+    """Pairs by split from the statement rows (two rows per label, one true)."""
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    out: dict[str, Pairs] = {}
+    for label, members in by_label.items():
+        truths = [is_true(r) for r in members]
+        if len(members) != 2 or sum(truths) != 1:
+            raise ValueError(f"statements: label {label!r} is not one true and one false row")
+        true_row, false_row = (members[0], members[1]) if truths[0] else (members[1], members[0])
+        first_true = _coin(label, seed)
+        a, b = (true_row, false_row) if first_true else (false_row, true_row)
+        pairs = out.setdefault(members[0]["split"], Pairs([], [], [], [], torch.zeros(0)))
+        pairs.ids_a.append(a["id"])
+        pairs.ids_b.append(b["id"])
+        pairs.rows_a.append(a)
+        pairs.rows_b.append(b)
+        pairs.a_true = torch.cat([pairs.a_true, torch.tensor([float(first_true)])])
+    for split in ("train", *HELD_OUT):
+        if len(out.get(split, Pairs([], [], [], [], torch.zeros(0))).ids_a) < 2:
+            raise ValueError(f"statements: fewer than 2 contrast pairs in the {split} split")
+    return out
+
+
+def _summary(correct: torch.Tensor, params: ProbeParams) -> dict:
+    return summarize(correct.float().tolist(), params.bootstrap, params.seed)
+
+
+def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[str, dict]:
+    """Per method and block: the held-out splits' pair accuracy (summary with 95% CI)."""
+    pool = params.statements_pooling
+    out: dict[str, dict] = {"logistic": {}, "ccs": {}, "random": {}}
+    train = pairs["train"]
+    for layer in cache.layers:
+        feats = {
+            split: (cache.features(pool, layer, p.ids_a), cache.features(pool, layer, p.ids_b))
+            for split, p in pairs.items()
+        }
+        xa, xb = feats["train"]
+        a_true = train.a_true.bool()
+        # Logistic: every train statement with its truth, standardised by the train rows.
+        x_train = torch.cat([xa, xb])
+        y_train = torch.cat([a_true, ~a_true])
+        scaled = readers.standardize(x_train, *[t for s in HELD_OUT for t in feats[s]])
+        held = {s: (scaled[1 + 2 * i], scaled[2 + 2 * i]) for i, s in enumerate(HELD_OUT)}
+        logistic = readers.fit_logistic(scaled[0], y_train, params.l2, params.max_iter)
+        # CCS and random directions: each split's members normalised per class on their own.
+        normed = {s: readers.normalize_classes(*feats[s]) for s in feats}
+        na, nb = normed["train"]
+        ccs = readers.fit_ccs(na, nb, params.ccs_restarts, params.ccs_steps, params.seed + layer)
+        ccs = readers.orient(ccs, readers.ccs_choice, na, nb, a_true)
+        randoms = [
+            readers.orient(r, readers.score_choice, na, nb, a_true)
+            for r in readers.random_probes(xa.shape[1], params.random_directions, params.seed)
+        ]
+        for split in HELD_OUT:
+            truth = pairs[split].a_true.bool()
+            ca, cb = normed[split]
+            random_correct = torch.stack(
+                [(readers.score_choice(r, ca, cb) == truth).float() for r in randoms]
+            ).mean(0)
+            results = {
+                "logistic": readers.score_choice(logistic, *held[split]) == truth,
+                "ccs": readers.ccs_choice(ccs, ca, cb) == truth,
+                "random": random_correct,
+            }
+            for method, correct in results.items():
+                out[method].setdefault(str(layer), {})[split] = _summary(correct, params)
+    return out
+
+
+def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
+    """Zero-shot prompting of the base model and, given a decoder, the decoder; on one split."""
+    from pipeline.analysis.prompting import decoder_yes_minus_no, zero_shot_true_minus_false
+
+    truth = pairs.a_true.bool()
+    texts = [r["messages"][-1]["content"] for r in pairs.rows_a + pairs.rows_b]
+    scores = torch.tensor(
+        zero_shot_true_minus_false(model, tokenizer, texts, params.batch_size)
+    ).view(2, -1)
+    out = {
+        "zero_shot": {
+            "prompt": 'the statement, then "True or false?"; logit of "True" minus "False"',
+            "eval": _summary((scores[0] > scores[1]) == truth, params),
+        }
+    }
+    if settings is None:
+        return out
+    rows = pairs.rows_a + pairs.rows_b
+    dialogs = [(r["messages"], r["n_masked_turns"]) for r in rows]
+    question = rows[0]["qa"][0]["question"]
+    yes_minus_no = torch.tensor(
+        decoder_yes_minus_no(model, tokenizer, settings, dialogs, question, params.batch_size)
+    ).view(2, -1)
+    out["decoder"] = {
+        "question": question,
+        "layer": settings.read_layer,
+        "eval": _summary((yes_minus_no[0] > yes_minus_no[1]) == truth, params),
+    }
+    return out
