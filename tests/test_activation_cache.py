@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.core import stage, store
+from pipeline.core import store
 from pipeline.data.schema import write_dialogs
 from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.modeling import load_model
 from pipeline.mechanism.patching import read_activations
+from pipeline.training import activation_cache
 from pipeline.training.activation_cache import (
     SHARDS,
     ActivationCache,
-    CacheParams,
     plan_shards,
-    run,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +82,7 @@ def run_stage(out: Path, data: Path, model: Path, params: dict) -> None:
         "--input",
         f"model={model}",
     ]
-    stage.main("activation_cache", CacheParams, run, argv=argv)
+    activation_cache.main(argv)
 
 
 def test_plan_shards():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_activation_cache import make_dialogs
 
+from pipeline.analysis import layer_cache
 from pipeline.analysis.layer_cache import LayerCache, LayerCacheParams, run, select_rows
-from pipeline.core import stage
 from pipeline.data.schema import read_dialogs, write_dialogs
 from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.modeling import load_model
@@ -20,7 +20,7 @@ from pipeline.mechanism.patching import read_activations
 def build(out: Path, data: Path, model: Path, params: dict) -> LayerCache:
     argv = ["--out", str(out), "--key", "k" * 16, "--params", json.dumps(params)]
     argv += ["--input", f"data={data}", "--input", f"model={model}"]
-    stage.main("layer_cache", LayerCacheParams, run, argv=argv)
+    layer_cache.main(argv)
     return LayerCache(out, verify="full")
 
 

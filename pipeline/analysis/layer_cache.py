@@ -226,6 +226,11 @@ class LayerCache:
         return values.float()
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The stage's command line; a killed run resumes from its complete shards."""
+    stage.main("layer_cache", LayerCacheParams, run, argv, resumable=(SHARDS,))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("layer_cache", LayerCacheParams, run, resumable=(SHARDS,))
+    main()

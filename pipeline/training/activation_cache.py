@@ -286,6 +286,11 @@ class ActivationCache:
         return rows.float()
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The stage's command line; a killed run resumes from its complete shards."""
+    stage.main("activation_cache", CacheParams, run, argv, resumable=(SHARDS,))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("activation_cache", CacheParams, run, resumable=("shards",))
+    main()
