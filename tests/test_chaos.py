@@ -118,6 +118,8 @@ TIMING_FIELDS = {"seconds", "tokens_per_s", "train_seconds", "wall_seconds_this_
 """Wall-clock figures in JSON results (eval.json, control.json, metrics.jsonl): left out, with
 ``resumed_from_step`` (control.json copies training's manifest info, which records the resume)."""
 RUN_FACTS = TIMING_FIELDS | {"resumed_from_step"}
+WALL_CLOCK_PLOTS = {"reading_vs_minutes.png"}
+"""Plots drawn against wall-clock training minutes: compared by presence only."""
 
 
 def without_timings(value):
@@ -145,7 +147,8 @@ def tensors_digest(path: Path) -> str:
 
 def content(folder: Path) -> dict[str, str]:
     """An artifact's files, checked against its manifest: sha256, or for JSON its content without
-    wall-clock figures, for safetensors its tensors and metadata."""
+    wall-clock figures, for safetensors its tensors and metadata (plots against wall-clock
+    minutes: their presence)."""
     manifest = store.read_manifest(folder, verify="full")
     files = {rel: entry["sha256"] for rel, entry in manifest["files"].items()}
     for rel in files:
@@ -158,6 +161,8 @@ def content(folder: Path) -> dict[str, str]:
             files[rel] = json.dumps(without_timings(value), sort_keys=True)
         elif rel.endswith(".safetensors"):
             files[rel] = tensors_digest(folder / rel)
+        elif Path(rel).name in WALL_CLOCK_PLOTS:
+            files[rel] = "a plot against wall-clock minutes"
     return files
 
 
