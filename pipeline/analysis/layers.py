@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         command = ["snakemake", "--cores", args.cores, *missing]
         if not args.build:
             sys.exit("missing artifacts; build them with\n  " + shlex.join(command))
-        subprocess.run(command, check=True)
+        # This environment's Snakemake, as the rules use this environment's interpreter.
+        subprocess.run([sys.executable, "-m", *command], check=True)
     params = ProbeParams(**graph["probes"].params)
     figures = validation_accuracies(paths, paths["prepare_model"], params)
     lens = json.loads((paths["lens"] / "lens.json").read_text())["tasks"]
