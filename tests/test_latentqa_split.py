@@ -83,3 +83,18 @@ def test_no_experiment_trains_on_anything_under_shared():
         data = config["experiments"][name]["data"]
         assert data["latentqa"]["path"] == "data/latentqa"
         assert data["latentqa_eval"]["path"] == "../shared/latentqa_eval"
+
+
+def test_recorded_checksums_are_checked_at_start(tiny_model_dir, clean_train):
+    from pipeline.core import store
+
+    sums = clean_train / "SHA256SUMS"
+    names = sorted(p.name for p in clean_train.glob("*.json"))
+    sums.write_text("".join(f"{store.file_sha256(clean_train / n)}  {n}\n" for n in names))
+    experiment_graph("x", _config(tiny_model_dir, clean_train, LEAK / "eval"))  # all match
+    (clean_train / "qa.json").write_text((clean_train / "qa.json").read_text() + " ")
+    with pytest.raises(InputError, match=r"qa.json does not match its checksum in .*SHA256SUMS"):
+        experiment_graph("x", _config(tiny_model_dir, clean_train, LEAK / "eval"))
+    sums.write_text("not a checksum line\n")
+    with pytest.raises(InputError, match=r"SHA256SUMS, line 1: not"):
+        experiment_graph("x", _config(tiny_model_dir, clean_train, LEAK / "eval"))

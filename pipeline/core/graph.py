@@ -243,6 +243,33 @@ def _check_latentqa_folder(where: str, folder: Path, params: dict[str, Any]) -> 
             f"{where}.path: {folder} lacks {', '.join(missing)} (LatentQA files; "
             "data/latentqa/README.md says where to get the training data)"
         )
+    _check_sums(where, folder)
+
+
+SUMS = "SHA256SUMS"
+"""A ``sha256sum`` listing the user keeps beside downloaded data; checked at parse when present."""
+
+
+def _check_sums(where: str, folder: Path) -> None:
+    """Refuse data whose files differ from the checksums recorded when they were fetched."""
+    listing = folder / SUMS
+    if not listing.is_file():
+        return
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().lstrip("*")
+        if len(digest) != 64 or not name:
+            raise InputError(f"{listing}, line {number}: not '<sha256>  <file>': {line!r}")
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"{where}.path: {listing}, line {number}: {name} is missing")
+        if store.file_sha256(path) != digest.lower():
+            raise InputError(
+                f"{where}.path: {path} does not match its checksum in {listing} (line {number}); "
+                "the data changed since it was recorded"
+            )
 
 
 def _check_layers(where: str, layers: list[int], depth: int | None, model: dict) -> None:
