@@ -7,8 +7,10 @@
 
 A dialog is a list of ``{role, content}`` messages, or an object ``{"messages": [...],
 "n_masked_turns": k}`` whose first ``k`` turns are run through the target but not read. Each
-(dialog, question) pair gives one JSON line. The read settings (read/write layer, positions) come
-from the train artifact's manifest; the base model must be the one the adapter was trained on.
+(dialog, question) pair gives one JSON line. The read settings (read/write layers, positions) come
+from the train artifact's manifest; the base model must be the one the adapter was trained on. A
+decoder trained on several read layers reads each question at the layer its validation split chose
+for that kind of question (``--read-layer auto``, the default), or at ``--read-layer L``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.schema import ROLES, DataError
+from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_files import (
     BaseModelMismatch,
     experiment_paths,
     load_decoder,
     read_manifest_or_none,
 )
-from pipeline.mechanism.decoder_settings import DecoderSettings
+from pipeline.mechanism.decoder_settings import DecoderSettings, UntrainedLayer
 from pipeline.mechanism.dialogs import build_decoder_example
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
@@ -174,25 +177,38 @@ def answer(
     batch_size: int = 8,
     max_new_tokens: int = 64,
     complete: int = 0,
+    layers: list[int] | None = None,
 ) -> list[dict]:
     """One record per (dialog, question), dialogs in order, questions in order within each.
 
-    With ``complete`` > 0 the target first continues each dialog (:func:`complete_dialogs`); the
+    ``layers``: the read layer of each question (default: ``settings.read_layer`` for all). With
+    ``complete`` > 0 the target first continues each dialog (:func:`complete_dialogs`); the
     record then carries the completion it read.
     """
+    layers = layers or [settings.read_layer] * len(questions)
     added: list[str | None] = [None] * len(dialogs)
     if complete > 0:
         completed = complete_dialogs(model, tokenizer, dialogs, complete, batch_size)
         for i, (new, old) in enumerate(zip(completed, dialogs, strict=True)):
             added[i] = new[0][-1]["content"] if new is not old else None
         dialogs = completed
-    reads = compute_reads(model, tokenizer, dialogs, settings, batch_size)
+    at = {layer: settings.with_layer(layer) for layer in sorted(set(layers))}
+    reads = {
+        layer: compute_reads(model, tokenizer, dialogs, there, batch_size)
+        for layer, there in at.items()
+    }
     examples, acts, where = [], [], []
-    for d, read in enumerate(reads):
+    for d in range(len(dialogs)):
         for q, question in enumerate(questions):
+            read, there = reads[layers[q]][d], at[layers[q]]
             examples.append(
                 build_decoder_example(
-                    tokenizer, read.read_positions, question, None, settings.align_positions
+                    tokenizer,
+                    read.read_positions,
+                    question,
+                    None,
+                    there.align_positions,
+                    there.at(),
                 )
             )
             acts.append(read.acts)
@@ -202,17 +218,18 @@ def answer(
         tokenizer,
         examples,
         acts,
-        settings.write_layer,
         batch_size,
         max_new_tokens,
         desc="answering",
+        inject=settings.inject,
     )
     records = [
         {
             "dialog": d,
             "question": questions[q],
             "answer": text,
-            "n_read_tokens": len(reads[d].read_positions),
+            "read_layer": layers[q],
+            "n_read_tokens": len(reads[layers[q]][d].read_positions),
         }
         for (d, q), text in zip(where, texts, strict=True)
     ]
@@ -220,6 +237,16 @@ def answer(
         for record in records:
             record["completion"] = added[record["dialog"]]
     return records
+
+
+def _block_flag(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a block index (0, 1, ...)")
+    return int(value)
+
+
+def _layer_flag(value: str) -> int | str:
+    return value if value == "auto" else _block_flag(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -233,8 +260,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a PEFT adapter folder (a train artifact's adapter/, or the train artifact itself)",
     )
     src.add_argument("--model", type=Path, help="the prepared base model folder")
-    src.add_argument("--read-layer", type=int, help="override the train manifest's read_layer")
-    src.add_argument("--write-layer", type=int, help="override the train manifest's write_layer")
+    src.add_argument(
+        "--read-layer",
+        type=_layer_flag,
+        help="the target block to read: one the decoder was trained on, or 'auto' (default): "
+        "per question, the layer its validation split chose for that kind of question",
+    )
+    src.add_argument(
+        "--write-layer", type=_block_flag, help="override the train manifest's write_layer"
+    )
     src.add_argument("--positions", help="override the read positions (all or last:K)")
     p.add_argument("--dialogs", type=Path, help="a JSON or JSONL file of dialogs")
     p.add_argument(
@@ -287,32 +321,45 @@ def main(argv: list[str] | None = None) -> None:
         adapter, model_dir, manifest = resolve_decoder(args)
         overrides = {
             k: v
-            for k, v in (
-                ("read_layer", args.read_layer),
-                ("write_layer", args.write_layer),
-                ("positions", args.positions),
-            )
+            for k, v in (("write_layer", args.write_layer), ("positions", args.positions))
             if v is not None
         }
-        if manifest is None and "read_layer" not in overrides:
-            raise ValueError(
-                f"no train manifest beside {adapter}: pass --read-layer "
-                f"(and --write-layer, --positions if not the defaults)"
-            )
-        settings = DecoderSettings.from_manifest(manifest or {}, overrides)
-        dialogs = load_dialogs(args.dialogs) if args.dialogs else []
-        dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
+        if manifest is None:
+            if not isinstance(args.read_layer, int):
+                raise ValueError(
+                    f"no train manifest beside {adapter}: pass --read-layer N "
+                    f"(and --write-layer, --positions if not the defaults)"
+                )
+            overrides["read_layers"] = [args.read_layer]
+        try:
+            settings = DecoderSettings.from_manifest(manifest or {}, overrides)
+        except ValueError as exc:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in overrides if k != "read_layers")
+            raise ValueError(f"{exc} ({flags or 'the train manifest'})") from None
         questions = list(args.question)
         if args.questions:
             questions += load_questions(args.questions)
+        if isinstance(args.read_layer, int):
+            try:
+                settings = settings.with_layer(args.read_layer)
+            except UntrainedLayer as exc:
+                raise ValueError(f"--read-layer {args.read_layer}: {exc}") from None
+            layers = [settings.read_layer] * len(questions)
+        else:
+            choice = layer_choice.read(adapter, list(settings.read_layers))
+            layers = [choice.for_question(q)[0] for q in questions]
+        dialogs = load_dialogs(args.dialogs) if args.dialogs else []
+        dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
         model, tokenizer = load_decoder(model_dir, adapter, manifest, args.dtype, args.device)
         n_blocks = len(decoder_layers(model))
-        for name in ("read_layer", "write_layer"):
-            if getattr(settings, name) >= n_blocks:
+        checks = {"read_layer": max(settings.read_layers), "write_layer": settings.write_block}
+        for name, block in checks.items():
+            if block >= n_blocks:
                 flag = "--" + name.replace("_", "-")
-                where = flag if name in overrides else f"the train manifest's {name}"
+                given = name in overrides or (name == "read_layer" and manifest is None)
+                where = flag if given else f"the train manifest's {name}"
                 raise ValueError(
-                    f"{where} {getattr(settings, name)} is beyond the model in {model_dir}: "
+                    f"{where} {block} is beyond the model in {model_dir}: "
                     f"it has {n_blocks} blocks (0..{n_blocks - 1})"
                 )
         check_dialogs_fit(tokenizer, model, dialogs, str(args.dialogs or "--prompt"))
@@ -327,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size,
         args.max_new_tokens,
         args.complete,
+        layers,
     )
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if args.out:

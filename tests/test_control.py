@@ -117,7 +117,7 @@ def test_naive_adapter_switch_would_drop_steer_gradients(setup, tokenizer):
     acts = rig.read(reads[:2], [READ_LAYER])[READ_LAYER]
     rig.model.set_adapter(DECODER)
     batch = control.collate([ex[0] for ex in examples[:2]], acts, tokenizer.pad_token_id)
-    control.answer_loss(rig.model, batch, 0).backward()
+    control.answer_loss(rig.model, batch).backward()
     assert all(p.grad is None for p in steer_parameters(rig.model))
 
 

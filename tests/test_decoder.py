@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from conftest import build_tiny_model
 
 from pipeline.mechanism.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
-from pipeline.mechanism.dialogs import build_decoder_example, end_of_turn_ids, tokenize_read_dialog
+from pipeline.mechanism.dialogs import (
+    ReadAt,
+    build_decoder_example,
+    end_of_turn_ids,
+    tokenize_read_dialog,
+)
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.patching import gather, patch_layer, read_activations
 
@@ -38,10 +43,11 @@ QA = [
 ]
 
 
-def examples(tokenizer, answers=True, align=True):
+def examples(tokenizer, answers=True, align=True, write_layer=0):
     reads = [tokenize_read_dialog(tokenizer, m, k) for m, k in DIALOGS]
+    at = ReadAt(read=1, write=write_layer)
     exs = [
-        build_decoder_example(tokenizer, r.read_positions, q, a if answers else None, align)
+        build_decoder_example(tokenizer, r.read_positions, q, a if answers else None, align, at)
         for r, (q, a) in zip(reads, QA, strict=True)
     ]
     return reads, exs
@@ -61,7 +67,7 @@ def target_activations(model, tokenizer, reads, layer):
 @pytest.mark.parametrize("side", ["right", "left"])
 @torch.no_grad()
 def test_writing_own_outputs_back_leaves_logits_unchanged(tiny_model, tokenizer, write_layer, side):
-    reads, exs = examples(tokenizer)
+    reads, exs = examples(tokenizer, write_layer=write_layer)
     dim = tiny_model.config.hidden_size
     dummy = [torch.zeros(len(ex.placeholder_positions), dim) for ex in exs]
     batch = collate(exs, dummy, tokenizer.pad_token_id, padding_side=side)
@@ -79,14 +85,14 @@ def test_writing_own_outputs_back_leaves_logits_unchanged(tiny_model, tokenizer,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
     ).logits
-    patched = decoder_logits(tiny_model, batch, write_layer)
+    patched = decoder_logits(tiny_model, batch)
     real = batch.attention_mask.bool()
     torch.testing.assert_close(patched[real], plain[real])
     # and the patch does act: other values change the logits after the placeholders
     other = collate(
         exs, target_activations(tiny_model, tokenizer, reads, 1), tokenizer.pad_token_id, side
     )
-    assert not torch.allclose(decoder_logits(tiny_model, other, write_layer)[real], plain[real])
+    assert not torch.allclose(decoder_logits(tiny_model, other)[real], plain[real])
 
 
 def test_collate_layout(tokenizer):
@@ -115,25 +121,25 @@ def test_answer_loss_matches_manual_cross_entropy(tiny_model, tokenizer):
     reads, exs = examples(tokenizer)
     acts = target_activations(tiny_model, tokenizer, reads, 1)
     batch = collate(exs, acts, tokenizer.pad_token_id)
-    logits = decoder_logits(tiny_model, batch, 0)
+    logits = decoder_logits(tiny_model, batch)
     manual = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]),
         batch.labels[:, 1:].reshape(-1),
         ignore_index=-100,
     )
-    loss = answer_loss(tiny_model, batch, 0)
+    loss = answer_loss(tiny_model, batch)
     torch.testing.assert_close(loss, manual, rtol=1e-5, atol=1e-5)
-    nll, counts = answer_loss(tiny_model, batch, 0, reduction="none")
+    nll, counts = answer_loss(tiny_model, batch, reduction="none")
     assert counts.tolist() == [sum(t != -100 for t in ex.labels) for ex in exs]
     torch.testing.assert_close(nll.sum() / counts.sum(), loss)
     # per-example values do not depend on padding side or batch company
     left = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
     torch.testing.assert_close(
-        answer_loss(tiny_model, left, 0, reduction="none")[0], nll, rtol=1e-4, atol=1e-4
+        answer_loss(tiny_model, left, reduction="none")[0], nll, rtol=1e-4, atol=1e-4
     )
     alone = collate(exs[1:2], acts[1:2], tokenizer.pad_token_id)
     torch.testing.assert_close(
-        answer_loss(tiny_model, alone, 0, reduction="none")[0], nll[1:2], rtol=1e-4, atol=1e-4
+        answer_loss(tiny_model, alone, reduction="none")[0], nll[1:2], rtol=1e-4, atol=1e-4
     )
 
 
@@ -181,7 +187,7 @@ def test_gradients_reach_lora_and_no_base_weight(tiny_model, tokenizer, source):
         # the target path holds no trainable parameter: nothing to differentiate there
         assert not any(a.requires_grad for a in acts)
     batch = collate(exs, acts, tokenizer.pad_token_id)
-    answer_loss(model, batch, 0).backward()
+    answer_loss(model, batch).backward()
     check_grads(model)
 
 
@@ -234,22 +240,20 @@ def full_recompute_greedy(model, batch, write_layer, steps):
 @torch.no_grad()
 def test_cached_generation_equals_full_recompute(tiny_model, tokenizer, write_layer):
     sharpen(tiny_model)
-    reads, exs = examples(tokenizer, answers=False)
+    reads, exs = examples(tokenizer, answers=False, write_layer=write_layer)
     acts = target_activations(tiny_model, tokenizer, reads, 1)
     batch = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
     steps = 8
-    got = generate_ids(
-        tiny_model, batch, write_layer, stop_ids=[-5], pad_id=0, max_new_tokens=steps
-    )
+    got = generate_ids(tiny_model, batch, stop_ids=[-5], pad_id=0, max_new_tokens=steps)
     want = full_recompute_greedy(tiny_model, batch, write_layer, steps)
     assert got == want
     assert len({token for row in got for token in row}) > 3  # not one repeated token
     # the patch matters: other activations give other continuations
     shuffled = collate(exs, [a.flip(0) * 3 for a in acts], tokenizer.pad_token_id, "left")
-    assert generate_ids(tiny_model, shuffled, write_layer, [-5], 0, steps) != got
+    assert generate_ids(tiny_model, shuffled, [-5], 0, steps) != got
     # batched generation equals one prompt at a time
     single = collate(exs[2:], acts[2:], tokenizer.pad_token_id, "left")
-    assert generate_ids(tiny_model, single, write_layer, [-5], 0, steps) == got[2:]
+    assert generate_ids(tiny_model, single, [-5], 0, steps) == got[2:]
 
 
 @torch.no_grad()
@@ -258,21 +262,21 @@ def test_generate_stops_and_decodes(tiny_model, tokenizer):
     reads, exs = examples(tokenizer, answers=False)
     acts = target_activations(tiny_model, tokenizer, reads, 1)
     batch = collate(exs, acts, tokenizer.pad_token_id, padding_side="left")
-    rows = generate_ids(tiny_model, batch, 0, stop_ids=[-5], pad_id=0, max_new_tokens=6)
+    rows = generate_ids(tiny_model, batch, stop_ids=[-5], pad_id=0, max_new_tokens=6)
     assert [len(r) for r in rows] == [6, 6, 6]
     first = rows[0][2]
     cut = rows[0].index(first) + 1
-    stopped = generate_ids(tiny_model, batch, 0, stop_ids=[first], pad_id=0, max_new_tokens=6)
+    stopped = generate_ids(tiny_model, batch, stop_ids=[first], pad_id=0, max_new_tokens=6)
     assert stopped[0] == rows[0][:cut]
     stops = end_of_turn_ids(tokenizer)
-    real = generate_ids(tiny_model, batch, 0, stops, tokenizer.pad_token_id, max_new_tokens=6)
-    texts = generate(tiny_model, tokenizer, batch, 0, max_new_tokens=6)
+    real = generate_ids(tiny_model, batch, stops, tokenizer.pad_token_id, max_new_tokens=6)
+    texts = generate(tiny_model, tokenizer, batch, max_new_tokens=6)
     assert texts == [
         tokenizer.decode([t for t in r if t not in stops], skip_special_tokens=True).strip()
         for r in real
     ]
     with pytest.raises(ValueError, match="left-padded"):
-        generate(tiny_model, tokenizer, collate(exs, acts, tokenizer.pad_token_id, "right"), 0)
+        generate(tiny_model, tokenizer, collate(exs, acts, tokenizer.pad_token_id, "right"))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -280,7 +284,7 @@ def test_generate_stops_and_decodes(tiny_model, tokenizer):
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, family, write_layer):
     from pipeline.mechanism.lora import enable_gradient_checkpointing
 
-    reads, exs = examples(tokenizer)
+    reads, exs = examples(tokenizer, write_layer=write_layer)
     grads, losses = [], []
     for checkpointing in (False, True):
         model = build_tiny_model(family, tokenizer)
@@ -296,7 +300,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, fam
         # recomputation inside the MLP: count calls into the last block's MLP.
         mlp = decoder_layers(model)[-1].mlp
         handle = mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
-        loss = answer_loss(model, collate(exs, acts, tokenizer.pad_token_id), write_layer)
+        loss = answer_loss(model, collate(exs, acts, tokenizer.pad_token_id))
         loss.backward()
         handle.remove()
         # The last block runs again in the backward pass exactly when checkpointing is on.
@@ -313,7 +317,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer, fam
 def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer, checkpointing):
     from pipeline.mechanism.lora import add_lora, enable_gradient_checkpointing
 
-    reads, exs = examples(tokenizer)
+    reads, exs = examples(tokenizer, write_layer=1)
     model = add_lora(build_tiny_model("llama", tokenizer), r=4, dropout=0.0, layers=[1])
     if checkpointing:
         enable_gradient_checkpointing(model)
@@ -330,7 +334,7 @@ def test_lora_from_the_write_block_up_stops_the_backward_there(tokenizer, checkp
     for i, block in enumerate(blocks):
         block.register_full_backward_hook(lambda *_, i=i: reached.append(i))
         block.mlp.register_forward_pre_hook(lambda *_, i=i: mlp_calls.append(i))
-    answer_loss(model, collate(exs, acts, tokenizer.pad_token_id), 1).backward()
+    answer_loss(model, collate(exs, acts, tokenizer.pad_token_id)).backward()
     assert 0 not in reached and 1 in reached
     # Checkpointing recomputes the adapted block in the backward pass, never the one below it.
     assert mlp_calls.count(0) == 1 and mlp_calls.count(1) == (2 if checkpointing else 1)
@@ -346,7 +350,7 @@ def test_checkpointing_recomputes_the_write_block_without_its_patch_hook(
     and the recompute then failed ("A different number of tensors was saved")."""
     from pipeline.mechanism.lora import enable_gradient_checkpointing
 
-    reads, exs = examples(tokenizer)
+    reads, exs = examples(tokenizer, write_layer=write_layer)
     model = lora(build_tiny_model("llama", tokenizer).to(dtype))
     enable_gradient_checkpointing(model)
     enable_gradient_checkpointing(model)  # idempotent: one checkpoint per block
@@ -359,7 +363,7 @@ def test_checkpointing_recomputes_the_write_block_without_its_patch_hook(
     block.mlp.register_forward_pre_hook(lambda *_: mlp_calls.append(1))
     batch = collate(exs, acts, tokenizer.pad_token_id)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        loss = answer_loss(model, batch, write_layer)
+        loss = answer_loss(model, batch)
     loss.backward()
     assert len(mlp_calls) == 2  # the block ran again in the backward pass...
     assert len(hooks) == 1  # ...but not its hooks

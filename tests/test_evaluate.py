@@ -11,14 +11,10 @@ from conftest import REPO
 
 from pipeline.core import store
 from pipeline.data.schema import validate_records, write_dialogs
-from pipeline.evaluation import evaluate
-from pipeline.evaluation.evaluate import (
-    CONDITIONS,
-    EvalParams,
-    condition_inputs,
-    text_only_example,
-)
+from pipeline.evaluation import conditions, evaluate
+from pipeline.evaluation.conditions import CONDITIONS, condition_inputs, text_only_example
 from pipeline.evaluation.items import Item, Metric, dialog_key
+from pipeline.evaluation.params import EvalParams
 from pipeline.mechanism.decoder_files import load_decoder
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import build_decoder_example, placeholder_id
@@ -72,8 +68,17 @@ relations:
 EVAL_RELATIONS = ["country_capital", "element_symbol"]
 
 
-def make_train_artifact(root: Path, model_dir: Path, read_layer: int = READ_LAYER) -> Path:
-    """A train artifact as the train stage publishes it: adapter/ and a manifest with params."""
+def make_train_artifact(
+    root: Path,
+    model_dir: Path,
+    read_layers: tuple[int, ...] = (READ_LAYER,),
+    write_layer: int | None = 0,
+    choice: dict | None = None,
+    name: str = "train",
+) -> Path:
+    """A train artifact as the train stage publishes it: adapter/ and a manifest with params
+    (and, for several read layers, the layer choice ``choice`` given as family -> layer ->
+    validation loss)."""
     from pipeline.mechanism.lora import add_lora
     from pipeline.mechanism.modeling import load_model
 
@@ -83,8 +88,14 @@ def make_train_artifact(root: Path, model_dir: Path, read_layer: int = READ_LAYE
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    train = root / "train"
+    train = root / name
     peft_model.save_pretrained(train / "adapter")
+    if choice is not None:
+        from pipeline.mechanism import layer_choice
+
+        layer_choice.write(
+            layer_choice.LayerChoice(losses=choice, layers=list(read_layers)), train / "adapter"
+        )
     model_key = (
         json.loads((model_dir / store.MANIFEST).read_text())["key"]
         if (model_dir / store.MANIFEST).exists()
@@ -95,8 +106,8 @@ def make_train_artifact(root: Path, model_dir: Path, read_layer: int = READ_LAYE
         "1" * 16,
         "train",
         {
-            "read_layer": read_layer,
-            "write_layer": 0,
+            "read_layers": list(read_layers),
+            "write_layer": write_layer,
             "positions": "all",
             "align_positions": True,
             "mode": "on_the_fly",
@@ -186,8 +197,10 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     recovery = {f"recovery_{s}{x}" for s in ("heldout", "seen") for x in ("", "_concept")}
     recovery |= {"recovery_heldout_similarity", "recovery_seen_similarity"}
     expected = {"answer_loglik", "latentqa_loglik", "latentqa_recovery", *recovery}
-    expected |= {"feature_extraction", "subject_identification"}
+    expected |= {"feature_extraction", "subject_identification", "truth"}
     assert set(report["metrics"]) == expected
+    truth = report["metrics"]["truth"]
+    assert truth["kind"] == "choice" and truth["chance"] == 0.5 and truth["n"] % 2 == 0
     assert report["metrics"]["recovery_heldout"]["kind"] == "match"
     assert report["metrics"]["recovery_heldout_concept"]["kind"] == "concept"
     assert report["metrics"]["feature_extraction"]["kind"] == "entity"
@@ -209,6 +222,56 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     assert info["metrics"]["answer_loglik"]["n"] == 5
 
 
+def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen_one(
+    stage_inputs, tmp_path
+):
+    """Every metric under the reading conditions at both layers (text-only once), its top-level
+    figures at the layer the validation split chose for its family."""
+    train = make_train_artifact(
+        tmp_path,
+        stage_inputs["model"],
+        read_layers=(1, 2),
+        write_layer=None,
+        choice={"template": {1: 2.0, 2: 1.0}, "relation_qa": {1: 0.5, 2: 3.0}},
+        name="train2",
+    )
+    params = EvalParams(
+        batch_size=4,
+        max_new_tokens=3,
+        relation_tokens=3,
+        max_loglik_items=4,
+        max_recovery_items=2,
+        max_latentqa_items=2,
+        max_relation_items=4,
+        eval_relations=EVAL_RELATIONS,
+        similarity="token_f1",
+        bootstrap=20,
+    )
+    (tmp_path / "out").mkdir()
+    evaluate.run(params, {**stage_inputs, "train": train}, tmp_path / "out", {})
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert report["layers"] == [1, 2]
+    metrics = report["metrics"]
+    assert metrics["answer_loglik"]["layer"] == 2  # template's lowest validation loss
+    assert metrics["feature_extraction"]["layer"] == 1  # relation_qa's
+    assert metrics["latentqa_loglik"]["layer"] == 2  # no latentqa family: the persona dialogs'
+    for name, metric in metrics.items():
+        assert set(metric["by_layer"]) == {"1", "2"}, name
+        at = metric["by_layer"][str(metric["layer"])]
+        assert metric["conditions"] == at["conditions"], name
+        one, two = (metric["by_layer"][k]["conditions"] for k in ("1", "2"))
+        assert one["text_only"] == two["text_only"]  # reads no layer
+    loglik = metrics["answer_loglik"]["by_layer"]
+    assert loglik["1"]["conditions"]["true"]["mean"] != loglik["2"]["conditions"]["true"]["mean"]
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").open()]
+    layers = {(r["condition"], r["layer"]) for r in records if r["metric"] == "answer_loglik"}
+    assert layers == {("text_only", None)} | {
+        (c, layer) for c in ("true", "shuffled", "untrained") for layer in (1, 2)
+    }
+    tables = (tmp_path / "out" / "tables.md").read_text()
+    assert "## By read layer" in tables and "block 1: true" in tables
+
+
 def test_outputs_tables_plots_predictions(evaluated):
     workdir, _ = evaluated
     tables = (workdir / "tables.md").read_text()
@@ -222,6 +285,7 @@ def test_outputs_tables_plots_predictions(evaluated):
     scored = {n for n in report["metrics"] if not any(n.startswith(f"{m}_") for m in metrics)}
     assert scored == metrics
     assert len(records) == sum(report["metrics"][m]["n"] for m in metrics) * len(CONDITIONS)
+    assert {r["layer"] for r in records} == {None, READ_LAYER}
     shuffled = [r for r in records if r["condition"] == "shuffled"]
     assert shuffled and all(r["donor"] != r["item"] for r in shuffled)
     generated = [r for r in records if r["metric"] == "recovery_heldout"]
@@ -257,8 +321,13 @@ def test_shuffled_uses_other_items_activations(decoder):
     )
     reads = {it.dialog: r for it, r in zip(items, computed, strict=True)}
     perm = derangement([it.group for it in items], 0)
-    true_ex, true_acts, _ = condition_inputs("true", items, reads, perm, tokenizer, settings, True)
-    ex, acts, donors = condition_inputs("shuffled", items, reads, perm, tokenizer, settings, True)
+    answers = [it.reference for it in items]
+    true_ex, true_acts, _ = condition_inputs(
+        "true", items, reads, perm, tokenizer, settings, answers
+    )
+    ex, acts, donors = condition_inputs(
+        "shuffled", items, reads, perm, tokenizer, settings, answers
+    )
     for i, item in enumerate(items):
         donor = items[perm[i]]
         assert donors[i] == donor.id != item.id
@@ -279,7 +348,10 @@ def test_text_only_has_no_placeholders_and_no_activations(decoder):
         settings,
     )
     reads = {it.dialog: r for it, r in zip(items, computed, strict=True)}
-    ex, acts, _ = condition_inputs("text_only", items, reads, [1, 2, 0], tokenizer, settings, True)
+    answers = [it.reference for it in items]
+    ex, acts, _ = condition_inputs(
+        "text_only", items, reads, [1, 2, 0], tokenizer, settings, answers
+    )
     for example, act, item in zip(ex, acts, items, strict=True):
         read = reads[item.dialog]
         assert example.placeholder_positions == [] and act.shape[0] == 0
@@ -315,14 +387,14 @@ def test_untrained_condition_is_the_base_model(decoder, stage_inputs):
     )
     reads = {it.dialog: r for it, r in zip(items, computed, strict=True)}
     params = EvalParams(batch_size=2)
-    untrained = evaluate.run_condition(
+    untrained = conditions.run_condition(
         model, tokenizer, metric, "untrained", reads, [1, 2, 0], settings, params
     )
-    trained = evaluate.run_condition(
+    trained = conditions.run_condition(
         model, tokenizer, metric, "true", reads, [1, 2, 0], settings, params
     )
     base, _ = load_model(stage_inputs["model"])
-    plain = evaluate.run_condition(
+    plain = conditions.run_condition(
         base, tokenizer, metric, "true", reads, [1, 2, 0], settings, params
     )
     for u, t, p in zip(untrained, trained, plain, strict=True):
@@ -366,7 +438,7 @@ def test_relation_facts_whose_subject_is_trained_on_are_left_out(stage_inputs):
 def test_scorers(scorer, prediction, hit):
     reference = "A retired lighthouse keeper." if "keeper" in prediction else "Fe"
     item = Item("i", "g", ((("user", "x"),), 0), "q", reference, case_sensitive=True)
-    scores = evaluate.score_rows(scorer, [item], [{"prediction": prediction}], None, {})
+    scores = conditions.score_rows(scorer, [item], [{"prediction": prediction}], None, {})
     assert scores == [float(hit)]
 
 

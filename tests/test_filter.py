@@ -149,11 +149,13 @@ def test_split_is_disjoint_by_label_and_deterministic(tmp_path, tokenizer_dir):
     assert {r["label"] for r in other if r["split"] == "eval"} != labels["eval"]
 
 
-def test_texts_keep_the_split_their_source_gave(tmp_path, tokenizer_dir):
+def test_texts_are_split_into_train_and_validation_and_keep_an_eval_label(tmp_path, tokenizer_dir):
     texts = [
         {**dialog(f"text:{i}", f"A plain text number {i}."), "kind": "text", "source": "context"}
-        for i in range(6)
+        for i in range(8)
     ]
+    # a held-out fact's label stays eval, for every source that has it
+    texts.append({**texts[0], "messages": [{"role": "user", "content": "Held."}], "split": "eval"})
     rows, report, _ = run_filter(
         tmp_path / "t",
         tokenizer_dir,
@@ -161,8 +163,12 @@ def test_texts_keep_the_split_their_source_gave(tmp_path, tokenizer_dir):
         data_template=many(4),
         data_context=texts,
     )
-    assert {r["split"] for r in rows if r["kind"] == "text"} == {"train"}
-    assert report["labels"] == {"train": 7, "validation": 1, "eval": 2, "fixed_eval": 0}
+    split = {r["label"]: r["split"] for r in rows if r["kind"] == "text"}
+    assert split.pop("text:0") == "eval"
+    assert sorted(split.values()) == ["train"] * 5 + ["validation"] * 2  # 25% of 8 labels
+    assert all(r["split"] == "eval" for r in rows if r["label"] == "text:0")
+    # 4 persona labels (2 eval, 1 validation, 1 train) beside the 9 text labels
+    assert report["labels"] == {"train": 6, "validation": 3, "eval": 3, "fixed_eval": 0}
 
 
 def test_assign_splits_modes():

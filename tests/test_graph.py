@@ -14,7 +14,7 @@ def experiment(tiny_model_dir):
     return {
         "model": {"source": "local", "name": str(tiny_model_dir)},
         "data": {"templates": {"completion_tokens": 4}},
-        "train": {"read_layer": 1, "mode": "cached", "max_steps": 2},
+        "train": {"read_layers": [1], "mode": "cached", "max_steps": 2},
         "evaluate": {},
         "control": {},
         "report": {},
@@ -58,7 +58,7 @@ def test_a_setting_changes_its_stage_and_descendants_only(
 
 
 def test_train_read_layer_flows_into_the_cache(experiment):
-    graph = experiment_graph("tiny", deep_merge(experiment, {"train": {"read_layer": 2}}), REPO)
+    graph = experiment_graph("tiny", deep_merge(experiment, {"train": {"read_layers": [2]}}), REPO)
     assert graph["activation_cache"].params["layers"] == [2]
 
 
@@ -164,3 +164,36 @@ def test_report_readers_put_the_analysis_in_the_report_and_the_view(experiment):
 def test_unknown_analysis_sections_are_refused(experiment):
     with pytest.raises(ValueError, match="unknown section"):
         experiment_graph("tiny", deep_merge(experiment, {"analysis": {"probe": {}}}), REPO)
+
+
+def test_public_tasks_feed_training_and_the_evaluation(experiment):
+    config = deep_merge(experiment, {"data": {"public": {"eval_texts": 5}}})
+    graph = experiment_graph("tiny", config, REPO)
+    public = graph["data:public"]
+    assert public.stage == "public_tasks"
+    assert graph["filter"].inputs["data_public"] is public
+    assert graph["evaluate"].inputs["public"] is public
+    assert "public" not in experiment_graph("tiny", experiment, REPO)["evaluate"].inputs
+
+
+def test_truth_statements_from_an_evaluated_relation_are_refused(experiment):
+    ok = deep_merge(experiment, {"data": {"statements": {"relations": ["country_capital"]}}})
+    assert experiment_graph("tiny", ok, REPO)["data:statements"].stage == "statements"
+    for relations in (None, ["country_capital", "landmark_city"]):
+        bad = deep_merge(experiment, {"data": {"statements": {"relations": relations}}})
+        with pytest.raises(ValueError, match=r"landmark_city.*data.statements.relations"):
+            experiment_graph("tiny", bad, REPO)
+
+
+def test_an_optional_latentqa_eval_folder_that_is_absent_is_left_out(experiment, tmp_path, capsys):
+    missing = {"path": str(tmp_path / "nowhere"), "optional": True}
+    graph = experiment_graph(
+        "tiny", deep_merge(experiment, {"data": {"latentqa_eval": missing}}), REPO
+    )
+    assert "latentqa" not in graph["evaluate"].inputs and "data:latentqa_eval" not in graph
+    assert "nowhere is absent, so it is left out" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        required = {"path": str(tmp_path / "nowhere")}
+        experiment_graph(
+            "tiny", deep_merge(experiment, {"data": {"latentqa_eval": required}}), REPO
+        )

@@ -23,7 +23,7 @@ def _config(model_dir, train_dir, eval_dir, **eval_values) -> dict:
             "latentqa": {"path": str(train_dir), "kinds": ["control"]},
             "latentqa_eval": {"path": str(eval_dir), "kinds": ["control"], **eval_values},
         },
-        "train": {"read_layer": 1},
+        "train": {"read_layers": [1]},
     }
 
 

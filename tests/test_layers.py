@@ -28,7 +28,7 @@ def test_an_experiment_without_analysis_is_named(tmp_path, tiny_model_dir):
             "plain": {
                 "model": {"source": "local", "name": str(tiny_model_dir)},
                 "data": {"templates": {}},
-                "train": {"read_layer": 1},
+                "train": {"read_layers": [1]},
             }
         }
     }

@@ -190,3 +190,54 @@ def test_full_forward_option(tiny_model, tokenizer):
         handle.remove()
     assert calls == [1]
     torch.testing.assert_close(full[1], read_activations(tiny_model, input_ids, mask, [1])[1])
+
+
+@torch.no_grad()
+def test_norm_matched_addition_adds_a_vector_of_the_residuals_norm(tiny_model, tokenizer):
+    input_ids, mask = batch_of(tokenizer, TEXTS[:1])
+    before = read_activations(tiny_model, input_ids, mask, [1], stop_early=False)[1]
+    values = torch.randn(1, 2, before.shape[-1]) * 50
+    positions = torch.tensor([[1, 3]])
+    seen = {}
+    blocks = decoder_layers(tiny_model)
+    with patch_layer(tiny_model, 1, positions, values, mode="add"):
+        # registered after the patch, so it sees the patched output
+        handle = blocks[1].register_forward_hook(lambda _m, _a, out: seen.update(h=out))
+        try:
+            tiny_model(input_ids=input_ids, attention_mask=mask)
+        finally:
+            handle.remove()
+    hidden = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
+    for j, pos in enumerate([1, 3]):
+        own = before[0, pos]
+        added = hidden[0, pos] - own
+        # h + |h| v/|v|: the added part points along v with the residual's own norm
+        torch.testing.assert_close(added.norm(), own.norm(), rtol=1e-4, atol=1e-4)
+        cos = torch.nn.functional.cosine_similarity(added, values[0, j], dim=0)
+        assert float(cos) > 0.9999
+    untouched = [p for p in range(input_ids.shape[1]) if p not in (1, 3)]
+    torch.testing.assert_close(hidden[0, untouched], before[0, untouched])
+    with pytest.raises(ValueError, match="inject mode"):
+        with patch_layer(tiny_model, 1, positions, values, mode="sum"):
+            pass
+
+
+@torch.no_grad()
+def test_patch_rows_writes_each_row_at_its_own_block(tiny_model, tokenizer):
+    from pipeline.mechanism.patching import patch_rows
+
+    input_ids, mask = batch_of(tokenizer, [TEXTS[0], TEXTS[0]])
+    d = tiny_model.config.hidden_size
+    values = torch.randn(2, 1, d)
+    positions = torch.tensor([[2], [2]])
+    layers = torch.tensor([0, 2])
+    with patch_rows(tiny_model, layers, positions, values):
+        mixed = tiny_model(input_ids=input_ids, attention_mask=mask).logits
+    for row, layer in enumerate((0, 2)):
+        with patch_layer(tiny_model, layer, positions[row : row + 1], values[row : row + 1]):
+            alone = tiny_model(
+                input_ids=input_ids[row : row + 1], attention_mask=mask[row : row + 1]
+            ).logits
+        torch.testing.assert_close(mixed[row], alone[0], rtol=1e-4, atol=1e-4)
+    # the two rows read the same text and got the same vector: only the block differs
+    assert not torch.allclose(mixed[0], mixed[1])

@@ -36,7 +36,7 @@ def test_the_graph_refuses_training_on_an_evaluated_relation(tmp_path):
     config = {
         "model": {"source": "local", "name": str(tmp_path)},
         "data": {"relation_qa": {"relations": ["country_capital", "book_author"]}},
-        "train": {"read_layer": 1},
+        "train": {"read_layers": [1]},
     }
     with pytest.raises(ValueError, match=r"\['book_author'\] are both trained on"):
         experiment_graph("x", config, root=REPO)

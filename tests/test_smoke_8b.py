@@ -59,9 +59,9 @@ def smoke_experiment(model_dir, parallel: str) -> dict:
     templates["completion_tokens"] = 4
     values["data"] = {"templates": templates}  # the LatentQA files are not on a CI machine
     train = values["train"]
-    assert (train["read_layer"], train["write_layer"]) == (15, 0)
+    assert (train["read_layers"], train["write_layer"]) == ([15], 0)
     train.update(
-        read_layer=round(train["read_layer"] * BLOCKS / FULL_BLOCKS),
+        read_layers=[round(layer * BLOCKS / FULL_BLOCKS) for layer in train["read_layers"]],
         max_steps=2,
         warmup_steps=1,
         per_device_batch_size=2,
@@ -99,7 +99,7 @@ def test_decoder_8b_settings_run_end_to_end_on_a_shrunk_llama(
     view = workspace.view()
     train = json.loads((workspace.root / view["train"] / "_manifest.json").read_text())
     assert train["info"]["world_size"] == 2 and train["params"]["parallel"] == parallel
-    assert train["params"]["read_layer"] == 2 and train["params"]["write_layer"] == 0
+    assert train["params"]["read_layers"] == [2] and train["params"]["write_layer"] == 0
     assert train["params"]["dtype"] == "bfloat16"
     assert set(train["params"]["lora_targets"]) >= {"q_proj", "k_proj", "v_proj", "o_proj"}
     evaluation = json.loads((workspace.root / "results" / "tiny" / "eval.json").read_text())

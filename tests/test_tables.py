@@ -34,11 +34,12 @@ def test_tables_follow_the_reports_conditions_and_mark_skipped_metrics(tmp_path)
     path = tmp_path / "tables.md"
     write_tables(_report(), path)
     text = path.read_text(encoding="utf-8")
-    assert "read layer 23, write layer 23" in text
+    assert "read layers 23, write layer 23" in text
     assert "**true**: own activations; **shuffled**: another item's activations." in text
-    assert "| metric | n | true | shuffled | grounding gap | gap 95% CI |" in text
-    assert "| answer_loglik | 4 | -1.500 | -2.250 | 0.750 | [0.400, 1.100] |" in text
-    assert "| recovery | 0 | – | – | – | – |" in text and "Skipped: no items." in text
+    assert "| metric | n | layer | true | shuffled | grounding gap | gap 95% CI |" in text
+    assert "| answer_loglik | 4 | – | -1.500 | -2.250 | 0.750 | [0.400, 1.100] |" in text
+    assert "| recovery | 0 | – | – | – | – | – |" in text and "Skipped: no items." in text
+    assert "By read layer" not in text  # one layer: nothing to compare
     # perplexity column only where a condition has one; an undefined CI prints as a dash
     assert "| true | -1.500 | [-1.900, -1.100] | 0.500 | 4 | 4.48 |" in text
     assert "| text-only gap (true − text_only) | 0.100 | – | 0.500 | 4 | – |" in text

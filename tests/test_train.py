@@ -54,7 +54,7 @@ QUESTIONS = ["What is the weather like?", "Tell me about your day.", "Any advice
 # Small, dropout-free, fast: 16 steps of global batch 4, checkpoints every 2.
 STEPS = 16
 BASE_PARAMS = {
-    "read_layer": 1,
+    "read_layers": [1],
     "write_layer": 0,
     "mode": "on_the_fly",
     "positions": "all",
@@ -411,7 +411,7 @@ def test_cached_mode_matches_on_the_fly(tmp_path, single_run, tiny_model_dir, da
             "--key",
             "c",
             "--params",
-            json.dumps({"layers": [BASE_PARAMS["read_layer"]], "device": "cpu"}),
+            json.dumps({"layers": BASE_PARAMS["read_layers"], "device": "cpu"}),
             "--input",
             f"model={tiny_model_dir}",
             "--input",
@@ -464,3 +464,57 @@ def test_mix_gives_each_source_its_share_of_the_examples():
         mix_pairs(pairs, sources, {"template": 1, "context": 1}, seed=0)
     with pytest.raises(ValueError, match=r"absent: \['relation_qa'\]"):
         mix_pairs(pairs, sources, {"template": 1, "context": 1, "openai": 1, "relation_qa": 1}, 0)
+
+
+def test_layers_are_assigned_balanced_within_each_family():
+    from pipeline.training.train_data import assign_layers
+
+    families = ["template"] * 7 + ["relation_qa"] * 4
+    layers = assign_layers(families, [5, 9], seed=1)
+    assert layers == assign_layers(families, [5, 9], seed=1)
+    for family, size in (("template", 7), ("relation_qa", 4)):
+        mine = [layer for f, layer in zip(families, layers, strict=True) if f == family]
+        assert sorted(mine.count(layer) for layer in (5, 9)) == [size // 2, size - size // 2]
+    assert assign_layers(families, [5, 9], seed=2) != layers  # the seed shuffles, not a pattern
+
+
+def test_examples_of_two_layers_name_their_layer_and_write_where_they_read(tokenizer, data_dir):
+    from pipeline.data.schema import read_dialogs
+
+    params = TrainParams(**{**BASE_PARAMS, "read_layers": [1, 2], "write_layer": None})
+    dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    train_set, eval_set, shuffled_set = build_examples(dialogs, tokenizer, params)
+    assert {ex.layer for ex in train_set.examples} == {1, 2}
+    for ex in train_set.examples + eval_set.examples:
+        assert ex.decoder.write_layer == ex.layer
+        prompt = tokenizer.decode(ex.decoder.input_ids[: ex.decoder.placeholder_positions[0]])
+        assert prompt.endswith(f"Layer {ex.layer}:")
+    assert [ex.layer for ex in eval_set.examples] == [ex.layer for ex in shuffled_set.examples]
+    # One layer: nothing named, written at the fixed write block.
+    single, _, _ = build_examples(dialogs, tokenizer, TrainParams(**BASE_PARAMS))
+    ex = single.examples[0]
+    assert "Layer" not in tokenizer.decode(ex.decoder.input_ids) and ex.decoder.write_layer == 0
+
+
+def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
+    tmp_path, tiny_model_dir, data_dir
+):
+    from pipeline.mechanism import layer_choice
+
+    out = tmp_path / "train"
+    params = {
+        **BASE_PARAMS,
+        "read_layers": [1, 2],
+        "write_layer": None,
+        "lora_blocks": "from_write",
+        "max_steps": 4,
+        "layer_choice_examples": 3,
+    }
+    manifest = train(out, tiny_model_dir, data_dir, params)
+    names = adapter(out).keys()
+    blocks = {int(n.split("layers.")[1].split(".")[0]) for n in names}
+    assert blocks == {1, 2, 3}  # from the lowest write block up
+    choice = layer_choice.read(out / "adapter", [1, 2])
+    assert set(choice.losses) == {"test"} and set(choice.losses["test"]) == {1, 2}
+    assert choice.counts == {"test": 3}
+    assert manifest["info"]["layer_choice"] == {"test": choice.chosen("test")}

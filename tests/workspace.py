@@ -40,7 +40,7 @@ def tiny_experiment(model_dir: Path) -> dict:
                 },
                 "filter": {"eval_fraction": 0.3},
                 "train": {
-                    "read_layer": 1,
+                    "read_layers": [1],
                     "mode": "cached",
                     "max_steps": 2,
                     "warmup_steps": 1,

@@ -20,9 +20,23 @@ from typing import Any
 from pipeline.analysis.params import ProbeParams
 from pipeline.analysis.summary import best
 from pipeline.core import stage
+from pipeline.mechanism import layer_choice
 
 log = logging.getLogger("pipeline.analysis.probes")
 NEEDS = ("model", "statements", "statements_cache", "data", "dialogs_cache")
+TRUTH_FAMILIES = ("statements", "public")
+"""Training families whose validation items choose the layer the decoder's truth is read at."""
+
+
+def _at_layers(reader, settings, choice, families) -> dict[str, Any]:
+    """The decoder reader at each trained layer: ``decoder`` at the layer the validation split
+    chose for ``families``, ``decoder_by_layer`` at every layer (beside the probes' blocks)."""
+    by_layer = {layer: reader(settings.with_layer(layer)) for layer in settings.read_layers}
+    chosen, _ = choice.for_families(families)
+    out: dict[str, Any] = {"decoder": by_layer[chosen]}
+    if len(by_layer) > 1:
+        out["decoder_by_layer"] = {str(layer): r["eval"] for layer, r in by_layer.items()}
+    return out
 
 
 def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]) -> None:
@@ -42,6 +56,9 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
     started = time.time()
     torch.manual_seed(params.seed)
     model, tokenizer, settings = load_reader_model(inputs, params.dtype, params.device)
+    choice = None
+    if settings is not None:
+        choice = layer_choice.read(inputs["train"] / "adapter", list(settings.read_layers))
     statements_cache = LayerCache(inputs["statements_cache"])
     pairs = truth.contrast_pairs(
         read_dialogs(inputs["statements"] / "dialogs.parquet"), params.seed
@@ -58,8 +75,17 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
         "pooling": params.statements_pooling,
         "n_pairs": {split: len(p.ids_a) for split, p in pairs.items()},
         "per_layer": truth.layer_readers(statements_cache, pairs, params),
-        **truth.prompted_readers(model, tokenizer, settings, pairs["eval"], params),
+        **truth.prompted_readers(model, tokenizer, None, pairs["eval"], params),
     }
+    if settings is not None:
+        truth_result.update(
+            _at_layers(
+                lambda at: truth.decoder_truth(model, tokenizer, at, pairs["eval"], params),
+                settings,
+                choice,
+                TRUTH_FAMILIES,
+            )
+        )
     report["tasks"]["truth"] = truth_result
     log.info("truth task done (%.0f s)", time.time() - started)
 
@@ -80,8 +106,13 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
             "per_layer": labels.layer_readers(dialogs_cache, task, emb, params),
         }
         if settings is not None:
-            label_result["decoder"] = labels.decoder_reader(
-                model, tokenizer, settings, task, params
+            label_result.update(
+                _at_layers(
+                    lambda at: labels.decoder_reader(model, tokenizer, at, task, params),
+                    settings,
+                    choice,
+                    ("template",),
+                )
             )
         report["tasks"]["labels"] = label_result
     else:

@@ -82,9 +82,8 @@ def decoder_logliks(
 ) -> list[float]:
     """Mean log-likelihood per token of each (dialog index, question, answer), the decoder
     reading that dialog's activations (the evaluation's "true" condition)."""
-    from pipeline.evaluation.evaluate import loglik_batched
     from pipeline.mechanism.dialogs import build_decoder_example
-    from pipeline.mechanism.reading import compute_reads
+    from pipeline.mechanism.reading import compute_reads, loglik_batched
 
     reads = compute_reads(model, tokenizer, dialogs, settings, batch_size, desc=f"{desc}: reading")
     examples, acts = [], []
@@ -92,14 +91,17 @@ def decoder_logliks(
         read = reads[index]
         examples.append(
             build_decoder_example(
-                tokenizer, read.read_positions, question, answer, settings.align_positions
+                tokenizer,
+                read.read_positions,
+                question,
+                answer,
+                settings.align_positions,
+                settings.at(),
             )
         )
         acts.append(read.acts)
     print(f"{desc}: {len(examples)} decoder prompts", file=sys.stderr)
-    results = loglik_batched(
-        model, tokenizer, examples, acts, settings.write_layer, batch_size, desc
-    )
+    results = loglik_batched(model, tokenizer, examples, acts, batch_size, desc, settings.inject)
     return [-nll / max(n, 1) for nll, n in results]
 
 
@@ -126,12 +128,12 @@ def decoder_yes_minus_no(
         chunk = reads[start : start + batch_size]
         examples = [
             build_decoder_example(tokenizer, r.read_positions, question, None,
-                                  settings.align_positions)
+                                  settings.align_positions, settings.at())
             for r in chunk
         ]  # fmt: skip
         batch = collate(
             examples, [r.acts for r in chunk], tokenizer.pad_token_id, padding_side="left"
         ).to(device)
-        logits = decoder_logits(model, batch, settings.write_layer, logits_to_keep=1)[:, -1]
+        logits = decoder_logits(model, batch, inject=settings.inject, logits_to_keep=1)[:, -1]
         out += (logits[:, yes] - logits[:, no]).float().tolist()
     return out

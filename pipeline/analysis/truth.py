@@ -113,7 +113,7 @@ def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[s
 
 def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
     """Zero-shot prompting of the base model and, given a decoder, the decoder; on one split."""
-    from pipeline.analysis.prompting import decoder_yes_minus_no, zero_shot_true_minus_false
+    from pipeline.analysis.prompting import zero_shot_true_minus_false
 
     truth = pairs.a_true.bool()
     texts = [r["messages"][-1]["content"] for r in pairs.rows_a + pairs.rows_b]
@@ -128,15 +128,23 @@ def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbePara
     }
     if settings is None:
         return out
+    out["decoder"] = decoder_truth(model, tokenizer, settings, pairs, params)
+    return out
+
+
+def decoder_truth(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
+    """The decoder asked the statements' question, reading at ``settings.read_layer``."""
+    from pipeline.analysis.prompting import decoder_yes_minus_no
+
+    truth = pairs.a_true.bool()
     rows = pairs.rows_a + pairs.rows_b
     dialogs = [(r["messages"], r["n_masked_turns"]) for r in rows]
     question = rows[0]["qa"][0]["question"]
     yes_minus_no = torch.tensor(
         decoder_yes_minus_no(model, tokenizer, settings, dialogs, question, params.batch_size)
     ).view(2, -1)
-    out["decoder"] = {
+    return {
         "question": question,
         "layer": settings.read_layer,
         "eval": _summary((yes_minus_no[0] > yes_minus_no[1]) == truth, params),
     }
-    return out

@@ -88,7 +88,7 @@ class Trainer:
         batch = collate([self.work.examples[i] for i in indices], acts, self.pad_id)
         batch = batch.to(self.spec.device)
         with bf16_autocast(self.spec):
-            loss = answer_loss(self.decoder, batch, self.spec.write_layer)
+            loss = answer_loss(self.decoder, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable_parameters(self.decoder), 1.0)
         self.optimizer.step()
@@ -115,7 +115,7 @@ def make_trainer(design: str, spec: BenchSpec, cache_path: Path | None, work=Non
     target = load_base(spec)[0] if design == "a" else None  # the reference's second copy
     if work is None:
         dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
-        work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
+        work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed, spec.write_layer)
     decoder = with_adapter(base, spec)
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(decoder)
@@ -216,7 +216,7 @@ def run_caching(spec: BenchSpec, cache_path: Path | None) -> dict:
     read_layer = resolve_read_layer(spec, n_blocks)
     layer = resolve_caching_layer(spec, read_layer, n_blocks)
     dialogs = template_dialogs(spec.templates_dir, spec.examples, spec.seed)
-    work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed)
+    work = build_workload(tokenizer, dialogs, spec.batch_size, spec.seed, spec.write_layer)
     pad = tokenizer.pad_token_id
     result: dict[str, Any] = {
         "read_layer": read_layer,
@@ -292,7 +292,9 @@ def run_scaling(spec: BenchSpec, workdir: Path, sizes=None, layer_counts=(1, 2, 
     for n, k in grid:
         step = max(1, layer // max(1, k))
         layers = sorted({max(0, layer - j * step) for j in range(k)})
-        work = build_workload(tokenizer, base_dialogs[:n], spec.batch_size, spec.seed)
+        work = build_workload(
+            tokenizer, base_dialogs[:n], spec.batch_size, spec.seed, spec.write_layer
+        )
         path = workdir / f"scaling_{n}_{k}.safetensors"
         decoder.eval()
         started = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.mechanism.dialogs import build_decoder_example, tokenize_read_dialog
+from pipeline.mechanism.dialogs import ReadAt, build_decoder_example, tokenize_read_dialog
 from pipeline.mechanism.modeling import (
     attention_implementation,
     load_model,
@@ -153,14 +153,19 @@ class Workload:
     """Length-bucketed batches in a seeded order, the same for every design."""
 
 
-def build_workload(tokenizer, dialogs: list[dict], batch_size: int, seed: int = 0) -> Workload:
+def build_workload(
+    tokenizer, dialogs: list[dict], batch_size: int, seed: int = 0, write_layer: int = 0
+) -> Workload:
     reads, examples = [], []
+    at = ReadAt(read=0, write=write_layer)
     for d in dialogs:
         read = tokenize_read_dialog(tokenizer, d["messages"], d["n_masked_turns"])
         reads.append(read)
         qa = d["qa"]
         examples.append(
-            build_decoder_example(tokenizer, read.read_positions, qa["question"], qa["answer"])
+            build_decoder_example(
+                tokenizer, read.read_positions, qa["question"], qa["answer"], at=at
+            )
         )
     order = sorted(range(len(dialogs)), key=lambda i: len(examples[i].input_ids))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

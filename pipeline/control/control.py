@@ -139,7 +139,7 @@ class Rig:
         ]
         examples = [
             [build_decoder_example(self.tokenizer, r.read_positions, x["question"], x["answer"],
-                                   self.settings.align_positions) for x in qa]
+                                   self.settings.align_positions, self.settings.at()) for x in qa]
             for r in reads
         ]  # fmt: skip
         return reads, examples
@@ -177,7 +177,7 @@ class Rig:
         use_adapter(self.model, DECODER)
         batch = collate(examples, list(acts), self.tokenizer.pad_token_id).to(self.device)
         with self.autocast():
-            return answer_loss(self.model, batch, self.settings.write_layer, reduction=reduction)
+            return answer_loss(self.model, batch, inject=self.settings.inject, reduction=reduction)
 
 
 def train_steer(rig: Rig, reads, examples, params: ControlParams) -> list[dict]:

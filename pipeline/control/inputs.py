@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.core import store
 from pipeline.data.schema import DataError
+from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_settings import DecoderSettings
 
 
@@ -106,13 +107,19 @@ def control_target(qa_file: Path, label: str, override: str | None) -> dict[str,
     return target
 
 
+STEERING_FAMILIES = ("template",)
+"""The steering questions ask about the assistant's persona: with several read layers, the
+decoder reads at the layer its validation split chose for the persona dialogs."""
+
+
 def decoder_settings(train_dir: Path) -> DecoderSettings:
     """How the decoder reads, from its train artifact (whose adapter must be there)."""
     manifest = store.read_manifest(train_dir, verify="fast")
     settings = DecoderSettings.from_manifest(manifest, where=f"{train_dir}/{store.MANIFEST}")
     if not (train_dir / "adapter" / "adapter_config.json").exists():
         raise FileNotFoundError(f"{train_dir}: no PEFT adapter in adapter/")
-    return settings
+    choice = layer_choice.read(train_dir / "adapter", list(settings.read_layers))
+    return settings.with_layer(choice.for_families(STEERING_FAMILIES)[0])
 
 
 def decoder_provenance(train_dir: Path) -> dict[str, Any]:

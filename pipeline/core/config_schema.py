@@ -99,6 +99,10 @@ def experiment_schema() -> dict[str, Any]:
         extra = {}
         if stage_name == "import_latentqa":
             extra["path"] = {"type": "string", "description": "folder of the source files"}
+            extra[graph.OPTIONAL] = {
+                "type": "boolean",
+                "description": "leave the source out (with a note) when its folder is absent",
+            }
         data[source] = dataclass_schema(stages.params_class(stage_name), extra)
     sections["data"] = {
         "type": "object",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,16 @@ DATA_SOURCES = {
     "context": "context",
     "classification": "classification",
     "relation_qa": "relation_qa",
+    "statements": "statements",
+    "public": "public_tasks",
 }
 """Config keys under ``data`` and the stage each one runs. ``latentqa_eval`` is evaluation only:
 it feeds the evaluate stage, never the filter or training."""
+RELATION_SOURCES = ("relation_qa", "statements")
+"""Data sources made from relation facts: none may name a relation evaluated on."""
+OPTIONAL = "optional"
+"""A LatentQA source's setting: when its folder is absent, the source is left out (with a note)
+instead of stopping the experiment."""
 EVAL_ONLY = "latentqa_eval"
 LATENTQA_FILES = ("qa.json",)
 """Files every LatentQA folder needs besides one ``<kind>.json`` per imported kind."""
@@ -134,10 +142,19 @@ def experiment_graph(
             node.inputs["model"] = model
         elif stage_name in FROM_TEXTS:
             node.inputs["texts"] = nodes["texts"]
-        elif stage_name == "relation_qa":
+        elif stage_name in RELATION_SOURCES:
             node.inputs["relations"] = str(root / "data" / "relations.yaml")
+        elif stage_name == "public_tasks":
+            node.inputs["tasks"] = str(root / "data" / "public" / "tasks.yaml")
         elif stage_name == "import_latentqa":
             src = root / values.pop("path")
+            if values.pop(OPTIONAL, False) and not src.is_dir():
+                print(
+                    f"{where}.data.{source}: {src} is absent, so it is left out "
+                    "(README: where to get the LatentQA data)",
+                    file=sys.stderr,
+                )
+                continue
             # Imported training data is split by label in the filter; the evaluation split stays.
             values.setdefault("split", "eval" if source == EVAL_ONLY else "train")
             node.inputs["source"] = str(src)
@@ -162,7 +179,7 @@ def experiment_graph(
     train = Node("train", train_params, {"model": model, "data": filtered})
     if train_params["mode"] == "cached":
         cache_values = dict(config.get("cache") or {})
-        cache_values.setdefault("layers", [train_params["read_layer"]])
+        cache_values.setdefault("layers", list(train_params["read_layers"]))
         cache_values["positions"] = train_params["positions"]
         cache = Node(
             "activation_cache",
@@ -172,8 +189,11 @@ def experiment_graph(
         nodes["activation_cache"] = cache
         train.inputs["cache"] = cache
         _check_layers(f"{where}.cache.layers", cache.params["layers"], depth, model.params)
-    for layer in ("read_layer", "write_layer"):
-        _check_layers(f"{where}.train.{layer}", [train_params[layer]], depth, model.params)
+    _check_layers(f"{where}.train.read_layers", train_params["read_layers"], depth, model.params)
+    if train_params["write_layer"] is not None:
+        _check_layers(
+            f"{where}.train.write_layer", [train_params["write_layer"]], depth, model.params
+        )
     nodes["train"] = train
 
     evaluate = Node(
@@ -183,16 +203,25 @@ def experiment_graph(
     )
     evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
     evaluate.inputs["synonyms"] = str(root / "data" / "synonyms.yaml")
-    if "relation_qa" in sources:
-        trained = set(data_nodes["data_relation_qa"].params["relations"])
-        shared = sorted(trained & set(evaluate.params["eval_relations"]))
+    for source in RELATION_SOURCES:
+        if f"data_{source}" not in data_nodes:
+            continue
+        trained = data_nodes[f"data_{source}"].params["relations"]
+        shared = sorted(
+            set(evaluate.params["eval_relations"])
+            if trained is None
+            else set(trained) & set(evaluate.params["eval_relations"])
+        )
         if shared:
             raise ValueError(
-                f"{where}: relations {shared} are both trained on (data.relation_qa.relations) "
-                "and evaluated on (evaluate.eval_relations)"
+                f"{where}: relations {shared} are both trained on (data.{source}.relations"
+                f"{', null: all' if trained is None else ''}) and evaluated on "
+                "(evaluate.eval_relations)"
             )
-    if EVAL_ONLY in sources:
+    if f"data:{EVAL_ONLY}" in nodes:
         evaluate.inputs["latentqa"] = nodes[f"data:{EVAL_ONLY}"]
+    if "data:public" in nodes:
+        evaluate.inputs["public"] = nodes["data:public"]
     nodes["evaluate"] = evaluate
 
     report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}

@@ -132,15 +132,17 @@ def main(
     *,
     resumable: tuple[str, ...] = (),
     scratch: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
 ) -> None:
     """Run a stage from its command line; bad input ends it with one line naming the culprit.
 
-    ``resumable`` names the entries of a killed run's staging folder that a rerun resumes from
-    (the rest is removed); ``scratch`` those that only serve a resume (checkpoints), removed at
-    publication, not before, so that a run killed between its work and publication resumes.
+    ``needs`` names the inputs the stage cannot run without. ``resumable`` names the entries of
+    a killed run's staging folder that a rerun resumes from (the rest is removed); ``scratch``
+    those that only serve a resume (checkpoints), removed at publication, not before, so that a
+    run killed between its work and publication resumes.
     """
     try:
-        _main(stage, params_cls, run, argv, resumable=resumable, scratch=scratch)
+        _main(stage, params_cls, run, argv, resumable=resumable, scratch=scratch, needs=needs)
     except (InputError, store.StoreError) as exc:
         raise SystemExit(f"{stage}: error: {one_line(exc)}") from None
 
@@ -153,6 +155,7 @@ def _main(
     *,
     resumable: tuple[str, ...] = (),
     scratch: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
 ) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {_running_module(stage)}")
     parser.add_argument("--out", required=True, type=Path, help="the artifact directory to publish")
@@ -170,6 +173,9 @@ def _main(
         raise ParamsError(f"--params is not a JSON object: {exc}") from None
     params = build_params(params_cls, raw, where=f"{stage} params")
     inputs = _parse_inputs(args.input)
+    missing = [name for name in needs if name not in inputs]
+    if missing:
+        raise InputError(f"needs --input {missing[0]}=PATH")
     for name, path in inputs.items():
         if not path.exists():
             raise InputError(f"input {name} does not exist: {path}")

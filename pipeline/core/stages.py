@@ -44,6 +44,9 @@ STAGES: dict[str, StageSpec] = {
     "context": StageSpec("data.context", "data.context:ContextParams"),
     "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
     "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
+    "public_tasks": StageSpec(
+        "data.public_tasks", "data.public_tasks:PublicTaskParams", ("data/public/*.jsonl",)
+    ),
     "filter": StageSpec("data.filter", "data.filter:FilterParams"),
     "statements": StageSpec("data.statements", "data.statements:StatementParams"),
     "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),

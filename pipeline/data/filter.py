@@ -5,7 +5,8 @@ Inputs: every input whose name starts with ``data`` is a dialog set (a folder ho
 Outputs: ``dialogs.parquet`` (all kept rows, split set), ``train.parquet``,
 ``validation.parquet``, ``eval.parquet``, ``filter_report.json`` and ``filter_report.md``.
 Dialogs under a control are split by label (train / validation / eval); texts read for what they
-say (kind ``text``, the reading curriculum) keep the split their source gave them.
+say (kind ``text``, the reading curriculum) are split by label into train / validation, except those
+their source put in eval.
 """
 
 from __future__ import annotations
@@ -169,8 +170,23 @@ def filter_dialogs(
             kept.append(row)
             kept_lengths.append(length)
 
-    # Texts read for what they say (the reading curriculum) keep the split their source gave
-    # them; dialogs under a control are split by label.
+    # Dialogs under a control are split by label into train / validation / eval. Texts read for
+    # what they say (the reading curriculum) are evaluated elsewhere: a label its source put in
+    # eval stays there (with every row of that label, whatever its source: a relation fact held
+    # out of the statements is held out of the relation questions too), the others are split by
+    # label into train / validation, so that every kind of question has validation items to
+    # choose settings (a read layer) on.
+    texts = [row for row in kept if row["kind"] not in CONTROL_KINDS]
+    text_splits = assign_splits(
+        {row["label"] for row in texts},
+        {row["label"] for row in texts if row["split"] == "eval"},
+        0.0,
+        None,
+        params.seed,
+        params.validation_fraction,
+    )
+    for row in texts:
+        row["split"] = text_splits[row["label"]]
     controlled = [row for row in kept if row["kind"] in CONTROL_KINDS]
     fixed_eval = (
         {row["label"] for row in controlled if row["split"] == "eval"}

@@ -13,168 +13,32 @@ same module with its adapter disabled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pipeline.core import stage
-from pipeline.data.matching import names_in
 from pipeline.data.schema import read_dialogs
-from pipeline.evaluation.concepts import concept_hit, load_synonyms
-from pipeline.evaluation.items import Item, Metric, build_metrics, dialog_key
+from pipeline.evaluation.choice_items import task_metrics, truth_metric
+from pipeline.evaluation.concepts import load_synonyms
+from pipeline.evaluation.conditions import CONDITIONS, READING, run_condition, score_rows
+from pipeline.evaluation.items import Metric, build_metrics, dialog_key, training_text
 from pipeline.evaluation.params import EvalParams
-from pipeline.evaluation.scoring import (
-    LLMJudge,
-    load_similarity,
-    normalized_match,
-    summarize,
-)
+from pipeline.evaluation.scoring import LLMJudge, load_similarity, summarize
 from pipeline.evaluation.tables import write_plots, write_tables
-from pipeline.mechanism.decoder import answer_loss, collate
+from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_files import load_decoder
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import DecoderExample, build_decoder_example
-from pipeline.mechanism.reading import Read, compute_reads, generate_batched, target_mode
+from pipeline.mechanism.reading import compute_reads
 from pipeline.training.sampling import derangement
 
 log = logging.getLogger("pipeline.evaluation.evaluate")
-
-CONDITIONS = {
-    "true": "the decoder reads the item's own activations",
-    "shuffled": "the decoder reads another item's activations (a fixed derangement that avoids "
-    "items of the same label where possible)",
-    "untrained": "the base model (adapter disabled) reads the item's own activations "
-    "(Patchscope-style)",
-    "text_only": "the decoder is given the read dialog's unmasked tokens as text in place of the "
-    "placeholders, with no activations",
-}
-
-
-def text_only_example(
-    tokenizer, read: Read, question: str, answer: str | None, align: bool
-) -> DecoderExample:
-    """The decoder prompt with the read tokens themselves where the placeholders would be."""
-    ex = build_decoder_example(tokenizer, read.read_positions, question, answer, align)
-    ids = list(ex.input_ids)
-    for slot, pos in zip(ex.placeholder_positions, read.read_positions, strict=True):
-        ids[slot] = read.input_ids[pos]
-    return DecoderExample(ids, [], ex.position_ids, ex.labels)
-
-
-def condition_inputs(
-    condition: str,
-    items: list[Item],
-    reads: dict,
-    perm: list[int],
-    tokenizer,
-    settings: DecoderSettings,
-    with_answer: bool,
-):
-    """(examples, activations, donor item ids) of the items under one condition."""
-    examples, acts, donors = [], [], []
-    for i, item in enumerate(items):
-        read = reads[item.dialog]
-        answer = item.reference if with_answer else None
-        donor = item
-        if condition == "shuffled":
-            donor = items[perm[i]]
-            read = reads[donor.dialog]
-        if condition == "text_only":
-            examples.append(
-                text_only_example(tokenizer, read, item.question, answer, settings.align_positions)
-            )
-            acts.append(torch.zeros(0, read.acts.shape[-1]))
-        else:
-            examples.append(
-                build_decoder_example(
-                    tokenizer, read.read_positions, item.question, answer, settings.align_positions
-                )
-            )
-            acts.append(read.acts)
-        donors.append(donor.id)
-    return examples, acts, donors
-
-
-@torch.no_grad()
-def loglik_batched(
-    model, tokenizer, examples, acts, write_layer: int, batch_size: int, desc: str
-) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each example's labelled answer tokens."""
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
-        chunk = order[start : start + batch_size]
-        batch = collate(
-            [examples[i] for i in chunk], [acts[i] for i in chunk], tokenizer.pad_token_id
-        ).to(device)
-        nll, count = answer_loss(model, batch, write_layer, reduction="none")
-        for i, a, b in zip(chunk, nll.tolist(), count.tolist(), strict=True):
-            out[i] = (a, int(b))
-    return out
-
-
-def run_condition(
-    model, tokenizer, metric: Metric, condition: str, reads, perm, settings, params: EvalParams
-) -> list[dict[str, Any]]:
-    """Per item: the donor and the NLL with its score, or the prediction (scored later)."""
-    loglik = metric.kind == "loglik"
-    examples, acts, donors = condition_inputs(
-        condition, metric.items, reads, perm, tokenizer, settings, with_answer=loglik
-    )
-    desc = f"{metric.name}/{condition}"
-    with target_mode(model) if condition == "untrained" else contextlib.nullcontext():
-        if loglik:
-            results = loglik_batched(
-                model, tokenizer, examples, acts, settings.write_layer, params.batch_size, desc
-            )
-            return [
-                {"donor": d, "nll": nll, "tokens": n, "score": -nll / max(n, 1)}
-                for d, (nll, n) in zip(donors, results, strict=True)
-            ]
-        texts = generate_batched(
-            model,
-            tokenizer,
-            examples,
-            acts,
-            settings.write_layer,
-            params.batch_size,
-            metric.max_new_tokens,
-            desc,
-        )
-    return [{"donor": d, "prediction": text} for d, text in zip(donors, texts, strict=True)]
-
-
-_MATCHERS = {
-    "match": lambda it, text, _: any(normalized_match(text, r) for r in (it.reference, *it.accept)),
-    "entity": lambda it, text, _: names_in(
-        text, (it.reference, *it.accept), it.case_sensitive, it.rivals
-    ),
-    "concept": lambda it, text, synonyms: concept_hit(text, it.reference, synonyms),
-}
-
-
-def score_rows(scorer: str, items: list[Item], rows: list[dict], similarity, synonyms) -> list:
-    """One scorer's score of each generated answer (1.0 or 0.0 for the matching scorers)."""
-    texts = [r["prediction"] for r in rows]
-    if scorer == "similarity":
-        return similarity.score(texts, [it.reference for it in items])
-    if scorer not in _MATCHERS:
-        raise ValueError(f"unknown scorer {scorer!r}; known: similarity, {', '.join(_MATCHERS)}")
-    match = _MATCHERS[scorer]
-    return [float(match(it, text, synonyms)) for it, text in zip(items, texts, strict=True)]
-
-
-# --- the stage ------------------------------------------------------------------------------
 
 
 def _conditions_summary(rows_by_cond: dict[str, list[dict]], params: EvalParams) -> dict:
@@ -198,6 +62,33 @@ def _conditions_summary(rows_by_cond: dict[str, list[dict]], params: EvalParams)
     return out
 
 
+def _runs(model, tokenizer, metric, reads, perm, settings, params) -> dict:
+    """(condition, layer) -> rows: the reading conditions at every read layer, text-only once
+    (layer None)."""
+    any_layer = settings.read_layers[0]
+    runs = {
+        ("text_only", None): run_condition(
+            model, tokenizer, metric, "text_only", reads[any_layer], perm, settings, params
+        )
+    }
+    for layer in settings.read_layers:
+        there = settings.with_layer(layer)
+        for cond in READING:
+            runs[(cond, layer)] = run_condition(
+                model, tokenizer, metric, cond, reads[layer], perm, there, params
+            )
+    return runs
+
+
+def _by_cond(runs: dict, layer: int) -> dict[str, list[dict]]:
+    return {c: runs[(c, None if c == "text_only" else layer)] for c in CONDITIONS}
+
+
+def _scored(runs: dict, layer: int, key: str) -> dict[str, list[dict]]:
+    """The rows of each condition at ``layer`` with the ``key`` scorer's score as ``score``."""
+    return {c: [{**r, "score": r[key]} for r in rows] for c, rows in _by_cond(runs, layer).items()}
+
+
 def evaluate(
     model,
     tokenizer,
@@ -207,17 +98,34 @@ def evaluate(
     similarity=None,
     judge=None,
     synonyms=None,
+    choice: layer_choice.LayerChoice | None = None,
 ):
-    """(eval results by metric and scorer, prediction records)."""
+    """(eval results by metric and scorer, prediction records).
+
+    Each result holds the figures at the metric's read layer (chosen on the validation split,
+    ``choice``) at its top level, as a single-layer decoder's would, and every layer's under
+    ``by_layer``.
+    """
+    choice = choice or layer_choice.LayerChoice(layers=list(settings.read_layers))
     dialogs = sorted({item.dialog for m in metrics for item in m.items})
-    computed = compute_reads(
-        model,
-        tokenizer,
-        [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs],
-        settings,
-        params.batch_size,
-    )
-    reads = dict(zip(dialogs, computed, strict=True))
+    messages = [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs]
+    reads = {
+        layer: dict(
+            zip(
+                dialogs,
+                compute_reads(
+                    model,
+                    tokenizer,
+                    messages,
+                    settings.with_layer(layer),
+                    params.batch_size,
+                    desc=f"reading block {layer}",
+                ),
+                strict=True,
+            )
+        )
+        for layer in settings.read_layers
+    }
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for metric in metrics:
@@ -233,47 +141,61 @@ def evaluate(
             continue
         started = time.time()
         perm = derangement([it.group for it in metric.items], params.seed)
-        by_cond = {
-            c: run_condition(model, tokenizer, metric, c, reads, perm, settings, params)
-            for c in CONDITIONS
-        }
+        runs = _runs(model, tokenizer, metric, reads, perm, settings, params)
+        best, family = choice.for_families(metric.families)
         common = {
             "n": len(metric.items),
             "shuffled_same_group": sum(
                 metric.items[p].group == it.group for it, p in zip(metric.items, perm, strict=True)
             ),
             "seconds": round(time.time() - started, 1),
+            "layer": best,
+            "layer_chosen_by": (
+                f"validation loss of the {family} family"
+                if family
+                else "validation loss over all families"
+                if choice.losses
+                else "the decoder's only read layer"
+            ),
         }
-        for name, scorer in zip(names, metric.scorers or ("loglik",), strict=True):
-            scored = by_cond
-            if scorer != "loglik":
-                for rows in by_cond.values():
+        if metric.chance is not None:
+            common["chance"] = metric.chance
+        for name, scorer in zip(names, metric.scorers or (metric.kind,), strict=True):
+            if scorer not in ("loglik", "choice"):
+                for rows in runs.values():
                     scores = score_rows(scorer, metric.items, rows, similarity, synonyms)
                     for row, score in zip(rows, scores, strict=True):
                         row[scorer] = score
-                scored = {c: [{"score": r[scorer]} for r in rows] for c, rows in by_cond.items()}
+            key = "score" if scorer in ("loglik", "choice") else scorer
+            by_layer = {
+                str(layer): _conditions_summary(_scored(runs, layer, key), params)
+                for layer in settings.read_layers
+            }
             result = {
                 "description": metric.description,
                 "kind": scorer,
                 **common,
-                **_conditions_summary(scored, params),
+                **by_layer[str(best)],
+                "by_layer": by_layer,
             }
             if scorer == "similarity":
                 result["scorer"] = {"name": similarity.name, "kind": similarity.kind}
             if metric.notes:
                 result["notes"] = metric.notes
-            if any("relation" in item.meta for item in metric.items):
-                result["by_relation"] = _by_relation(metric, scored)
+            for part in ("relation", "task"):
+                if any(part in item.meta for item in metric.items):
+                    result[f"by_{part}"] = _by_part(metric, _scored(runs, best, key), part)
             results[name] = result
             if scorer == "similarity" and judge is not None:
-                results[name + "_judge"] = _judge(metric, by_cond, judge, params)
-        for cond, rows in by_cond.items():
+                results[name + "_judge"] = _judge(metric, _by_cond(runs, best), judge, params)
+        for (cond, layer), rows in runs.items():
             for item, row in zip(metric.items, rows, strict=True):
                 predictions.append(
                     {
                         "metric": metric.name,
                         "item": item.id,
                         "condition": cond,
+                        "layer": layer,
                         "question": item.question,
                         "reference": item.reference,
                         **item.meta,
@@ -283,11 +205,12 @@ def evaluate(
     return results, predictions
 
 
-def _by_relation(metric: Metric, by_cond) -> dict[str, dict[str, float]]:
+def _by_part(metric: Metric, by_cond, part: str) -> dict[str, dict[str, float]]:
+    """Each condition's mean score per relation (or task) of the items."""
     out: dict[str, dict[str, list[float]]] = {}
     for cond, rows in by_cond.items():
         for item, row in zip(metric.items, rows, strict=True):
-            out.setdefault(item.meta["relation"], {}).setdefault(cond, []).append(row["score"])
+            out.setdefault(item.meta[part], {}).setdefault(cond, []).append(row["score"])
     return {rel: {c: sum(v) / len(v) for c, v in conds.items()} for rel, conds in out.items()}
 
 
@@ -343,8 +266,10 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
     started = time.time()
     train_manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
     settings = DecoderSettings.from_manifest(train_manifest)
+    adapter = inputs["train"] / "adapter"
+    choice = layer_choice.read(adapter, list(settings.read_layers))
     model, tokenizer = load_decoder(
-        inputs["model"], inputs["train"] / "adapter", train_manifest, params.dtype, params.device
+        inputs["model"], adapter, train_manifest, params.dtype, params.device
     )
     rows = read_dialogs(inputs["data"] / "dialogs.parquet")
     if "latentqa" in inputs:
@@ -353,19 +278,27 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
         latentqa_rows = [r for r in rows if r["source"] == params.latentqa_source]
     latentqa_rows = latentqa_eval_rows(rows, latentqa_rows)
     metrics = build_metrics(params, rows, latentqa_rows, inputs["relations"], tokenizer)
+    if params.max_truth_items:
+        metrics.append(truth_metric(params, inputs["relations"], training_text(rows)))
+    if "public" in inputs:
+        from pipeline.data.public_tasks import read_eval_items
+
+        metrics += task_metrics(read_eval_items(inputs["public"]), params)
     similarity = load_similarity(params.similarity)
     synonyms = load_synonyms(inputs["synonyms"])
     judge = LLMJudge(params.judge) if params.judge.enabled and latentqa_rows else None
     results, predictions = evaluate(
-        model, tokenizer, settings, metrics, params, similarity, judge, synonyms
+        model, tokenizer, settings, metrics, params, similarity, judge, synonyms, choice
     )
     report = {
         "decoder": {
             **asdict(settings),
+            "layer_choice": choice.to_json(),
             "train_key": train_manifest.get("key"),
             "model_key": train_manifest.get("inputs", {}).get("model"),
         },
         "conditions": CONDITIONS,
+        "layers": list(settings.read_layers),
         "gaps": {
             "grounding_gap": "true minus shuffled, paired per item",
             "text_only_gap": "true minus text_only, paired per item",

@@ -37,13 +37,16 @@ class Item:
     """Names of the same kind that a matched name must not sit inside (entity scorer)."""
     case_sensitive: bool = False
     """The entity scorer keeps case (chemical symbols)."""
+    choices: tuple[str, ...] = ()
+    """For ``choice`` metrics: the candidate answers, the reference among them."""
 
 
 @dataclass
 class Metric:
     name: str
     kind: str
-    """``loglik`` (reference answers scored) or ``generate`` (greedy answers, then scorers)."""
+    """``loglik`` (reference answers scored), ``generate`` (greedy answers, then scorers) or
+    ``choice`` (the item's candidate answer the decoder finds likeliest)."""
     description: str
     items: list[Item]
     notes: list[str] = field(default_factory=list)
@@ -51,6 +54,11 @@ class Metric:
     scorers: tuple[str, ...] = ()
     """For ``generate``: ``match``, ``entity``, ``concept``, ``similarity``; the first names the
     metric, the others report as ``<name>_<scorer>`` on the same generations."""
+    families: tuple[str, ...] = ("template",)
+    """The training data families whose validation items choose this metric's read layer, in
+    order of preference (``layer_choice``)."""
+    chance: float | None = None
+    """The score of a blind guess, where there is one (``choice`` metrics)."""
 
 
 def dialog_key(messages: list[dict], n_masked: int):
@@ -98,6 +106,9 @@ def qa_items(rows, tokenizer, cap: int, seed: int, limit: int, qa_index: int | N
 
 
 RECOVERY_SCORERS = ("match", "concept", "similarity")
+LATENTQA_FAMILIES = ("latentqa-import", "template")
+"""Imported LatentQA data trains family ``latentqa-import``; without it, the persona dialogs are
+the nearest kind (masked system prompts and stimuli)."""
 
 
 def _recovery(name: str, where: str, items: list[Item], params: EvalParams, notes=()) -> Metric:
@@ -159,6 +170,7 @@ def build_metrics(
                 "imported LatentQA eval split: mean log-likelihood per "
                 "reference-answer token (nats)",
                 lqa,
+                families=LATENTQA_FAMILIES,
             )
         )
         metrics.append(
@@ -170,10 +182,21 @@ def build_metrics(
                 lqa,
                 max_new_tokens=params.max_new_tokens,
                 scorers=("similarity",),
+                families=LATENTQA_FAMILIES,
             )
         )
     metrics += relation_metrics(params, rows, relations_file)
     return metrics
+
+
+def training_text(rows) -> TextIndex:
+    """Every word of the training split's dialogs and answers (what the decoder may know)."""
+    return TextIndex(
+        " ".join(
+            [m["content"] for r in rows if r["split"] == "train" for m in r["messages"]]
+            + [x for r in rows if r["split"] == "train" for qa in r["qa"] for x in qa.values()]
+        )
+    )
 
 
 def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Metric]:
@@ -183,12 +206,7 @@ def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Met
     decoder could have learnt it there. How many were left out is noted in the metric.
     """
     relations = select(load_relations(relations_file), params.eval_relations, "eval_relations")
-    seen = TextIndex(
-        " ".join(
-            [m["content"] for r in rows if r["split"] == "train" for m in r["messages"]]
-            + [x for r in rows if r["split"] == "train" for qa in r["qa"] for x in qa.values()]
-        )
-    )
+    seen = training_text(rows)
     facts, leaked = [], 0
     for fact in relation_items(relations, None, params.seed):
         if seen.mentions(fact.fact.subject_names):
@@ -222,6 +240,7 @@ def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Met
             notes,
             tokens,
             ("entity",),
+            ("relation_qa",),
         ),
         Metric(
             "subject_identification",
@@ -232,5 +251,6 @@ def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Met
             notes,
             tokens,
             ("entity",),
+            ("relation_qa",),
         ),
     ]

@@ -37,6 +37,12 @@ class EvalParams:
     max_relation_items: int = 60
     """Relation-fact items (feature extraction, and subject identification on the same
     sentences), balanced over the eval relations."""
+    max_truth_items: int = 60
+    """Statements of the eval relations' facts (true and corrupted, half each) whose truth the
+    decoder is asked (0: none)."""
+    max_task_items: int = 40
+    """Texts per public classification task (held-out tasks, and unseen texts of trained ones),
+    when the experiment has a ``data.public`` source."""
     eval_relations: list[str] = field(default_factory=lambda: list(EVAL_RELATIONS))
     """Relations of ``data/relations.yaml`` evaluated on; none may be trained on."""
     recovery_qa_index: int = 0
@@ -75,6 +81,8 @@ class EvalParams:
                 "max_recovery_items",
                 "max_latentqa_items",
                 "max_relation_items",
+                "max_truth_items",
+                "max_task_items",
                 "recovery_qa_index",
                 "bootstrap",
             )

@@ -27,27 +27,35 @@ def _ci(summary: dict) -> str:
 def write_tables(report: dict, path: Path) -> None:
     """Readable Markdown: a summary of every metric, then one table per metric."""
     conds = list(report["conditions"])
+    decoder = report["decoder"]
+    layers = decoder.get("read_layers") or [decoder["read_layer"]]
+    write = decoder.get("write_layer")
     lines = [
         "# Decoder evaluation",
         "",
-        "Decoder: read layer {read_layer}, write layer {write_layer}, positions "
-        "{positions}.".format(**report["decoder"]),
+        f"Decoder: read layers {', '.join(map(str, layers))}, write "
+        + ("at the layer read" if write is None else f"layer {write}")
+        + f", positions {decoder['positions']}.",
         "",
         "Conditions: " + "; ".join(f"**{c}**: {d}" for c, d in report["conditions"].items()) + ".",
         "Grounding gap: true minus shuffled, paired per item (mean and 95% bootstrap CI).",
+        "Each metric is shown at its read layer, chosen on the validation split (`layer`); "
+        "every layer's figures follow in the table by layer.",
         "",
-        "| metric | n | " + " | ".join(conds) + " | grounding gap | gap 95% CI |",
-        "|---|---|" + "---|" * (len(conds) + 2),
+        "| metric | n | layer | " + " | ".join(conds) + " | grounding gap | gap 95% CI |",
+        "|---|---|---|" + "---|" * (len(conds) + 2),
     ]
     for name, r in report["metrics"].items():
         if "conditions" not in r:
-            lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in conds) + " | – | – |")
+            lines.append(f"| {name} | 0 | – | " + " | ".join("–" for _ in conds) + " | – | – |")
             continue
         lines.append(
-            f"| {name} | {r['n']} | "
+            f"| {name} | {r['n']} | {r.get('layer', '–')} | "
             + " | ".join(_fmt(r["conditions"][c]["mean"]) for c in conds)
             + f" | {_fmt(r['grounding_gap']['mean'])} | {_ci(r['grounding_gap'])} |"
         )
+    if len(layers) > 1:
+        lines += ["", *layer_table(report, layers)]
     for name, r in report["metrics"].items():
         lines += ["", f"## {name}", "", r["description"] + "."]
         if "scorer" in r:
@@ -72,11 +80,46 @@ def write_tables(report: dict, path: Path) -> None:
                 f"| {label} | {_fmt(v['mean'])} | {_ci(v)} | {_fmt(v['std'])} | "
                 f"{v['n']} |" + (f" {_fmt(v.get('perplexity'), 2)} |" if ppl else "")
             )
-        if r.get("by_relation"):
-            lines += ["", "| relation | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
-            for rel, scores in r["by_relation"].items():
-                lines.append(f"| {rel} | " + " | ".join(_fmt(scores[c]) for c in conds) + " |")
+        for part in ("relation", "task"):
+            if r.get(f"by_{part}"):
+                lines += ["", f"| {part} | " + " | ".join(conds) + " |"]
+                lines.append("|---|" + "---|" * len(conds))
+                for name, scores in r[f"by_{part}"].items():
+                    lines.append(f"| {name} | " + " | ".join(_fmt(scores[c]) for c in conds) + " |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def layer_table(report: dict, layers: list[int]) -> list[str]:
+    """Metric x read layer: true / shuffled / untrained and the grounding gap at each layer (text
+    only reads no layer: it is in the table above)."""
+    head = " | ".join(f"block {layer}: true / shuffled / untrained (gap)" for layer in layers)
+    lines = [
+        "## By read layer",
+        "",
+        "`*`: the layer chosen on the validation split for the metric.",
+        "",
+        f"| metric | {head} |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for name, r in report["metrics"].items():
+        by_layer = r.get("by_layer")
+        if not by_layer:
+            continue
+        cells = []
+        for layer in layers:
+            at = by_layer.get(str(layer))
+            if at is None:
+                cells.append("–")
+                continue
+            c = at["conditions"]
+            mark = "*" if r.get("layer") == layer else ""
+            cells.append(
+                f"{_fmt(c['true']['mean'])} / {_fmt(c['shuffled']['mean'])} / "
+                f"{_fmt(c['untrained']['mean'])} ({_fmt(at['grounding_gap']['mean'])} "
+                f"{_ci(at['grounding_gap'])}){mark}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_plots(report: dict, folder: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.mechanism.dialogs import DecoderExample, end_of_turn_ids
-from pipeline.mechanism.patching import patch_layer
+from pipeline.mechanism.patching import patch_rows
 
 
 @dataclass
@@ -25,6 +25,8 @@ class DecoderBatch:
     """(B, N) long, -1 where a row has fewer than N placeholders."""
     patch_values: torch.Tensor
     """(B, N, D) activations written at ``patch_positions``."""
+    write_layers: torch.Tensor
+    """(B,) long: the decoder block each row's activations are written at."""
 
     def to(self, device) -> DecoderBatch:
         return DecoderBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -51,6 +53,7 @@ def collate(
     labels = torch.full((batch, length), -100, dtype=torch.long)
     patch_positions = torch.full((batch, slots), -1, dtype=torch.long)
     patch_values = torch.zeros((batch, slots, dim), dtype=activations[0].dtype)
+    write_layers = torch.tensor([ex.write_layer for ex in examples], dtype=torch.long)
     for i, (ex, acts) in enumerate(zip(examples, activations, strict=True)):
         n = len(ex.placeholder_positions)
         if tuple(acts.shape) != (n, dim):
@@ -68,18 +71,35 @@ def collate(
         patch_positions[i, :n] = torch.tensor(ex.placeholder_positions) + start
         patch_values[i, :n] = acts
     return DecoderBatch(
-        input_ids, attention_mask, position_ids, labels, patch_positions, patch_values
+        input_ids,
+        attention_mask,
+        position_ids,
+        labels,
+        patch_positions,
+        patch_values,
+        write_layers,
+    )
+
+
+def _patched(model, batch: DecoderBatch, inject: str):
+    return patch_rows(
+        model, batch.write_layers, batch.patch_positions, batch.patch_values, mode=inject
     )
 
 
 def decoder_logits(
-    model, batch: DecoderBatch, write_layer: int, logits_to_keep: torch.Tensor | int = 0
+    model,
+    batch: DecoderBatch,
+    *,
+    inject: str = "replace",
+    logits_to_keep: torch.Tensor | int = 0,
 ) -> torch.Tensor:
-    """Logits (B, L, V) of the decoder with the activations written at block ``write_layer``.
+    """Logits (B, L, V) of the decoder with each row's activations written at its write block.
 
-    ``logits_to_keep`` (a 1-D tensor of positions) limits the vocabulary projection to those.
+    ``inject``: how they are written (``dialogs.INJECT_MODES``). ``logits_to_keep`` (a 1-D
+    tensor of positions) limits the vocabulary projection to those.
     """
-    with patch_layer(model, write_layer, batch.patch_positions, batch.patch_values):
+    with _patched(model, batch, inject):
         default = isinstance(logits_to_keep, int) and logits_to_keep == 0
         kwargs = {} if default else {"logits_to_keep": logits_to_keep}
         return model(
@@ -91,7 +111,7 @@ def decoder_logits(
         ).logits
 
 
-def answer_loss(model, batch: DecoderBatch, write_layer: int, reduction: str = "mean"):
+def answer_loss(model, batch: DecoderBatch, *, inject: str = "replace", reduction: str = "mean"):
     """Cross-entropy of the labelled tokens given the patched prompt.
 
     ``"mean"``: mean over every labelled token of the batch. ``"none"``: ``(nll_sum, n_tokens)``
@@ -104,7 +124,7 @@ def answer_loss(model, batch: DecoderBatch, write_layer: int, reduction: str = "
     keep = (targets != -100).any(dim=0).nonzero(as_tuple=True)[0]
     if keep.numel() == 0:
         raise ValueError("the batch has no labelled tokens")
-    logits = decoder_logits(model, batch, write_layer, logits_to_keep=keep)
+    logits = decoder_logits(model, batch, inject=inject, logits_to_keep=keep)
     targets = targets[:, keep]
     nll = F.cross_entropy(
         logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
@@ -121,10 +141,10 @@ def answer_loss(model, batch: DecoderBatch, write_layer: int, reduction: str = "
 def generate_ids(
     model,
     batch: DecoderBatch,
-    write_layer: int,
     stop_ids: list[int],
     pad_id: int,
     max_new_tokens: int = 32,
+    inject: str = "replace",
 ) -> list[list[int]]:
     """Greedy new token ids per row of a left-padded batch, each cut after its first stop id.
 
@@ -140,7 +160,7 @@ def generate_ids(
     cache = DynamicCache(config=model.config)
     done = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=stop.device)
     tokens = []
-    with patch_layer(model, write_layer, batch.patch_positions, batch.patch_values):
+    with _patched(model, batch, inject):
         logits = model(
             input_ids=batch.input_ids,
             attention_mask=attention_mask,
@@ -171,11 +191,11 @@ def generate_ids(
 
 
 def generate(
-    model, tokenizer, batch: DecoderBatch, write_layer: int, max_new_tokens: int = 32
+    model, tokenizer, batch: DecoderBatch, max_new_tokens: int = 32, inject: str = "replace"
 ) -> list[str]:
     """Greedy answers, one per row of a left-padded batch, up to end-of-turn or eos."""
     stop_ids = end_of_turn_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    rows = generate_ids(model, batch, write_layer, stop_ids, pad_id, max_new_tokens)
+    rows = generate_ids(model, batch, stop_ids, pad_id, max_new_tokens, inject)
     rows = [row[:-1] if row and row[-1] in stop_ids else row for row in rows]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]

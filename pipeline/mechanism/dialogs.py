@@ -13,6 +13,9 @@ from functools import lru_cache
 ACKNOWLEDGEMENT = "Okay, I have read the activations. What would you like to know?"
 PLACEHOLDER_TEXT = "?"
 _SENTINEL = "\u2063PLACEHOLDER\u2063"  # cannot occur in a template's own text
+INJECT_MODES = ("replace", "add")
+"""How read activations enter the decoder's residual stream at the placeholders, both scaled to
+the decoder's own norm there: ``replace`` it, or ``add`` to it (Activation Oracles' injection)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,22 @@ class TokenizedRead:
 
 
 @dataclass(frozen=True)
+class ReadAt:
+    """Where one example's activations come from and go: a target block and a decoder block."""
+
+    read: int
+    """The target block whose output is read."""
+    write: int
+    """The decoder block whose output receives it at the placeholders."""
+    named: bool = False
+    """Name the read block to the decoder ("Layer 15:" before the placeholders): a decoder of
+    several read layers must know which one it is given."""
+
+    def prefix(self) -> str:
+        return f"Layer {self.read}:" if self.named else ""
+
+
+@dataclass(frozen=True)
 class DecoderExample:
     input_ids: list[int]
     placeholder_positions: list[int]
@@ -30,6 +49,8 @@ class DecoderExample:
     position_ids: list[int]
     labels: list[int]
     """-100 except the answer tokens and the end-of-turn token."""
+    write_layer: int = 0
+    """The decoder block whose output is patched at the placeholders."""
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -162,16 +183,19 @@ def build_decoder_example(
     question: str,
     answer: str | None,
     align_positions: bool = True,
+    at: ReadAt | None = None,
 ) -> DecoderExample:
     """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any).
 
     ``answer=None`` ends the prompt with the generation prompt (for reading), all labels -100.
+    ``at``: the read and write blocks (default: write at block 0, the read block not named).
     """
     n = len(read_positions)
     if n == 0:
         raise ValueError("a decoder example needs at least one read position")
+    at = at or ReadAt(read=0, write=0)
     messages = [
-        {"role": "user", "content": _SENTINEL},
+        {"role": "user", "content": at.prefix() + _SENTINEL},
         {"role": "assistant", "content": ACKNOWLEDGEMENT},
         {"role": "user", "content": question},
     ]
@@ -206,4 +230,5 @@ def build_decoder_example(
         placeholder_positions=placeholders,
         position_ids=position_ids,
         labels=labels,
+        write_layer=at.write,
     )

@@ -7,10 +7,11 @@ LM whose blocks form a list, whether a block returns a tensor or a tuple.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
+from pipeline.mechanism.dialogs import INJECT_MODES
 from pipeline.mechanism.modeling import decoder_layers
 
 
@@ -81,17 +82,27 @@ def read_activations(
 
 @contextmanager
 def patch_layer(
-    model, layer: int, positions: torch.Tensor, values: torch.Tensor, norm_match: bool = True
+    model,
+    layer: int,
+    positions: torch.Tensor,
+    values: torch.Tensor,
+    norm_match: bool = True,
+    mode: str = "replace",
 ):
-    """Replace block ``layer``'s output at ``positions`` (B, N; -1: none) by ``values`` (B, N, D).
+    """Write ``values`` (B, N, D) into block ``layer``'s output at ``positions`` (B, N; -1: none).
 
-    With ``norm_match`` each written vector is rescaled to the norm of the decoder's own residual
-    at that position: the direction comes from the target, the magnitude from the decoder. A
-    mid-depth residual is far larger than an early one (SmolLM2: about 170 at block 15 against 46
-    at block 0, and thousands on attention-sink tokens), and written raw it swamps the decoder.
-    Only forwards whose sequence covers every patched position are changed (the prompt, or
-    prefill); single-token decode steps reuse the patched keys and values from the cache.
+    ``mode="replace"`` puts each vector in place of the decoder's own residual, ``"add"`` adds it
+    to the residual (h + v). With ``norm_match`` each written vector is first rescaled to the norm
+    of the decoder's own residual at that position: the direction comes from the target, the
+    magnitude from the decoder. A mid-depth residual is far larger than an early one (SmolLM2:
+    about 170 at block 15 against 46 at block 0, and thousands on attention-sink tokens), and
+    written raw it swamps the decoder (Activation Oracles saw norms blow up 20-100,000x with raw
+    replacement). Only forwards whose sequence covers every patched position are changed (the
+    prompt, or prefill); single-token decode steps reuse the patched keys and values from the
+    cache.
     """
+    if mode not in INJECT_MODES:
+        raise ValueError(f"inject mode must be one of {INJECT_MODES}, not {mode!r}")
     blocks = decoder_layers(model)
     _check_layers(blocks, [layer])
     if positions.dim() != 2 or values.dim() != 3 or values.shape[:2] != positions.shape:
@@ -114,9 +125,12 @@ def patch_layer(
             )
         new = values[rows, cols].to(device=hidden.device, dtype=hidden.dtype)
         index = (rows.to(hidden.device), seq.to(hidden.device))
+        own = hidden[index]
         if norm_match:
-            own = hidden[index].norm(dim=-1, keepdim=True)
-            new = new * (own / new.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+            scale = own.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            new = new * scale
+        if mode == "add":
+            new = own + new
         return _replace_hidden(output, hidden.index_put(index, new))
 
     handle = blocks[layer].register_forward_hook(hook)
@@ -124,6 +138,24 @@ def patch_layer(
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def patch_rows(
+    model,
+    layers: torch.Tensor,
+    positions: torch.Tensor,
+    values: torch.Tensor,
+    mode: str = "replace",
+):
+    """:func:`patch_layer` where each row ``i`` of the batch is written at block ``layers[i]``
+    (a decoder that reads several target layers writes each where it was read)."""
+    layers = torch.as_tensor(layers, device=positions.device)
+    with ExitStack() as stack:
+        for layer in sorted(set(layers.tolist())):
+            mine = positions.masked_fill((layers != layer)[:, None], -1)
+            stack.enter_context(patch_layer(model, layer, mine, values, mode=mode))
+        yield
 
 
 def gather(acts: torch.Tensor, positions: list[list[int]]) -> list[torch.Tensor]:

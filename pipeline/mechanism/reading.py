@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from pipeline.mechanism.decoder import collate, generate
+from pipeline.mechanism.decoder import answer_loss, collate, generate
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import DecoderExample, tokenize_read_dialog
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
@@ -86,12 +86,13 @@ def generate_batched(
     tokenizer,
     examples: list[DecoderExample],
     acts: list[torch.Tensor],
-    write_layer: int,
     batch_size: int = 8,
     max_new_tokens: int = 32,
     desc: str = "generating",
+    inject: str = "replace",
 ) -> list[str]:
-    """Greedy answers for many decoder prompts, batched by length, in the input order."""
+    """Greedy answers for many decoder prompts, batched by length, in the input order (each
+    written at its own example's write block)."""
     out: list[str] = [""] * len(examples)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     device = _device(model)
@@ -104,7 +105,32 @@ def generate_batched(
             padding_side="left",
         ).to(device)
         for i, text in zip(
-            chunk, generate(model, tokenizer, batch, write_layer, max_new_tokens), strict=True
+            chunk, generate(model, tokenizer, batch, max_new_tokens, inject), strict=True
         ):
             out[i] = text
+    return out
+
+
+@torch.no_grad()
+def loglik_batched(
+    model,
+    tokenizer,
+    examples: list[DecoderExample],
+    acts: list[torch.Tensor],
+    batch_size: int = 8,
+    desc: str = "scoring",
+    inject: str = "replace",
+) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each example's labelled answer tokens, in the input order."""
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    device = _device(model)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
+        chunk = order[start : start + batch_size]
+        batch = collate(
+            [examples[i] for i in chunk], [acts[i] for i in chunk], tokenizer.pad_token_id
+        ).to(device)
+        nll, count = answer_loss(model, batch, inject=inject, reduction="none")
+        for i, a, b in zip(chunk, nll.tolist(), count.tolist(), strict=True):
+            out[i] = (a, int(b))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.mechanism.dialogs import parse_positions
+from pipeline.mechanism.dialogs import INJECT_MODES, parse_positions
 from pipeline.mechanism.lora import DEFAULT_TARGETS, adapter_blocks
 
 
@@ -34,10 +34,14 @@ class CacheParams:
 class TrainParams:
     """Decoder training."""
 
-    read_layer: int
-    """The target block whose output the decoder reads (0-based; output = hidden_states[L+1])."""
-    write_layer: int = 0
-    """The decoder block whose output is replaced at the placeholders."""
+    read_layers: list[int]
+    """Target blocks whose outputs the decoder reads (0-based; output = hidden_states[L+1]).
+    With several, each example is read at one of them (seeded, balanced) named in its prompt."""
+    write_layer: int | None = 0
+    """The decoder block written at the placeholders; null: the block read (the same depth)."""
+    inject: str = "replace"
+    """``replace`` the decoder's residual at the placeholders, or ``add`` to it (both scaled to
+    the residual's norm; ``add`` is Activation Oracles' injection)."""
     mode: str = "on_the_fly"
     """``cached``: read the activation cache input; ``on_the_fly``: run the target each step."""
     positions: str = "all"
@@ -53,7 +57,8 @@ class TrainParams:
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Module names that get LoRA (default: all attention and MLP projections)."""
     lora_blocks: str = "all"
-    """``all`` blocks get LoRA, or ``from_write``: the write block and above (backward stops)."""
+    """``all`` blocks get LoRA, or ``from_write``: the lowest write block and above (the
+    backward stops there)."""
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -81,6 +86,9 @@ class TrainParams:
     """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
     eval_examples: int = 64
     """How many examples of the validation split the held-out loss uses."""
+    layer_choice_examples: int = 32
+    """With several read layers: validation examples per data family scored at every layer after
+    training, to choose a layer per kind of question (kept as ``adapter/layer_choice.json``)."""
     mix: dict[str, float] | None = None
     """Share of training examples per data source (``template``, ``context``, ...; the part of
     ``source`` before a colon); None: every example once."""
@@ -98,10 +106,28 @@ class TrainParams:
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {self.parallel!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
-        adapter_blocks(self.lora_blocks, self.write_layer, self.write_layer + 1)  # validates
+        if not self.read_layers or min(self.read_layers) < 0:
+            raise ValueError(f"read_layers must name blocks, not {self.read_layers}")
+        if len(set(self.read_layers)) != len(self.read_layers):
+            raise ValueError(f"read_layers {self.read_layers} repeats a block")
+        if self.write_layer is not None and self.write_layer < 0:
+            raise ValueError(f"write_layer must be a block or null, not {self.write_layer}")
+        if self.inject not in INJECT_MODES:
+            raise ValueError(f"inject must be one of {INJECT_MODES}, not {self.inject!r}")
+        lowest = self.lowest_write_block
+        adapter_blocks(self.lora_blocks, lowest, lowest + 1)  # validates
         parse_positions(self.positions)
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ValueError(f"mix must give every named source a positive share, not {self.mix}")
         for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+
+    @property
+    def lowest_write_block(self) -> int:
+        """The lowest decoder block any example is written at (where ``from_write`` starts)."""
+        return min(self.read_layers) if self.write_layer is None else self.write_layer
+
+    def write_block(self, read_layer: int) -> int:
+        """The decoder block an example read at ``read_layer`` is written at."""
+        return read_layer if self.write_layer is None else self.write_layer

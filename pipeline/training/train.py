@@ -37,6 +37,7 @@ from tqdm import tqdm
 from pipeline.core import stage, store
 from pipeline.core.faults import fault_point
 from pipeline.core.lifeline import die_with_parent
+from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder import DecoderBatch, answer_loss
 from pipeline.mechanism.lora import (
     adapter_blocks,
@@ -49,7 +50,13 @@ from pipeline.training.checkpointing import TrainState
 from pipeline.training.distributed import Dist, all_reduce_sum, barrier, init_distributed
 from pipeline.training.params import TrainParams
 from pipeline.training.sampling import BucketedBatchSampler
-from pipeline.training.train_data import ExampleSet, build_examples, make_batch, read_dialogs_input
+from pipeline.training.train_data import (
+    ExampleSet,
+    build_examples,
+    layer_choice_examples,
+    make_batch,
+    read_dialogs_input,
+)
 
 log = logging.getLogger("pipeline.training.train")
 INTERRUPTED_EXIT = 143  # 128 + SIGTERM: the scheduler must see that the stage did not finish
@@ -133,9 +140,10 @@ def run(
     load_device = "cpu" if fsdp else ctx.device
     model, tokenizer = load_model(inputs["model"], params.dtype, load_device)
     n_blocks = len(decoder_layers(model))
-    for name in ("read_layer", "write_layer"):
-        if not 0 <= getattr(params, name) < n_blocks:
-            raise ValueError(f"{name}={getattr(params, name)} but the model has {n_blocks} blocks")
+    blocks = {"read_layers": max(params.read_layers), "write_layer": params.write_layer or 0}
+    for name, block in blocks.items():
+        if not 0 <= block < n_blocks:
+            raise ValueError(f"{name} reaches block {block} but the model has {n_blocks} blocks")
     dialogs = read_dialogs_input(inputs["data"])
     train_set, eval_set, shuffled_set = build_examples(
         dialogs, tokenizer, params, inputs.get("cache")
@@ -147,7 +155,7 @@ def run(
         params.lora_dropout,
         params.lora_targets,
         seed=params.seed,
-        layers=adapter_blocks(params.lora_blocks, params.write_layer, n_blocks),
+        layers=adapter_blocks(params.lora_blocks, params.lowest_write_block, n_blocks),
     )
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -190,27 +198,31 @@ def run(
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     keep = trainable if fsdp else []
 
-    def mean_loss(data: ExampleSet) -> float | None:
-        if not data.examples:
-            return None
+    def example_losses(data: ExampleSet) -> torch.Tensor:
+        """(summed NLL, answer tokens) of every example of ``data``, on every rank."""
         model.eval()
         chunk = params.per_device_batch_size * ctx.world_size
-        totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+        totals = torch.zeros(len(data.examples), 2, dtype=torch.float64, device=ctx.device)
         with torch.no_grad():
             for start in range(0, len(data.examples), chunk):
                 indices = list(range(start, min(start + chunk, len(data.examples))))
                 mine = indices[ctx.rank :: ctx.world_size]
                 # Every rank runs the same number of forwards (FSDP needs it): a rank without
                 # examples in this chunk runs one and discards it.
-                weight = 1.0 if mine else 0.0
                 batch, _ = make_batch(
                     data, mine or indices[:1], model, pad_id, params, ctx, autocast, keep
                 )
                 with autocast():
-                    nll, count = _answer_loss(model, batch, params.write_layer)
-                totals += weight * torch.stack([nll.sum().double(), count.sum().double()])
+                    nll, count = _answer_loss(model, batch, params.inject)
+                if mine:
+                    totals[mine] = torch.stack([nll.double(), count.double()], dim=1)
         model.train()
-        totals = all_reduce_sum(ctx, totals)
+        return all_reduce_sum(ctx, totals)
+
+    def mean_loss(data: ExampleSet) -> float | None:
+        if not data.examples:
+            return None
+        totals = example_losses(data).sum(dim=0)
         return float(totals[0] / totals[1])
 
     def held_out() -> dict[str, float | None]:
@@ -243,7 +255,7 @@ def run(
             )
             with _no_grad_sync(train_model, params, active=a < len(micro) - 1):
                 with autocast():
-                    nll, count = _answer_loss(train_model, batch, params.write_layer)
+                    nll, count = _answer_loss(train_model, batch, params.inject)
                 # Sum over answer tokens / answer tokens in the global batch; DDP and FSDP
                 # average gradients over processes, hence the world size factor.
                 (nll.sum() * (ctx.world_size / global_tokens)).backward()
@@ -302,6 +314,14 @@ def run(
         fault_point(f"train.step.{step}", ctx.rank)
     bar.close()
     state.save_final_adapter(workdir / "adapter")
+    choice = None
+    if len(params.read_layers) > 1:
+        choice_set = layer_choice_examples(
+            dialogs, tokenizer, params, train_set.cache, params.layer_choice_examples
+        )
+        choice = _layer_choice(choice_set, example_losses(choice_set), params.read_layers)
+        if rank0:
+            layer_choice.write(choice, workdir / "adapter")
     if rank0:
         final = state.read_metrics()
         train_losses = [m["loss"] for m in final if "loss" in m]
@@ -324,6 +344,7 @@ def run(
                 "train_seconds": round(state.train_seconds, 2),
                 "wall_seconds_this_run": round(time.time() - started, 2),
                 "resumed_from_step": resumed_from,
+                "layer_choice": choice.to_json()["chosen"] if choice else None,
             }
         )
         # The checkpoints stay until publication, which removes them (its ``scratch``): a run
@@ -333,8 +354,35 @@ def run(
     barrier(ctx)
 
 
-def _answer_loss(model, batch: DecoderBatch, write_layer: int):
-    return answer_loss(model, batch, write_layer, reduction="none")
+def _answer_loss(model, batch: DecoderBatch, inject: str):
+    return answer_loss(model, batch, inject=inject, reduction="none")
+
+
+def _layer_choice(data: ExampleSet, losses: torch.Tensor, layers) -> layer_choice.LayerChoice:
+    """Per family and layer, the mean loss per answer token of its validation examples."""
+    sums: dict[str, dict[int, list[float]]] = {}
+    questions: dict[str, list[str]] = {}
+    for example, (nll, count) in zip(data.examples, losses.tolist(), strict=True):
+        slot = sums.setdefault(example.family, {}).setdefault(example.layer, [0.0, 0.0])
+        slot[0] += nll
+        slot[1] += count
+    for example in data.examples:
+        asked = questions.setdefault(example.family, [])
+        question = example.question
+        if question not in asked and len(asked) < layer_choice.SAMPLE_QUESTIONS:
+            asked.append(question)
+    return layer_choice.LayerChoice(
+        losses={
+            family: {layer: nll / max(count, 1) for layer, (nll, count) in by_layer.items()}
+            for family, by_layer in sums.items()
+        },
+        counts={
+            family: sum(1 for ex in data.examples if ex.family == family) // len(layers)
+            for family in sums
+        },
+        questions=questions,
+        layers=list(layers),
+    )
 
 
 def _clip(parameters, max_norm: float) -> float | None:

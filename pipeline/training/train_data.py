@@ -1,5 +1,6 @@
-"""The train stage's examples: one per (dialog, QA pair), and batches of them with the read
-activations loaded from the cache or computed by the target on the fly."""
+"""The train stage's examples: one per (dialog, QA pair), each read at one of the decoder's read
+layers, and batches of them with the read activations loaded from the cache or computed by the
+target on the fly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipeline.core import store
 from pipeline.mechanism.decoder import DecoderBatch, collate
 from pipeline.mechanism.dialogs import (
     DecoderExample,
+    ReadAt,
     TokenizedRead,
     build_decoder_example,
     tokenize_read_dialog,
@@ -32,6 +34,11 @@ class Example:
     """Labelled tokens the loss counts (labels after the first position)."""
     length: int
     """Tokens this example costs (decoder prompt, plus the target's dialog on the fly)."""
+    layer: int = 0
+    """The target block it reads."""
+    family: str = ""
+    """Its data source family (``template``, ``relation_qa``, ...: see :func:`source_family`)."""
+    question: str = ""
 
 
 @dataclass
@@ -57,9 +64,10 @@ def _open_cache(cache_dir: Path | None, params) -> Any:
     from pipeline.training.activation_cache import ActivationCache
 
     cache = ActivationCache(Path(cache_dir))
-    if params.read_layer not in cache.layers():
+    missing = sorted(set(params.read_layers) - set(cache.layers()))
+    if missing:
         raise ValueError(
-            f"{cache_dir}: read_layer {params.read_layer} is not cached (layers {cache.layers()})"
+            f"{cache_dir}: read_layers {missing} are not cached (layers {cache.layers()})"
         )
     try:
         cached = store.read_manifest(cache_dir, verify="none").get("params", {}).get("positions")
@@ -73,20 +81,37 @@ def _open_cache(cache_dir: Path | None, params) -> Any:
     return cache
 
 
-def build_examples(
-    dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
-) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
-    """One example per (dialog, qa pair): split ``train`` (mixed by source, ``params.mix``); a
-    fixed sample of ``validation``; and that sample again with each question put to another
-    dialog's activations (a derangement avoiding the dialog's own label), whose loss minus the
-    true one is the grounding gap. The eval split is never read here: settings chosen by the
-    held-out loss are chosen on validation labels."""
-    cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
-    cached_ids = set(cache.ids()) if cache is not None else set()
-    sets = {}
-    for split in ("train", "validation"):
-        rows = [d for d in dialogs if d["split"] == split]
-        ids, reads, positions = [], [], []
+def read_at(params, layer: int) -> ReadAt:
+    """Where an example read at target block ``layer`` is written, and whether it is named."""
+    return ReadAt(layer, params.write_block(layer), named=len(params.read_layers) > 1)
+
+
+def assign_layers(families: list[str], layers: list[int], seed: int) -> list[int]:
+    """One read layer per example: within each family, as many at each layer as can be (seeded).
+
+    Balanced per family, so that no kind of question is read mostly at one depth.
+    """
+    out = [layers[0]] * len(families)
+    rng = random.Random(seed)
+    by_family: dict[str, list[int]] = {}
+    for i, family in enumerate(families):
+        by_family.setdefault(family, []).append(i)
+    for family in sorted(by_family):
+        members = by_family[family]
+        cycle = [layers[j % len(layers)] for j in range(len(members))]
+        rng.shuffle(cycle)
+        for i, layer in zip(members, cycle, strict=True):
+            out[i] = layer
+    return out
+
+
+class _Builder:
+    """Decoder examples of one split's dialogs (their reads, positions and tokens)."""
+
+    def __init__(self, rows, tokenizer, params, cache, split: str):
+        self.rows, self.tokenizer, self.params = rows, tokenizer, params
+        cached_ids = set(cache.ids()) if cache is not None else set()
+        self.ids, self.reads, self.positions = [], [], []
         for row in rows:
             if cache is not None:
                 if row["id"] not in cached_ids:
@@ -97,36 +122,96 @@ def build_examples(
                     tokenizer, row["messages"], row["n_masked_turns"], params.positions
                 )
                 read_positions = read.read_positions
-            ids.append(row["id"])
-            reads.append(read)
-            positions.append(read_positions)
-        pairs = [(d, qa) for d, row in enumerate(rows) for qa in row["qa"]]
+            self.ids.append(row["id"])
+            self.reads.append(read)
+            self.positions.append(read_positions)
+        self.cache = cache
+
+    def example(self, dialog: int, qa: dict, layer: int, family: str) -> Example:
+        ex = build_decoder_example(
+            self.tokenizer,
+            self.positions[dialog],
+            qa["question"],
+            qa["answer"],
+            self.params.align_positions,
+            read_at(self.params, layer),
+        )
+        n_answer = sum(label != -100 for label in ex.labels[1:])
+        read = self.reads[dialog]
+        cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
+        return Example(dialog, ex, n_answer, cost, layer, family, qa["question"])
+
+    def family(self, dialog: int) -> str:
+        return source_family(self.rows[dialog]["source"])
+
+    def pairs(self) -> list[tuple[int, dict]]:
+        return [(d, qa) for d, row in enumerate(self.rows) for qa in row["qa"]]
+
+    def set(self, examples: list[Example]) -> ExampleSet:
+        return ExampleSet(examples, self.ids, self.reads, self.cache)
+
+
+def build_examples(
+    dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
+) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
+    """One example per (dialog, qa pair), each at one read layer (:func:`assign_layers`): split
+    ``train`` (mixed by source, ``params.mix``); a fixed sample of ``validation``; and that sample
+    again with each question put to another dialog's activations at the same layer (a
+    derangement avoiding the dialog's own label), whose loss minus the true one is the grounding
+    gap. The eval split is never read here: settings chosen by the held-out loss are chosen on
+    validation labels."""
+    cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
+    layers = list(params.read_layers)
+    sets = {}
+    for split in ("train", "validation"):
+        build = _Builder(
+            [d for d in dialogs if d["split"] == split], tokenizer, params, cache, split
+        )
+        pairs = build.pairs()
         if split == "train" and params.mix:
-            pairs = mix_pairs(pairs, [row["source"] for row in rows], params.mix, params.seed)
+            sources = [row["source"] for row in build.rows]
+            pairs = mix_pairs(pairs, sources, params.mix, params.seed)
         if split == "validation" and len(pairs) > params.eval_examples:
             chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
             pairs = [pairs[i] for i in sorted(chosen)]
-
-        def example(dialog: int, qa: dict, reads=reads, positions=positions) -> Example:
-            ex = build_decoder_example(
-                tokenizer, positions[dialog], qa["question"], qa["answer"], params.align_positions
-            )
-            n_answer = sum(label != -100 for label in ex.labels[1:])
-            read = reads[dialog]
-            cost = len(ex.input_ids) + (len(read.input_ids) if read is not None else 0)
-            return Example(dialog, ex, n_answer, cost)
-
-        examples = [example(d, qa) for d, qa in pairs]
+        families = [build.family(d) for d, _ in pairs]
+        at = assign_layers(families, layers, params.seed)
+        examples = [
+            build.example(d, qa, layer, family)
+            for (d, qa), layer, family in zip(pairs, at, families, strict=True)
+        ]
         if split == "validation":  # neighbours of similar length pad little; item i pairs with i
             order = sorted(range(len(pairs)), key=lambda i: examples[i].length)
             examples = [examples[i] for i in order]
-            donor = derangement([row["label"] for row in rows], params.seed)
-            shuffled = [example(donor[pairs[i][0]], pairs[i][1]) for i in order]
-            sets["shuffled"] = ExampleSet(shuffled, ids, reads, cache)
-        sets[split] = ExampleSet(examples, ids, reads, cache)
+            donor = derangement([row["label"] for row in build.rows], params.seed)
+            shuffled = [
+                build.example(donor[pairs[i][0]], pairs[i][1], at[i], families[i]) for i in order
+            ]
+            sets["shuffled"] = build.set(shuffled)
+        sets[split] = build.set(examples)
     if not sets["train"].examples:
         raise ValueError("the data has no examples in split 'train'")
     return sets["train"], sets["validation"], sets["shuffled"]
+
+
+def layer_choice_examples(
+    dialogs: list[dict], tokenizer, params, cache, per_family: int
+) -> ExampleSet:
+    """Up to ``per_family`` validation (dialog, QA pair) items of each data family, each at
+    every read layer: the decoder's loss on them chooses a read layer per kind of question."""
+    build = _Builder(
+        [d for d in dialogs if d["split"] == "validation"], tokenizer, params, cache, "validation"
+    )
+    by_family: dict[str, list[tuple[int, dict]]] = {}
+    for d, qa in build.pairs():
+        by_family.setdefault(build.family(d), []).append((d, qa))
+    rng = random.Random(params.seed)
+    examples = []
+    for family in sorted(by_family):
+        pool = by_family[family]
+        for d, qa in rng.sample(pool, min(per_family, len(pool))):
+            examples += [build.example(d, qa, layer, family) for layer in params.read_layers]
+    return build.set(examples)
 
 
 def source_family(source: str) -> str:
@@ -176,11 +261,13 @@ def make_batch(
     forward (needed under FSDP, see below).
     """
     examples = [data.examples[i] for i in indices]
-    dialogs = sorted({ex.dialog for ex in examples})
+    wanted = sorted({(ex.dialog, ex.layer) for ex in examples})
     target_tokens = 0
     if data.cache is not None:
-        acts = {d: data.cache.get(data.dialog_ids[d], params.read_layer) for d in dialogs}
+        acts = {(d, layer): data.cache.get(data.dialog_ids[d], layer) for d, layer in wanted}
     else:
+        dialogs = sorted({d for d, _ in wanted})
+        layers = sorted({layer for _, layer in wanted})
         reads = [data.reads[d] for d in dialogs]
         ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
         target_tokens = int(mask.sum())
@@ -190,13 +277,16 @@ def make_batch(
         # optimizer holds would stay frozen.
         model.eval()
         with model.disable_adapter(), torch.no_grad(), autocast():
-            out = read_activations(
-                model, ids.to(ctx.device), mask.to(ctx.device), [params.read_layer]
-            )[params.read_layer]
+            out = read_activations(model, ids.to(ctx.device), mask.to(ctx.device), layers)
         model.train(was_training)
         for param in trainable:
             param.requires_grad_(True)
-        rows = gather(out, [r.read_positions for r in reads])
-        acts = dict(zip(dialogs, rows, strict=True))
-    batch = collate([ex.decoder for ex in examples], [acts[ex.dialog] for ex in examples], pad_id)
+        positions = [r.read_positions for r in reads]
+        acts = {}
+        for layer in layers:
+            for d, rows in zip(dialogs, gather(out[layer], positions), strict=True):
+                acts[(d, layer)] = rows
+    batch = collate(
+        [ex.decoder for ex in examples], [acts[(ex.dialog, ex.layer)] for ex in examples], pad_id
+    )
     return batch.to(ctx.device), target_tokens

@@ -173,13 +173,13 @@ TEMPLATES = "      templates: {labels_per_family: 2, stimuli_per_label: 1, compl
 
 
 def config_cases() -> None:
-    def config(name: str, train: str = "{read_layer: 1}", data: str = TEMPLATES) -> None:
+    def config(name: str, train: str = "{read_layers: [1]}", data: str = TEMPLATES) -> None:
         text(f"config/{name}.yaml", TINY.format(train=train, data=data))
 
-    config("unknown_key", train="{read_layer: 1, learning_rate: 0.001}")
-    config("wrong_type", train="{read_layer: 1, max_steps: many}")
-    config("read_layer_99", train="{read_layer: 99}")
-    config("cache_layer_beyond", train="{read_layer: 1, write_layer: 4}")
+    config("unknown_key", train="{read_layers: [1], learning_rate: 0.001}")
+    config("wrong_type", train="{read_layers: [1], max_steps: many}")
+    config("read_layer_99", train="{read_layers: [99]}")
+    config("cache_layer_beyond", train="{read_layers: [1], write_layer: 4}")
     config("latentqa_missing", data="      latentqa: {path: data/latentqa/absent}")
     leak = (
         f"{TEMPLATES}\n"

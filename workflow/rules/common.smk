@@ -68,7 +68,7 @@ def _build_graphs():
         try:
             graphs[name] = experiment_graph(name, values, root=REPO, peers=graphs)
             sources = values.get("data") or {}
-            if "latentqa" in sources and "latentqa_eval" in sources:
+            if "data:latentqa" in graphs[name] and "data:latentqa_eval" in graphs[name]:
                 check_disjoint(
                     Path(REPO) / sources["latentqa"]["path"],
                     Path(REPO) / sources["latentqa_eval"]["path"],

@@ -88,3 +88,25 @@ rule relation_qa:
     shell:
         "{params.python} -m pipeline.data.relation_qa --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+rule public_tasks:
+    input:
+        unpack(stage_inputs("public_tasks")),
+    output:
+        directory(f"{STORE}/public_tasks/{{key}}"),
+    log:
+        f"{LOGS}/public_tasks/{{key}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=stage_resource("public_tasks", "mem_mb", 2000),
+        runtime=stage_resource("public_tasks", "runtime", 10),
+    params:
+        python=PYTHON,
+        json=stage_params("public_tasks"),
+        inputs=input_args,
+    shell:
+        "{params.python} -m pipeline.data.public_tasks --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
