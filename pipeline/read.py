@@ -239,14 +239,25 @@ def answer(
     return records
 
 
-def _block_flag(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a block index (0, 1, ...)")
-    return int(value)
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a malformed --read-layer, --write-layer or --positions, naming the flag (the
+    train manifest is never blamed for a flag)."""
+    from pipeline.mechanism.dialogs import parse_positions
 
-
-def _layer_flag(value: str) -> int | str:
-    return value if value == "auto" else _block_flag(value)
+    for flag, value, auto in (
+        ("--read-layer", args.read_layer, True),
+        ("--write-layer", args.write_layer, False),
+    ):
+        if value is None or (auto and value == "auto"):
+            continue
+        if not value.isdigit():
+            what = "a block index (0, 1, ...)" + (" or 'auto'" if auto else "")
+            raise ValueError(f"{flag} {value!r}: expected {what}")
+    if args.positions is not None:
+        try:
+            parse_positions(args.positions)
+        except ValueError as exc:
+            raise ValueError(f"--positions: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -262,13 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--model", type=Path, help="the prepared base model folder")
     src.add_argument(
         "--read-layer",
-        type=_layer_flag,
         help="the target block to read: one the decoder was trained on, or 'auto' (default): "
         "per question, the layer its validation split chose for that kind of question",
     )
-    src.add_argument(
-        "--write-layer", type=_block_flag, help="override the train manifest's write_layer"
-    )
+    src.add_argument("--write-layer", help="override the train manifest's write_layer")
     src.add_argument("--positions", help="override the read positions (all or last:K)")
     p.add_argument("--dialogs", type=Path, help="a JSON or JSONL file of dialogs")
     p.add_argument(
@@ -318,32 +326,30 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
     try:
+        check_flags(args)
+        layer = int(args.read_layer) if args.read_layer not in (None, "auto") else None
         adapter, model_dir, manifest = resolve_decoder(args)
-        overrides = {
-            k: v
-            for k, v in (("write_layer", args.write_layer), ("positions", args.positions))
-            if v is not None
-        }
+        overrides: dict[str, Any] = {}
+        if args.write_layer is not None:
+            overrides["write_layer"] = int(args.write_layer)
+        if args.positions is not None:
+            overrides["positions"] = args.positions
         if manifest is None:
-            if not isinstance(args.read_layer, int):
+            if layer is None:
                 raise ValueError(
                     f"no train manifest beside {adapter}: pass --read-layer N "
                     f"(and --write-layer, --positions if not the defaults)"
                 )
-            overrides["read_layers"] = [args.read_layer]
-        try:
-            settings = DecoderSettings.from_manifest(manifest or {}, overrides)
-        except ValueError as exc:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in overrides if k != "read_layers")
-            raise ValueError(f"{exc} ({flags or 'the train manifest'})") from None
+            overrides["read_layers"] = [layer]
+        settings = DecoderSettings.from_manifest(manifest or {}, overrides)
         questions = list(args.question)
         if args.questions:
             questions += load_questions(args.questions)
-        if isinstance(args.read_layer, int):
+        if layer is not None:
             try:
-                settings = settings.with_layer(args.read_layer)
+                settings = settings.with_layer(layer)
             except UntrainedLayer as exc:
-                raise ValueError(f"--read-layer {args.read_layer}: {exc}") from None
+                raise ValueError(f"--read-layer {layer}: {exc}") from None
             layers = [settings.read_layer] * len(questions)
         else:
             choice = layer_choice.read(adapter, list(settings.read_layers))

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, SHARED_EVAL
 
 from pipeline.core.errors import InputError
 from pipeline.core.graph import experiment_graph
@@ -73,16 +73,27 @@ def test_a_missing_training_folder_names_what_is_missing(tiny_model_dir, tmp_pat
         experiment_graph("x", _config(tiny_model_dir, tmp_path / "absent", LEAK / "eval"))
 
 
-def test_no_experiment_trains_on_anything_under_shared():
+def test_no_experiment_reads_data_outside_the_repository():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for name, values in config["experiments"].items():
         for source, spec in (values.get("data") or {}).items():
-            if source != "latentqa_eval" and isinstance(spec, dict) and "path" in spec:
-                assert not spec["path"].startswith("../shared"), (name, source, spec["path"])
-    for name in ("decoder_8b", "decoder_70b"):
+            if isinstance(spec, dict) and "path" in spec:
+                assert not spec["path"].startswith(("..", "/")), (name, source, spec["path"])
+    for name in ("decoder_8b", "decoder_8b_curriculum", "decoder_70b", "decoder_smollm2"):
         data = config["experiments"][name]["data"]
-        assert data["latentqa"]["path"] == "data/latentqa"
-        assert data["latentqa_eval"]["path"] == "../shared/latentqa_eval"
+        assert data.get("latentqa", {"path": "data/latentqa"})["path"] == "data/latentqa"
+        assert data["latentqa_eval"]["path"] == "data/latentqa_eval"
+
+
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="../shared/latentqa_eval is absent")
+def test_the_committed_checksums_are_the_published_evaluation_splits():
+    from pipeline.core import store
+
+    listed = (REPO / "data" / "latentqa_eval" / "SHA256SUMS").read_text().split("\n")
+    sums = dict(reversed(line.split()) for line in listed if line.strip())
+    assert set(sums) == {"control.json", "qa.json", "stimulus.json", "system.json"}
+    for name, digest in sums.items():
+        assert store.file_sha256(SHARED_EVAL / name) == digest, name
 
 
 def test_recorded_checksums_are_checked_at_start(tiny_model_dir, clean_train):

@@ -19,7 +19,9 @@ from pipeline.read import load_dialogs, load_questions
 MODEL_KEY = "aaaaaaaaaaaaaaaa"
 
 
-def _train_artifact(root: Path, model_dir: Path, model_key: str) -> Path:
+def _train_artifact(
+    root: Path, model_dir: Path, model_key: str, layers=(2,), choice=None, name="train"
+) -> Path:
     from pipeline.mechanism.lora import add_lora
     from pipeline.mechanism.modeling import load_model
 
@@ -29,13 +31,23 @@ def _train_artifact(root: Path, model_dir: Path, model_key: str) -> Path:
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    train = root / "train"
+    train = root / name
     peft_model.save_pretrained(train / "adapter")
+    if choice is not None:
+        from pipeline.mechanism import layer_choice
+
+        layer_choice.write(choice, train / "adapter")
+    write = 0 if len(layers) == 1 else None
     store.write_manifest(
         train,
         "b" * 16,
         "train",
-        {"read_layer": 2, "write_layer": 0, "positions": "all", "align_positions": True},
+        {
+            "read_layers": list(layers),
+            "write_layer": write,
+            "positions": "all",
+            "align_positions": True,
+        },
         {"model": model_key},
     )
     return train
@@ -252,3 +264,44 @@ def test_complete_lets_the_target_continue_then_reads_the_reply(talking_model_di
     longer = answer(model, tokenizer, settings, dialogs[:1], ["Who?"], max_new_tokens=2, complete=4)
     assert longer[0]["completion"] == expected[0] and "completion" not in plain[0]
     assert longer[0]["n_read_tokens"] > plain[0]["n_read_tokens"]
+
+
+def test_a_decoder_of_two_layers_reads_each_question_at_its_layer(prepared, tmp_path):
+    from pipeline.mechanism.layer_choice import LayerChoice
+
+    model, _ = prepared
+    choice = LayerChoice(
+        losses={"template": {1: 2.0, 3: 1.0}, "relation_qa": {1: 0.5, 3: 2.0}},
+        questions={
+            "template": ["What persona is the assistant adopting?"],
+            "relation_qa": ["Which country is mentioned?"],
+        },
+        layers=[1, 3],
+    )
+    train = _train_artifact(tmp_path, model, MODEL_KEY, (1, 3), choice, name="two")
+    out = tmp_path / "answers.jsonl"
+    base = ["--adapter", str(train), "--model", str(model), "--prompt", "We flew to Lyon."]
+    questions = ["--question", "Which city is mentioned?", "--question", "What persona is it?"]
+    read.main([*base, *questions, "--max-new-tokens", "3", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["read_layer"] for r in records] == [1, 3]  # auto: by the question's kind
+    read.main([*base, *questions, "--read-layer", "3", "--max-new-tokens", "3", "--out", str(out)])
+    assert [json.loads(x)["read_layer"] for x in out.read_text().splitlines()] == [3, 3]
+    with pytest.raises(SystemExit, match=r"--read-layer 2: .*trained to read blocks \[1, 3\]"):
+        read.main([*base, *questions, "--read-layer", "2"])
+
+
+def test_bad_layer_flags_are_named(prepared, capsys):
+    model, train = prepared
+    base = ["--adapter", str(train), "--model", str(model), "--prompt", "Hi.", "--question", "Q?"]
+    bad = (
+        ("--read-layer", "-3"),
+        ("--read-layer", "top"),
+        ("--write-layer", "x"),
+        ("--positions", "bogus"),
+    )
+    for flag, value in bad:
+        with pytest.raises(SystemExit) as exited:
+            read.main([*base, flag, value])
+        message = str(exited.value.code)
+        assert message.startswith(f"latentqa-read: {flag}") and "manifest" not in message

@@ -2,7 +2,7 @@
 
 Input ``source``: a folder with ``qa.json`` and one file per kind (``control.json``,
 ``stimulus.json``, ``stimulus_completion.json``, ``system.json``), in the format described in
-``../shared/latentqa_eval/README.md``. The read dialogs are built as the reference implementation
+``data/latentqa_eval/README.md``. The read dialogs are built as the reference implementation
 builds them. Every input is checked before anything is written, so a malformed file stops the stage
 with an error naming the file, the record index and the field, and nothing is published.
 """

@@ -133,10 +133,11 @@ def pick_scores(scores: list[float], truth: int) -> float:
 
 def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
     from pipeline.data.schema import CONTROL_KINDS, read_dialogs
-    from pipeline.evaluation.evaluate import CONDITIONS, run_condition
+    from pipeline.evaluation.conditions import CONDITIONS, run_condition
     from pipeline.evaluation.items import Item, Metric, dialog_key
     from pipeline.evaluation.params import EvalParams
     from pipeline.evaluation.scoring import load_similarity, summarize
+    from pipeline.mechanism import layer_choice
     from pipeline.mechanism.decoder_files import load_decoder
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.reading import compute_reads
@@ -148,6 +149,9 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
     started = time.time()
     manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
     settings = DecoderSettings.from_manifest(manifest, where=str(inputs["train"]))
+    # The hidden instructions are what the persona dialogs teach: read at their chosen layer.
+    choice = layer_choice.read(inputs["train"] / "adapter", list(settings.read_layers))
+    settings = settings.with_layer(choice.for_families(("template",))[0])
     model, tokenizer = load_decoder(
         inputs["model"], inputs["train"] / "adapter", manifest, params.dtype, params.device
     )
@@ -198,6 +202,7 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
         "question": params.question,
         "scorer": {"name": similarity.name, "kind": similarity.kind},
         "candidate_view": params.candidate_view,
+        "read_layer": settings.read_layer,
         "n": len(items),
         "chance": sum(1 / len(cs) for cs in cands) / len(cands),
         "conditions": {
