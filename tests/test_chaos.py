@@ -18,7 +18,7 @@ uninterrupted run, training resumed from its latest checkpoint (the activation c
 complete shards). After every pass: no ``.partial`` is left, the view names the same keys and
 ``eval.json`` holds the same figures as the uninterrupted run.
 
-``make test-chaos`` runs it (about 15 minutes on two busy cores); ``LATENTQA_CHAOS_SEED`` draws
+``make test-chaos`` runs it (about 5-6 minutes on 2 quiet cores); ``LATENTQA_CHAOS_SEED`` draws
 other points. The table of kills is printed and written to ``chaos_table.md`` in the test's tmp
 folder.
 """

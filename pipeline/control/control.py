@@ -1,6 +1,6 @@
 """Stage `control`: steer the target through the gradient of the frozen decoder's answers.
 
-DESIGN §5 step 6. One base model in memory carries two LoRA adapters: the trained decoder adapter
+docs/design.md §5.6. One base model in memory carries two LoRA adapters: the trained decoder adapter
 (frozen, loaded from the ``train`` artifact) and a new ``steer`` adapter on the target's blocks up
 to ``read_layer``. The target forward runs with only ``steer`` active, the decoder forward with only
 ``decoder`` active; the read activations stay in the autograd graph, so the decoder's cross-entropy

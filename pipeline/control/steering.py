@@ -2,7 +2,7 @@
 
 A mean-difference vector is the mean residual stream (output of block ``layer``) over the user-turn
 tokens of a set of prompts when the control is given as a system prompt, minus the same mean
-without it (ActAdd-style, DESIGN §5 step 6). Adding it, scaled, to that block's output at every
+without it (ActAdd-style, docs/design.md §5.6). Adding it, scaled, to that block's output at every
 position is the baseline that the decoder-guided steering adapter is compared with.
 
 Every function runs whatever ``model`` currently is: the caller chooses the target (adapters

@@ -1,4 +1,4 @@
-"""The content-addressed store (DESIGN §3): keys, manifests and atomic publication.
+"""The content-addressed store (docs/design.md §3): keys, manifests and atomic publication.
 
 An artifact lives at ``results/store/<stage>/<key>/``. It is complete exactly when its
 ``_manifest.json`` exists; the manifest is written last, inside a staging directory that is then

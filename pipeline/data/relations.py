@@ -1,5 +1,5 @@
 """Relation facts (``data/relations.yaml``): read sentences that mention a subject, and questions
-about it that never name it (DESIGN §7).
+about it that never name it (docs/design.md §7.4, §7.5).
 
 Each relation has a subject type ("country"), a ``question`` about the subject's object that
 names only the type ("What is the capital of the country mentioned?"), a ``subject_question``

@@ -1,4 +1,6 @@
-"""The dialog schema every data stage writes and reads (DESIGN §6): validation, ids and Parquet I/O.
+"""The dialog schema every data stage writes and reads: validation, ids and Parquet I/O.
+
+See docs/design.md §6.1.
 
 One row per read dialog: ``id``, ``label``, ``kind``, ``messages`` (list of {role, content}),
 ``n_masked_turns``, ``qa`` (list of {question, answer}), ``source``, ``split``.

@@ -3,7 +3,7 @@
 Each authored control (a persona, goal or short scenario, ``data/templates/*.yaml``) is paired with
 a few user stimuli (``stimuli.yaml``), and the target model answers each stimulus under the control
 (greedy, batched). The model's own completion carries most of the readable signal about a masked
-control (DESIGN §5, calibration), which is why the target writes it rather than a fixed text.
+control (docs/design.md §6.2), which is why the target writes it rather than a fixed text.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
-"""Stage `evaluate`: decoder metrics beside the controls that make them interpretable (DESIGN §7).
+"""Stage `evaluate`: decoder metrics beside the controls that make them interpretable.
+
+See docs/design.md §7.
 
 Inputs: ``model`` (prepared model folder), ``train`` (train artifact: ``adapter/`` and a manifest
 whose params give the read settings), ``data`` (filter artifact: ``dialogs.parquet``),
-``relations`` (``data/relations.yaml``), optionally ``latentqa`` (imported LatentQA dialogs).
+``relations`` (``data/relations.yaml``), ``synonyms`` (``data/synonyms.yaml``), optionally
+``latentqa`` (imported LatentQA dialogs) and ``public`` (a ``public_tasks`` artifact).
 
-Every metric scores the same items under four conditions (:data:`CONDITIONS`), and reports the
-grounding gap (true minus shuffled, paired per item) with its spread over items. Outputs:
-``eval.json``, ``tables.md``, ``predictions.jsonl`` (one line per item and condition) and
+Every metric scores the same items under four conditions (``conditions.CONDITIONS``), at every
+read layer of the decoder, and reports the grounding gap (true minus shuffled, paired per item)
+with its spread over items. Outputs: ``eval.json``, ``tables.md``, ``predictions.jsonl`` (one line
+per item, condition and layer) and
 ``plot_<metric>.png`` plus ``plot_overview.png``. One base model is in memory: "untrained" is the
 same module with its adapter disabled.
 """

@@ -1,4 +1,4 @@
-"""Token ids of read dialogs and decoder prompts (DESIGN §5, steps 1 and 3), for any chat template.
+"""Token ids of read dialogs and decoder prompts (docs/design.md §5.1, §5.3), for any chat template.
 
 Turn boundaries are found by rendering prefixes of the conversation with the tokenizer's own chat
 template, never from per-model token tables. Placeholders are inserted as token ids, so their count

@@ -1,4 +1,4 @@
-"""Reading and writing the residual stream at block outputs (DESIGN §5, steps 2 and 3).
+"""Reading and writing the residual stream at block outputs (docs/design.md §5.2, §5.3).
 
 Hooks sit on the decoder blocks found by ``modeling.decoder_layers``, so they work for any causal
 LM whose blocks form a list, whether a block returns a tensor or a tuple.

@@ -1,4 +1,4 @@
-"""Stage `train`: fit the decoder's LoRA adapter (DESIGN §5 step 4), on one process or many.
+"""Stage `train`: fit the decoder's LoRA adapter (docs/design.md §5.4), on one process or many.
 
 Launched as ``torchrun --standalone --nproc_per_node N -m pipeline.training.train --out DIR
 --key KEY --params JSON --input model=DIR --input data=DIR [--input cache=DIR]``, or as a plain
