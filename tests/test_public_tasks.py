@@ -33,7 +33,7 @@ def test_the_committed_tasks_load_with_balanced_labels():
 
 def test_held_out_tasks_and_evaluated_texts_never_reach_training():
     tasks = load_tasks(TASKS)
-    params = PublicTaskParams(eval_texts=10, seed=1)
+    params = PublicTaskParams(eval_texts=10, train_texts=30, seed=1)
     dialogs, items = build(tasks, params)
     held = {name for name, task in tasks.items() if task.held_out}
     trained_texts = {d["messages"][0]["content"] for d in dialogs}
@@ -45,6 +45,7 @@ def test_held_out_tasks_and_evaluated_texts_never_reach_training():
     assert all(sum(i["task"] == t for i in items) == 10 for t in tasks)
     labels = {d["label"].split(":", 1)[1].rsplit("-", 1)[0] for d in dialogs}
     assert labels == set(tasks) - held
+    assert len({d["label"] for d in dialogs}) == 30 * len(labels)
     # one classification question per trained text, and a next-words dialog for most
     asked = [d["qa"][0]["question"] for d in dialogs]
     assert 0 < asked.count(NEXT_QUESTION) <= len(asked) / 2

@@ -45,6 +45,9 @@ class PublicTaskParams:
     """Tasks only evaluated, never trained on (null: those marked ``held_out``)."""
     eval_texts: int = 40
     """Texts per task evaluated (a trained task's are left out of its training dialogs)."""
+    train_texts: int | None = 60
+    """Texts per trained task that training reads (seeded; null: all the others). Every text
+    costs its read in the activation cache; the mix decides how many examples are drawn."""
     next_words: int = 6
     """Context prediction: a second dialog per trained text reads its first half and is asked
     for its next this-many words (0: none)."""
@@ -52,8 +55,10 @@ class PublicTaskParams:
     """Seed of the question, distractor and evaluation-text choices."""
 
     def __post_init__(self) -> None:
-        if self.eval_texts < 0 or self.next_words < 0:
-            raise stage.ParamsError("public_tasks: eval_texts and next_words must be >= 0")
+        if self.eval_texts < 0 or self.next_words < 0 or (self.train_texts or 0) < 0:
+            raise stage.ParamsError(
+                "public_tasks: eval_texts, train_texts and next_words must be >= 0"
+            )
         shared = sorted(set(self.tasks or []) & set(self.held_out or []))
         if shared:
             raise stage.ParamsError(f"public_tasks: {shared} both trained on and held out")
@@ -157,6 +162,7 @@ def build(tasks: dict[str, Task], params: PublicTaskParams) -> tuple[list[dict],
         rows = list(task.rows)
         rng.shuffle(rows)
         evaluated, training = rows[: params.eval_texts], rows[params.eval_texts :]
+        training = training[: params.train_texts]
         for row in evaluated:
             items.append(_item(task, row, name in held, rng))
         if name in held:

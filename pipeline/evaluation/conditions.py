@@ -18,7 +18,13 @@ from pipeline.evaluation.params import EvalParams
 from pipeline.evaluation.scoring import normalized_match
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import DecoderExample, build_decoder_example
-from pipeline.mechanism.reading import Read, generate_batched, loglik_batched, target_mode
+from pipeline.mechanism.reading import (
+    Read,
+    choice_scores,
+    generate_batched,
+    loglik_batched,
+    target_mode,
+)
 
 CONDITIONS = {
     "true": "the decoder reads the item's own activations",
@@ -112,7 +118,7 @@ def run_condition(
                 for d, (nll, n) in zip(donors, results, strict=True)
             ]
         if metric.kind == "choice":
-            return _choose(items, inputs, loglik, desc)
+            return _choose(model, tokenizer, items, inputs, desc, params, settings.inject)
         examples, acts, donors = inputs([None] * len(items))
         texts = generate_batched(
             model,
@@ -127,17 +133,18 @@ def run_condition(
     return [{"donor": d, "prediction": text} for d, text in zip(donors, texts, strict=True)]
 
 
-def _choose(items: list[Item], inputs, loglik, desc: str) -> list[dict[str, Any]]:
-    """Forced choice: the candidate answer with the highest log-likelihood per token."""
+def _choose(model, tokenizer, items, inputs, desc, params, inject) -> list[dict[str, Any]]:
+    """Forced choice: the candidate answer the decoder prefers (``reading.choice_scores``)."""
     width = max(len(it.choices) for it in items)
-    scores = [[float("-inf")] * len(it.choices) for it in items]
-    donors: list[str] = []
+    per_candidate, acts, donors = [], [], []
     for c in range(width):
-        answers = [it.choices[c] if c < len(it.choices) else it.choices[0] for it in items]
+        answers = [it.choices[min(c, len(it.choices) - 1)] for it in items]
         examples, acts, donors = inputs(answers)
-        for i, (nll, n) in enumerate(loglik(examples, acts, f"{desc} ({c + 1}/{width})")):
-            if c < len(items[i].choices):
-                scores[i][c] = -nll / max(n, 1)
+        per_candidate.append(examples)
+    candidates = [
+        [per_candidate[c][i] for c in range(len(it.choices))] for i, it in enumerate(items)
+    ]
+    scores = choice_scores(model, tokenizer, candidates, acts, params.batch_size, desc, inject)
     rows = []
     for item, donor, row in zip(items, donors, scores, strict=True):
         picked = item.choices[max(range(len(row)), key=row.__getitem__)]

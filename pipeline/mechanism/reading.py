@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from pipeline.mechanism.decoder import answer_loss, collate, generate
+from pipeline.mechanism.decoder import answer_loss, collate, decoder_logits, generate
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import DecoderExample, tokenize_read_dialog
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
@@ -134,3 +134,74 @@ def loglik_batched(
         for i, a, b in zip(chunk, nll.tolist(), count.tolist(), strict=True):
             out[i] = (a, int(b))
     return out
+
+
+def _divergence(candidates: list[DecoderExample]) -> int | None:
+    """The first position where the candidates' tokens differ, if there each has its own token
+    (an answer that is a prefix of another, or two sharing that token, gives None)."""
+    rows = [ex.input_ids for ex in candidates]
+    k = 0
+    while all(len(r) > k for r in rows) and len({r[k] for r in rows}) == 1:
+        k += 1
+    if not all(len(r) > k for r in rows) or len({r[k] for r in rows}) != len(rows):
+        return None
+    return k
+
+
+@torch.no_grad()
+def choice_scores(
+    model,
+    tokenizer,
+    candidates: list[list[DecoderExample]],
+    acts: list[torch.Tensor],
+    batch_size: int = 8,
+    desc: str = "choosing",
+    inject: str = "replace",
+) -> list[list[float]]:
+    """Per item, a score of each candidate answer (``candidates[i][c]``, the same prompt with
+    answer ``c``): the logit of its token at the first position where the answers differ, from one
+    forward of the shared prefix; where they share that token (or one answer is a prefix of
+    another) the mean log-likelihood per token of each whole answer instead."""
+    scores: list[list[float]] = [[0.0] * len(c) for c in candidates]
+    fast, slow = [], []
+    for i, cands in enumerate(candidates):
+        k = _divergence(cands)
+        (fast if k is not None else slow).append((i, k))
+    prefixes = [
+        DecoderExample(
+            candidates[i][0].input_ids[:k],
+            candidates[i][0].placeholder_positions,
+            candidates[i][0].position_ids[:k],
+            [-100] * k,
+            candidates[i][0].write_layer,
+        )
+        for i, k in fast
+    ]
+    order = sorted(range(len(fast)), key=lambda j: len(prefixes[j].input_ids))
+    device = _device(model)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, file=sys.stderr):
+        chunk = order[start : start + batch_size]
+        batch = collate(
+            [prefixes[j] for j in chunk],
+            [acts[fast[j][0]] for j in chunk],
+            tokenizer.pad_token_id,
+            padding_side="left",
+        ).to(device)
+        logits = decoder_logits(model, batch, inject=inject, logits_to_keep=1)[:, -1].float()
+        for row, j in enumerate(chunk):
+            i, k = fast[j]
+            scores[i] = [float(logits[row, ex.input_ids[k]]) for ex in candidates[i]]
+    if slow:
+        flat = [(i, c) for i, _ in slow for c in range(len(candidates[i]))]
+        results = loglik_batched(
+            model,
+            tokenizer,
+            [candidates[i][c] for i, c in flat],
+            [acts[i] for i, _ in flat],
+            batch_size,
+            desc,
+            inject,
+        )
+        for (i, c), (nll, n) in zip(flat, results, strict=True):
+            scores[i][c] = -nll / max(n, 1)
+    return scores
