@@ -11,6 +11,7 @@ sys.path.insert(0, REPO)
 
 from pipeline.core.config_check import check_config
 from pipeline.core.errors import InputError
+from pipeline.core.immutable import keep_published_outputs
 from pipeline.core.graph import (
     ANALYSIS_NODES,
     Node,
@@ -43,6 +44,9 @@ def _python():
 
 
 PYTHON = _python()
+# Snakemake deletes a job's outputs before running it; a published artifact (another run on the
+# same store built it meanwhile) is kept and reused instead (pipeline/core/immutable.py).
+keep_published_outputs()
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")
 EXPERIMENTS = {
