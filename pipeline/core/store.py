@@ -196,14 +196,15 @@ _HOST = socket.gethostname()
 def lock_staging(stage_dir: Path, grace_s: float | None = None, wait_s: float | None = None) -> int:
     """Create ``stage_dir`` if needed and take an exclusive lock on it; return the descriptor.
 
-    A holder gets ``grace_s`` seconds (default :data:`LOCK_GRACE_S`) to let go. After that, a
-    holder that is alive, by its heartbeat (the holder file's mtime, renewed every
-    :data:`HEARTBEAT_S` by :func:`publishing`), is another run building the same artifact: this
-    one says so and waits, at most ``wait_s`` seconds more (None: as long as the holder lives),
-    then locks the folder, which the holder published (the caller finds the artifact and reuses
-    it) or left for a resume. Raises :class:`StagingBusy` where waiting is wrong: the holder is
-    this very process, its heartbeat stopped for :data:`HEARTBEAT_STALE_S` (a stopped or hung
-    run, a host gone away), it wrote no holder file, or ``wait_s`` ran out.
+    A held folder is another run building the same artifact (or a killed run's worker that has
+    not finished dying): this one says so and waits, then locks the folder, which the holder
+    published (the caller finds the artifact and reuses it) or left for a resume. After
+    ``grace_s`` seconds (default :data:`LOCK_GRACE_S`) it waits only for a holder that is alive by
+    its heartbeat (the holder file's mtime, renewed every :data:`HEARTBEAT_S` by
+    :func:`publishing`), and at most ``wait_s`` seconds more (None: as long as the holder lives).
+    Raises :class:`StagingBusy` where waiting is wrong: the holder is this very process, its
+    heartbeat stopped (or it wrote no holder file) for :data:`HEARTBEAT_STALE_S` (a stopped or
+    hung run, a host gone away), or ``wait_s`` ran out.
     """
     started = time.monotonic()
     grace = LOCK_GRACE_S if grace_s is None else grace_s
@@ -226,6 +227,15 @@ def lock_staging(stage_dir: Path, grace_s: float | None = None, wait_s: float | 
                     f"{stage_dir} is locked by this very process ({_holder(stage_dir)}): "
                     "waiting would never end"
                 ) from None
+            if noticed is None or now - noticed > WAIT_NOTICE_S:
+                log.warning(
+                    "%s is being built by another run (%s); waiting for it (%.0f s so far), then "
+                    "reusing what it publishes or resuming what it leaves",
+                    stage_dir,
+                    _holder(stage_dir),
+                    now - started,
+                )
+                noticed = now
             if now - started < grace:
                 time.sleep(0.2)
                 continue
@@ -243,15 +253,6 @@ def lock_staging(stage_dir: Path, grace_s: float | None = None, wait_s: float | 
                     f"{stage_dir} is locked by another run of this stage ({_holder(stage_dir)}), "
                     f"{why}; wait for it to finish or stop it, then rerun"
                 ) from None
-            if noticed is None or now - noticed > WAIT_NOTICE_S:
-                log.warning(
-                    "%s is being built by another run (%s); waiting for it (%.0f s so far), then "
-                    "reusing what it publishes",
-                    stage_dir,
-                    _holder(stage_dir),
-                    now - started,
-                )
-                noticed = now
             time.sleep(1.0)
             continue
         try:
