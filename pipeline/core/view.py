@@ -62,17 +62,21 @@ def current(view_dir: Path) -> dict[str, str] | None:
         return None
 
 
-def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> bool:
+def refresh_view(
+    view_dir, graph, store_dir, only_if_complete: bool = True, record: bool = True
+) -> bool:
     """Point ``view_dir`` at the graph's artifacts; returns whether it changed.
 
     With ``only_if_complete`` a view whose artifacts are not all published yet is left as it is,
-    but marked out of date.
+    but marked out of date. With ``record`` (a view the run builds), the store records that the
+    view wants the graph's artifacts (``pipeline.core.usage``).
     """
     view_dir = Path(view_dir)
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
-    # Before the artifacts are looked at: a `gc` under way finishes first, and one that starts
-    # later keeps them.
-    usage.record_view(view_dir, artifacts.values(), store_dir)
+    if record:
+        # Before the artifacts are looked at: a `gc` under way finishes first, and one that
+        # starts later keeps them.
+        usage.record_view(view_dir, artifacts.values(), store_dir)
     complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
     if current(view_dir) == artifacts and complete:
         # Dated now: newer than the store folder (the view rule's other input), and current
