@@ -52,12 +52,12 @@ def _writers():
     from safetensors.torch import save_file
 
     big = torch.zeros(1_000_000)  # 4 MB
+    # Incompressible, and from a generator of its own: the global one is left as it was.
+    noise = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0))
     return {
         "safetensors": lambda path: save_file({"x": big}, str(path)),
         "torch": lambda path: torch.save(big, path),
-        "parquet": lambda path: pl.DataFrame({"x": torch.rand(1_000_000).numpy()}).write_parquet(
-            path
-        ),
+        "parquet": lambda path: pl.DataFrame({"x": noise.numpy()}).write_parquet(path),
         "text": lambda path: Path(path).write_text("x" * 4_000_000),
     }
 
