@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= decoder_smollm2
 
-.PHONY: setup run test test-slow test-chaos test-slurm lint format
+.PHONY: setup run test test-slow test-chaos test-store test-slurm lint format
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test-slow: setup
 # (tests/test_chaos.py); prints the table of kills. LATENTQA_CHAOS_SEED=<n> draws other points.
 test-chaos: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -s -m chaos tests/test_chaos.py
+
+# The store over time on the tiny workflow: verify and rebuild, a full disk (a tmpfs; as root),
+# two runs at once on one store, gc during and after a run (tests/test_store_workflow.py).
+test-store: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m store tests/test_store_workflow.py
 
 # Starts a single-node Slurm cluster on this machine (root, Debian) and runs the workflow through it.
 test-slurm: setup

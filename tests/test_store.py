@@ -131,7 +131,7 @@ def test_scratch_stays_until_publication_and_is_never_published(tmp_path):
     assert list(store.read_manifest(out, verify="full")["files"]) == ["adapter.bin"]
 
 
-def test_another_process_is_refused_and_free_after_the_holder_dies(tmp_path):
+def test_another_process_is_refused_when_told_not_to_wait_and_free_after_it_dies(tmp_path):
     out = tmp_path / "abc"
     holder = subprocess.Popen(
         [
@@ -146,8 +146,9 @@ def test_another_process_is_refused_and_free_after_the_holder_dies(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "holding"
+        # A live holder is waited for (below); wait_s=0 refuses at once after the grace.
         with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}"):
-            store.lock_staging(store.staging_dir(out), grace_s=0.5)
+            store.lock_staging(store.staging_dir(out), grace_s=0.5, wait_s=0)
     finally:
         holder.kill()
         holder.wait()
@@ -228,3 +229,106 @@ def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
     finally:
         holder.kill()
     assert holder.returncode == 3 and 0.5 < waited < 30
+
+
+def _holder_process(out, body: str) -> subprocess.Popen:
+    """A process that holds the staging folder of ``out`` (``publishing``) and runs ``body``."""
+    script = (
+        "import os, signal, sys, time; from pipeline.core import store\n"
+        "store.HEARTBEAT_S = 0.2\n"
+        f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{'data': 'k1'}}) as (work, _"
+        "):\n"
+        "    (work / 'part').write_text('x'); print('holding', flush=True)\n"
+        + "".join(f"    {line}\n" for line in body.splitlines())
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_live_holder_is_waited_for_and_what_it_publishes_is_reused(tmp_path, monkeypatch, caplog):
+    """Two runs of one key at once: the second waits while the first beats, then finds it
+    published (and builds nothing)."""
+    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
+    out = tmp_path / "abc"
+    holder = _holder_process(out, "time.sleep(3)")
+    try:
+        holder_record = store.read_holder(store.staging_dir(out))
+        assert holder_record["pid"] == holder.pid and holder_record["inputs"] == {"data": "k1"}
+        start = time.monotonic()
+        with pytest.raises(store.AlreadyPublished):
+            with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+                (work / "second").write_text("must not happen")
+        waited = time.monotonic() - start
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+    assert 1.5 < waited < 30
+    assert "being built by another run" in caplog.text and f"pid {holder.pid}" in caplog.text
+    assert sorted(store.read_manifest(out, verify="full")["files"]) == ["part"]
+    assert not store.staging_dir(out).exists()
+
+
+def test_a_waiter_resumes_what_a_holder_left_when_it_stops_without_publishing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
+    out = tmp_path / "abc"
+    holder = _holder_process(out, "time.sleep(2)\nraise SystemExit(3)")
+    try:
+        with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+            assert (work / "part").read_text() == "x"  # resumed from the failed run's folder
+            (work / "rest").write_text("y")
+        assert holder.wait(timeout=30) == 3
+    finally:
+        holder.kill()
+    assert sorted(store.read_manifest(out)["files"]) == ["part", "rest"]
+
+
+def test_a_holder_whose_heartbeat_stopped_is_refused(tmp_path, monkeypatch):
+    """A stopped run (Ctrl-Z, SIGSTOP) or a hung one: waiting for it could last for ever."""
+    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
+    monkeypatch.setattr(store, "HEARTBEAT_STALE_S", 1.5)
+    out = tmp_path / "abc"
+    holder = _holder_process(out, "os.kill(os.getpid(), signal.SIGSTOP)")
+    try:
+        start = time.monotonic()
+        with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}.*heartbeat stopped"):
+            store.lock_staging(store.staging_dir(out))
+        assert time.monotonic() - start >= 1.5
+    finally:
+        holder.kill()
+        holder.wait()
+    os.close(store.lock_staging(store.staging_dir(out)))  # free once it is gone
+
+
+def test_the_heartbeat_renews_the_holder_file_until_publication(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "HEARTBEAT_S", 0.05)
+    out = tmp_path / "abc"
+    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        holder = work / store.HOLDER
+        first = holder.stat().st_mtime_ns
+        time.sleep(0.5)
+        assert holder.stat().st_mtime_ns > first
+    assert (
+        not (out / store.HOLDER).exists() and store.HOLDER not in store.read_manifest(out)["files"]
+    )
+
+
+def test_the_other_processes_of_a_launch_follow_their_rank_0(tmp_path, monkeypatch):
+    """torchrun ranks above 0 take no lock: they work once their own rank 0 holds the folder, and
+    do nothing when another launch published the artifact (their rank 0 then reuses it)."""
+    import threading
+
+    out = tmp_path / "abc"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
+    with store.publishing(out, "abc", "stage", {}, {}):
+        assert store.follows_holder(out, poll_s=0.01)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-b")
+        answer = []
+        follower = threading.Thread(target=lambda: answer.append(store.follows_holder(out, 0.01)))
+        follower.start()
+        time.sleep(0.3)
+        assert follower.is_alive()  # another launch holds it: wait
+    follower.join(timeout=10)
+    assert answer == [False]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.core import store
+from pipeline.core import disk, store
 from pipeline.core.errors import InputError
 from pipeline.core.faults import fault_point
 from pipeline.core.lifeline import die_with_parent
@@ -35,6 +35,10 @@ log = logging.getLogger("pipeline")
 
 class ParamsError(InputError):
     """Stage parameters that do not fit the stage's dataclass."""
+
+
+class OutOfSpace(store.StoreError):
+    """The disk (or quota) under the staging folder filled up while the stage wrote."""
 
 
 _SIMPLE = {bool: bool, int: int, float: (int, float), str: str}
@@ -134,7 +138,8 @@ def main(
     scratch: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
 ) -> None:
-    """Run a stage from its command line; bad input ends it with one line naming the culprit.
+    """Run a stage from its command line; bad input ends it with one line naming the culprit, and
+    so does a full disk (naming the staging folder, which keeps what a rerun resumes from).
 
     ``needs`` names the inputs the stage cannot run without. ``resumable`` names the entries of
     a killed run's staging folder that a rerun resumes from (the rest is removed); ``scratch``
@@ -181,14 +186,30 @@ def _main(
             raise InputError(f"input {name} does not exist: {path}")
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
-    with store.publishing(
-        args.out, args.key, stage, raw, input_keys(inputs), resumable, scratch
-    ) as (
-        workdir,
-        info,
-    ):
-        fault_point(f"stage.{stage}.start")
-        run(params, inputs, workdir, info)
-        fault_point(f"stage.{stage}.publish")
+    try:
+        with store.publishing(
+            args.out, args.key, stage, raw, input_keys(inputs), resumable, scratch
+        ) as (workdir, info):
+            fault_point(f"stage.{stage}.start")
+            run(params, inputs, workdir, info)
+            fault_point(f"stage.{stage}.publish")
+    except store.AlreadyPublished:
+        # Another run (another experiment or working directory on this store) built it while
+        # this one waited on the staging lock, or before Snakemake started this job.
+        store.read_manifest(args.out, verify="fast")
+        log.info(
+            "%s is already published (by another run, or before this job); reusing it", args.out
+        )
+        return
+    except (InputError, store.StoreError):
+        raise
+    except Exception as exc:
+        staging = store.staging_dir(args.out)
+        if not disk.out_of_space(exc, staging):
+            raise
+        raise OutOfSpace(
+            f"no space left on device in {disk.describe(staging)} ({one_line(exc)}); nothing "
+            "was published; free space and rerun: the stage resumes from what that folder keeps"
+        ) from exc
     log.info("published %s", args.out)
     fault_point(f"stage.{stage}.published")

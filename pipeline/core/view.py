@@ -2,7 +2,8 @@
 
 The view holds one link per stage artifact, links to the files people look for first (the
 adapter, ``eval.json``, the report), and ``view.json`` naming every key. Rebuilding it is cheap,
-and it is only ever replaced by a complete view.
+and it is only ever replaced by a complete view. Each view checked or written is recorded in the
+store (``pipeline.core.usage``), so that ``gc`` keeps what it wants.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.core import store
+from pipeline.core import store, usage
 from pipeline.core.faults import fault_point
 
 SHORTCUTS = {
@@ -61,14 +62,21 @@ def current(view_dir: Path) -> dict[str, str] | None:
         return None
 
 
-def refresh_view(view_dir, graph, store_dir, only_if_complete: bool = True) -> bool:
+def refresh_view(
+    view_dir, graph, store_dir, only_if_complete: bool = True, record: bool = True
+) -> bool:
     """Point ``view_dir`` at the graph's artifacts; returns whether it changed.
 
     With ``only_if_complete`` a view whose artifacts are not all published yet is left as it is,
-    but marked out of date.
+    but marked out of date. With ``record`` (a view the run builds), the store records that the
+    view wants the graph's artifacts (``pipeline.core.usage``).
     """
     view_dir = Path(view_dir)
     artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
+    if record:
+        # Before the artifacts are looked at: a `gc` under way finishes first, and one that
+        # starts later keeps them.
+        usage.record_view(view_dir, artifacts.values(), store_dir)
     complete = all((Path(path) / store.MANIFEST).exists() for path in artifacts.values())
     if current(view_dir) == artifacts and complete:
         # Dated now: newer than the store folder (the view rule's other input), and current
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args(argv)
     artifacts = dict(pair.split("=", 1) for pair in args.input)
+    for store_dir in {Path(path).parent.parent for path in artifacts.values()}:
+        usage.record_view(args.view, artifacts.values(), store_dir)
     for path in artifacts.values():
         store.read_manifest(path, verify="fast")
     fault_point("view.start")

@@ -11,6 +11,7 @@ sys.path.insert(0, REPO)
 
 from pipeline.core.config_check import check_config
 from pipeline.core.errors import InputError
+from pipeline.core.immutable import keep_published_outputs
 from pipeline.core.graph import (
     ANALYSIS_NODES,
     Node,
@@ -43,6 +44,9 @@ def _python():
 
 
 PYTHON = _python()
+# Snakemake deletes a job's outputs before running it; a published artifact (another run on the
+# same store built it meanwhile) is kept and reused instead (pipeline/core/immutable.py).
+keep_published_outputs()
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")
 EXPERIMENTS = {
@@ -203,15 +207,25 @@ def default_targets():
 # A reverted setting finds its old artifacts: point each experiment's view at them now, so that
 # no job is needed (the profile's mtime-only rerun trigger then sees the view as current). The
 # store folder is an input of every view (view_args), so it exists from the start.
+# The views this run asks for are recorded in the store with what they want (gc keeps it).
 Path(STORE).mkdir(parents=True, exist_ok=True)
+_RECORDED = _requested_experiments()
 for _experiment, _graph in GRAPHS.items():
     refresh_view(
-        f"results/{_experiment}", view_nodes(_graph), STORE, only_if_complete=True
+        f"results/{_experiment}",
+        view_nodes(_graph),
+        STORE,
+        only_if_complete=True,
+        record=_experiment in _RECORDED,
     )
     _analysis = {name: _graph[name] for name in ANALYSIS_NODES if name in _graph}
     if len(_analysis) == len(ANALYSIS_NODES):
         refresh_view(
-            f"results/{_experiment}_analysis", _analysis, STORE, only_if_complete=True
+            f"results/{_experiment}_analysis",
+            _analysis,
+            STORE,
+            only_if_complete=True,
+            record=f"{_experiment}_analysis" in _RECORDED,
         )
 
 
