@@ -172,7 +172,7 @@ def test_gc_keep_protects_an_experiments_current_graph(
 
     config = {
         "store": "results/store",
-        "defaults": {"train": {"read_layer": 1, "max_steps": 2}, "evaluate": {}, "report": {}},
+        "defaults": {"train": {"read_layers": [1], "max_steps": 2}, "evaluate": {}, "report": {}},
         "experiments": {
             "tiny": {
                 "model": {"source": "local", "name": str(tiny_model_dir)},
