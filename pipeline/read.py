@@ -192,7 +192,10 @@ def answer(
         for i, (new, old) in enumerate(zip(completed, dialogs, strict=True)):
             added[i] = new[0][-1]["content"] if new is not old else None
         dialogs = completed
-    at = {layer: settings.with_layer(layer) for layer in sorted(set(layers))}
+    at = {
+        layer: settings if settings.all_layers else settings.with_layer(layer)
+        for layer in sorted(set(layers))
+    }
     reads = {
         layer: compute_reads(model, tokenizer, dialogs, there, batch_size)
         for layer, there in at.items()
@@ -228,7 +231,7 @@ def answer(
             "dialog": d,
             "question": questions[q],
             "answer": text,
-            "read_layer": layers[q],
+            "read_layer": "all" if settings.all_layers else layers[q],
             "n_read_tokens": len(reads[layers[q]][d].read_positions),
         }
         for (d, q), text in zip(where, texts, strict=True)
@@ -345,7 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         questions = list(args.question)
         if args.questions:
             questions += load_questions(args.questions)
-        if layer is not None:
+        if settings.all_layers:
+            if layer is not None:
+                raise ValueError(
+                    f"--read-layer {layer}: this decoder reads blocks "
+                    f"{list(settings.read_layers)} at once, not one of them"
+                )
+            layers = [settings.read_layer] * len(questions)
+        elif layer is not None:
             try:
                 settings = settings.with_layer(layer)
             except UntrainedLayer as exc:

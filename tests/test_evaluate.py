@@ -75,6 +75,7 @@ def make_train_artifact(
     write_layer: int | None = 0,
     choice: dict | None = None,
     name: str = "train",
+    all_layers: bool = False,
 ) -> Path:
     """A train artifact as the train stage publishes it: adapter/ and a manifest with params
     (and, for several read layers, the layer choice ``choice`` given as family -> layer ->
@@ -108,6 +109,7 @@ def make_train_artifact(
         "train",
         {
             "read_layers": list(read_layers),
+            "read_all_layers": all_layers,
             "write_layer": write_layer,
             "positions": "all",
             "align_positions": True,
@@ -271,6 +273,38 @@ def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen
     }
     tables = (tmp_path / "out" / "tables.md").read_text()
     assert "## By read layer" in tables and "block 1: true" in tables
+
+
+def test_a_decoder_reading_every_layer_at_once_is_ablated_layer_by_layer(stage_inputs, tmp_path):
+    """Its own figures under "all"; under each layer, the item's activations in that layer's group
+    only (the others the donor's), the shuffled condition shared."""
+    train = make_train_artifact(
+        tmp_path, stage_inputs["model"], (1, 2), None, name="all", all_layers=True
+    )
+    params = EvalParams(
+        batch_size=4,
+        max_new_tokens=3,
+        relation_tokens=3,
+        max_loglik_items=4,
+        max_recovery_items=2,
+        max_latentqa_items=2,
+        max_relation_items=4,
+        max_truth_items=4,
+        eval_relations=EVAL_RELATIONS,
+        similarity="token_f1",
+        bootstrap=20,
+    )
+    (tmp_path / "out").mkdir()
+    evaluate.run(params, {**stage_inputs, "train": train}, tmp_path / "out", {})
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    loglik = report["metrics"]["answer_loglik"]
+    assert loglik["layer"] == "all" and set(loglik["by_layer"]) == {"all", "1", "2"}
+    assert loglik["conditions"] == loglik["by_layer"]["all"]["conditions"]
+    means = {k: v["conditions"]["true"]["mean"] for k, v in loglik["by_layer"].items()}
+    assert len(set(means.values())) == 3  # each ablation reads something else
+    shuffled = {k: v["conditions"]["shuffled"]["mean"] for k, v in loglik["by_layer"].items()}
+    assert len(set(shuffled.values())) == 1
+    assert report["decoder"]["all_layers"] is True
 
 
 def test_outputs_tables_plots_predictions(evaluated):

@@ -494,14 +494,31 @@ def test_examples_of_two_layers_name_their_layer_and_write_where_they_read(token
     train_set, eval_set, shuffled_set = build_examples(dialogs, tokenizer, params)
     assert {ex.layer for ex in train_set.examples} == {1, 2}
     for ex in train_set.examples + eval_set.examples:
-        assert ex.decoder.write_layer == ex.layer
+        assert set(ex.decoder.write_layers) == {ex.layer}
         prompt = tokenizer.decode(ex.decoder.input_ids[: ex.decoder.placeholder_positions[0]])
         assert prompt.endswith(f"Layer {ex.layer}:")
     assert [ex.layer for ex in eval_set.examples] == [ex.layer for ex in shuffled_set.examples]
     # One layer: nothing named, written at the fixed write block.
     single, _, _ = build_examples(dialogs, tokenizer, TrainParams(**BASE_PARAMS))
     ex = single.examples[0]
-    assert "Layer" not in tokenizer.decode(ex.decoder.input_ids) and ex.decoder.write_layer == 0
+    assert "Layer" not in tokenizer.decode(ex.decoder.input_ids)
+    assert set(ex.decoder.write_layers) == {0}
+
+
+def test_examples_reading_every_layer_at_once_have_one_named_group_each(tokenizer, data_dir):
+    from pipeline.data.schema import read_dialogs
+    from pipeline.training.train_data import ALL_LAYERS
+
+    params = TrainParams(
+        **{**BASE_PARAMS, "read_layers": [1, 2], "write_layer": None, "read_all_layers": True}
+    )
+    dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    train_set, _, _ = build_examples(dialogs, tokenizer, params)
+    ex = train_set.examples[0]
+    n = len(train_set.reads[ex.dialog].read_positions)
+    assert ex.layer == ALL_LAYERS and ex.decoder.write_layers == (1,) * n + (2,) * n
+    text = tokenizer.decode(ex.decoder.input_ids[: ex.decoder.placeholder_positions[n]])
+    assert "Layer 1:" in text and text.endswith("Layer 2:")
 
 
 def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
@@ -526,3 +543,21 @@ def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
     assert set(choice.losses) == {"test"} and set(choice.losses["test"]) == {1, 2}
     assert choice.counts == {"test": 3}
     assert manifest["info"]["layer_choice"] == {"test": choice.chosen("test")}
+
+
+def test_reading_every_layer_at_once_trains_without_a_layer_choice(
+    tmp_path, tiny_model_dir, data_dir
+):
+    out = tmp_path / "train"
+    params = {
+        **BASE_PARAMS,
+        "read_layers": [1, 2],
+        "read_all_layers": True,
+        "write_layer": None,
+        "lora_blocks": "from_write",
+        "max_steps": 2,
+    }
+    manifest = train(out, tiny_model_dir, data_dir, params)
+    assert manifest["info"]["layer_choice"] is None
+    assert not (out / "adapter" / "layer_choice.json").exists()
+    assert all(math.isfinite(m["eval_loss"]) for m in metrics(out) if "eval_loss" in m)

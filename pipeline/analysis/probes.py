@@ -31,6 +31,8 @@ TRUTH_FAMILIES = ("statements", "public")
 def _at_layers(reader, settings, choice, families) -> dict[str, Any]:
     """The decoder reader at each trained layer: ``decoder`` at the layer the validation split
     chose for ``families``, ``decoder_by_layer`` at every layer (beside the probes' blocks)."""
+    if settings.all_layers:  # one reading of every layer at once: nothing to choose among
+        return {"decoder": reader(settings)}
     by_layer = {layer: reader(settings.with_layer(layer)) for layer in settings.read_layers}
     chosen, _ = choice.for_families(families)
     out: dict[str, Any] = {"decoder": by_layer[chosen]}

@@ -172,6 +172,13 @@ class Rig:
         acts = read(self.model, ids, mask, layers)
         return {layer: gather(acts[layer], [r.read_positions for r in reads]) for layer in layers}
 
+    def decoder_acts(self, reads: list[TokenizedRead], isolate: bool = False):
+        """Per dialog, what the decoder reads: its read layer's activations, or every read
+        layer's one group after another (a decoder reading all its layers at once)."""
+        layers = list(self.settings.layers_read)
+        acts = self.read(reads, layers, isolate)
+        return [torch.cat([acts[layer][i] for layer in layers]) for i in range(len(reads))]
+
     def decoder_loss(self, examples, acts, reduction: str = "mean"):
         """The frozen decoder's answer loss with ``acts`` written at its placeholders."""
         use_adapter(self.model, DECODER)
@@ -188,6 +195,11 @@ def train_steer(rig: Rig, reads, examples, params: ControlParams) -> list[dict]:
     disjoint), so memory holds one decoder graph at a time.
     """
     rng = random.Random(params.seed)
+    if params.per_layer_loss and rig.settings.all_layers:
+        raise ValueError(
+            "control.per_layer_loss patches one block's output at a time; this decoder reads "
+            f"blocks {list(rig.settings.read_layers)} at once"
+        )
     layers = (
         list(range(rig.settings.read_layer + 1))
         if params.per_layer_loss
@@ -203,7 +215,12 @@ def train_steer(rig: Rig, reads, examples, params: ControlParams) -> list[dict]:
         batch = [examples[i][rng.randrange(len(examples[i]))] for i in rows]
         optimizer.zero_grad(set_to_none=True)
         with rig.target("steered"):
-            acts = rig.read([reads[i] for i in rows], layers, isolate=params.per_layer_loss)
+            chosen = [reads[i] for i in rows]
+            acts = (
+                rig.read(chosen, layers, isolate=True)
+                if params.per_layer_loss
+                else {rig.settings.read_layer: rig.decoder_acts(chosen)}
+            )
         losses = {}
         for layer in layers:
             loss = rig.decoder_loss(batch, acts.pop(layer))
@@ -232,9 +249,7 @@ def score(rig: Rig, reads, examples, mode: str, batch_size: int, vector=None) ->
     for start in range(0, len(reads), batch_size):
         chunk = list(range(start, min(start + batch_size, len(reads))))
         with rig.target(mode, vector):
-            acts = rig.read([reads[i] for i in chunk], [rig.settings.read_layer])[
-                rig.settings.read_layer
-            ]
+            acts = rig.decoder_acts([reads[i] for i in chunk])
         for q in range(len(examples[chunk[0]])):
             nll, counts = rig.decoder_loss([examples[i][q] for i in chunk], acts, "none")
             items += [

@@ -118,6 +118,8 @@ def decoder_settings(train_dir: Path) -> DecoderSettings:
     settings = DecoderSettings.from_manifest(manifest, where=f"{train_dir}/{store.MANIFEST}")
     if not (train_dir / "adapter" / "adapter_config.json").exists():
         raise FileNotFoundError(f"{train_dir}: no PEFT adapter in adapter/")
+    if settings.all_layers:
+        return settings
     choice = layer_choice.read(train_dir / "adapter", list(settings.read_layers))
     return settings.with_layer(choice.for_families(STEERING_FAMILIES)[0])
 

@@ -91,17 +91,65 @@ def condition_inputs(
     return examples, acts, donors
 
 
+def ablation_inputs(
+    items: list[Item],
+    layer_reads: dict[int, dict],
+    perm: list[int],
+    keep: int,
+    tokenizer,
+    settings: DecoderSettings,
+    answers: list[str | None],
+):
+    """For a decoder reading every layer at once: each item's own activations in the group of
+    block ``keep``, its donor's (the shuffled condition's) in the other groups; what block
+    ``keep`` alone tells the decoder. ``layer_reads[layer][dialog]`` reads one layer."""
+    examples, acts, donors = [], [], []
+    for i, item in enumerate(items):
+        donor = items[perm[i]]
+        groups = [
+            layer_reads[layer][item.dialog if layer == keep else donor.dialog]
+            for layer in settings.read_layers
+        ]
+        examples.append(
+            build_decoder_example(
+                tokenizer,
+                [read.read_positions for read in groups],
+                item.question,
+                answers[i],
+                settings.align_positions,
+                settings.at(),
+            )
+        )
+        acts.append(torch.cat([read.acts for read in groups]))
+        donors.append(donor.id)
+    return examples, acts, donors
+
+
 def run_condition(
-    model, tokenizer, metric: Metric, condition: str, reads, perm, settings, params: EvalParams
+    model,
+    tokenizer,
+    metric: Metric,
+    condition: str,
+    reads,
+    perm,
+    settings,
+    params: EvalParams,
+    keep: int | None = None,
+    layer_reads: dict[int, dict] | None = None,
 ) -> list[dict[str, Any]]:
     """Per item: the donor and the NLL with its score (``loglik``), the answer picked among the
-    item's choices with its score (``choice``), or the prediction (``generate``, scored later)."""
+    item's choices with its score (``choice``), or the prediction (``generate``, scored later).
+
+    ``keep`` (a decoder reading every layer at once): only block ``keep`` holds the item's own
+    activations (:func:`ablation_inputs`, from ``layer_reads``)."""
     items = metric.items
     desc = f"{metric.name}/{condition}"
     if condition != "text_only" and len(settings.read_layers) > 1:
-        desc += f"@{settings.read_layer}"
+        desc += f"@{'all' if settings.all_layers and keep is None else keep or settings.read_layer}"
 
     def inputs(answers):
+        if keep is not None:
+            return ablation_inputs(items, layer_reads, perm, keep, tokenizer, settings, answers)
         return condition_inputs(condition, items, reads, perm, tokenizer, settings, answers)
 
     def loglik(examples, acts, label):

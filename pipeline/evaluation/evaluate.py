@@ -66,31 +66,56 @@ def _conditions_summary(rows_by_cond: dict[str, list[dict]], params: EvalParams)
     return out
 
 
+ALL = "all"
+"""The layer key of a decoder reading every layer at once, reading them all."""
+
+
+def layer_keys(settings) -> list[str]:
+    """The keys of ``by_layer``: each read layer, and ``all`` first for a decoder reading every
+    layer at once (each layer then alone holds the item's activations, the others the donor's)."""
+    layers = [str(layer) for layer in settings.read_layers]
+    return [ALL, *layers] if settings.all_layers else layers
+
+
 def _runs(model, tokenizer, metric, reads, perm, settings, params) -> dict:
-    """(condition, layer) -> rows: the reading conditions at every read layer, text-only once
-    (layer None)."""
-    any_layer = settings.read_layers[0]
+    """(condition, layer key) -> rows: the reading conditions at every layer key, text-only
+    once (key None)."""
+    first = next(iter(reads.values()))
     runs = {
         ("text_only", None): run_condition(
-            model, tokenizer, metric, "text_only", reads[any_layer], perm, settings, params
+            model, tokenizer, metric, "text_only", first, perm, settings, params
         )
     }
+    if settings.all_layers:
+        for cond in READING:
+            runs[(cond, ALL)] = run_condition(
+                model, tokenizer, metric, cond, reads[ALL], perm, settings, params
+            )
+        layer_reads = {layer: reads[str(layer)] for layer in settings.read_layers}
+        for layer in settings.read_layers:
+            runs[("shuffled", str(layer))] = runs[("shuffled", ALL)]
+            for cond in ("true", "untrained"):
+                runs[(cond, str(layer))] = run_condition(
+                    model, tokenizer, metric, cond, None, perm, settings, params,
+                    keep=layer, layer_reads=layer_reads,
+                )  # fmt: skip
+        return runs
     for layer in settings.read_layers:
         there = settings.with_layer(layer)
         for cond in READING:
-            runs[(cond, layer)] = run_condition(
-                model, tokenizer, metric, cond, reads[layer], perm, there, params
+            runs[(cond, str(layer))] = run_condition(
+                model, tokenizer, metric, cond, reads[str(layer)], perm, there, params
             )
     return runs
 
 
-def _by_cond(runs: dict, layer: int) -> dict[str, list[dict]]:
-    return {c: runs[(c, None if c == "text_only" else layer)] for c in CONDITIONS}
+def _by_cond(runs: dict, key: str) -> dict[str, list[dict]]:
+    return {c: runs[(c, None if c == "text_only" else key)] for c in CONDITIONS}
 
 
-def _scored(runs: dict, layer: int, key: str) -> dict[str, list[dict]]:
-    """The rows of each condition at ``layer`` with the ``key`` scorer's score as ``score``."""
-    return {c: [{**r, "score": r[key]} for r in rows] for c, rows in _by_cond(runs, layer).items()}
+def _scored(runs: dict, key: str, score: str) -> dict[str, list[dict]]:
+    """The rows of each condition at layer ``key`` with the ``score`` scorer's as ``score``."""
+    return {c: [{**r, "score": r[score]} for r in rows] for c, rows in _by_cond(runs, key).items()}
 
 
 def evaluate(
@@ -113,23 +138,17 @@ def evaluate(
     choice = choice or layer_choice.LayerChoice(layers=list(settings.read_layers))
     dialogs = sorted({item.dialog for m in metrics for item in m.items})
     messages = [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs]
+
+    def read_all(at, label):
+        computed = compute_reads(model, tokenizer, messages, at, params.batch_size, desc=label)
+        return dict(zip(dialogs, computed, strict=True))
+
     reads = {
-        layer: dict(
-            zip(
-                dialogs,
-                compute_reads(
-                    model,
-                    tokenizer,
-                    messages,
-                    settings.with_layer(layer),
-                    params.batch_size,
-                    desc=f"reading block {layer}",
-                ),
-                strict=True,
-            )
-        )
+        str(layer): read_all(settings.with_layer(layer), f"reading block {layer}")
         for layer in settings.read_layers
     }
+    if settings.all_layers:
+        reads[ALL] = read_all(settings, "reading every block")
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for metric in metrics:
@@ -146,7 +165,7 @@ def evaluate(
         started = time.time()
         perm = derangement([it.group for it in metric.items], params.seed)
         runs = _runs(model, tokenizer, metric, reads, perm, settings, params)
-        best, family = choice.for_families(metric.families)
+        best, family = (ALL, None) if settings.all_layers else choice.for_families(metric.families)
         common = {
             "n": len(metric.items),
             "shuffled_same_group": sum(
@@ -155,7 +174,9 @@ def evaluate(
             "seconds": round(time.time() - started, 1),
             "layer": best,
             "layer_chosen_by": (
-                f"validation loss of the {family} family"
+                "the decoder reads every layer at once"
+                if settings.all_layers
+                else f"validation loss of the {family} family"
                 if family
                 else "validation loss over all families"
                 if choice.losses
@@ -172,8 +193,7 @@ def evaluate(
                         row[scorer] = score
             key = "score" if scorer in ("loglik", "choice") else scorer
             by_layer = {
-                str(layer): _conditions_summary(_scored(runs, layer, key), params)
-                for layer in settings.read_layers
+                k: _conditions_summary(_scored(runs, k, key), params) for k in layer_keys(settings)
             }
             result = {
                 "description": metric.description,
@@ -188,10 +208,10 @@ def evaluate(
                 result["notes"] = metric.notes
             for part in ("relation", "task"):
                 if any(part in item.meta for item in metric.items):
-                    result[f"by_{part}"] = _by_part(metric, _scored(runs, best, key), part)
+                    result[f"by_{part}"] = _by_part(metric, _scored(runs, str(best), key), part)
             results[name] = result
             if scorer == "similarity" and judge is not None:
-                results[name + "_judge"] = _judge(metric, _by_cond(runs, best), judge, params)
+                results[name + "_judge"] = _judge(metric, _by_cond(runs, str(best)), judge, params)
         for (cond, layer), rows in runs.items():
             for item, row in zip(metric.items, rows, strict=True):
                 predictions.append(
@@ -199,7 +219,7 @@ def evaluate(
                         "metric": metric.name,
                         "item": item.id,
                         "condition": cond,
-                        "layer": layer,
+                        "layer": layer if layer in (None, ALL) else int(layer),
                         "question": item.question,
                         "reference": item.reference,
                         **item.meta,

@@ -150,8 +150,9 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
     manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
     settings = DecoderSettings.from_manifest(manifest, where=str(inputs["train"]))
     # The hidden instructions are what the persona dialogs teach: read at their chosen layer.
-    choice = layer_choice.read(inputs["train"] / "adapter", list(settings.read_layers))
-    settings = settings.with_layer(choice.for_families(("template",))[0])
+    if not settings.all_layers:
+        choice = layer_choice.read(inputs["train"] / "adapter", list(settings.read_layers))
+        settings = settings.with_layer(choice.for_families(("template",))[0])
     model, tokenizer = load_decoder(
         inputs["model"], inputs["train"] / "adapter", manifest, params.dtype, params.device
     )
@@ -202,7 +203,7 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
         "question": params.question,
         "scorer": {"name": similarity.name, "kind": similarity.kind},
         "candidate_view": params.candidate_view,
-        "read_layer": settings.read_layer,
+        "read_layers": list(settings.layers_read),
         "n": len(items),
         "chance": sum(1 / len(cs) for cs in cands) / len(cands),
         "conditions": {

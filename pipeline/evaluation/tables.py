@@ -54,8 +54,9 @@ def write_tables(report: dict, path: Path) -> None:
             + " | ".join(_fmt(r["conditions"][c]["mean"]) for c in conds)
             + f" | {_fmt(r['grounding_gap']['mean'])} | {_ci(r['grounding_gap'])} |"
         )
-    if len(layers) > 1:
-        lines += ["", *layer_table(report, layers)]
+    keys = next((list(r["by_layer"]) for r in report["metrics"].values() if "by_layer" in r), [])
+    if len(keys) > 1:
+        lines += ["", *layer_table(report, keys)]
     for name, r in report["metrics"].items():
         lines += ["", f"## {name}", "", r["description"] + "."]
         if "scorer" in r:
@@ -89,30 +90,35 @@ def write_tables(report: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def layer_table(report: dict, layers: list[int]) -> list[str]:
-    """Metric x read layer: true / shuffled / untrained and the grounding gap at each layer (text
-    only reads no layer: it is in the table above)."""
-    head = " | ".join(f"block {layer}: true / shuffled / untrained (gap)" for layer in layers)
+def layer_table(report: dict, keys: list[str]) -> list[str]:
+    """Metric x read layer: true / shuffled / untrained and the grounding gap at each layer key
+    (text only reads no layer: it is in the table above)."""
+    head = " | ".join(
+        f"{'all blocks' if k == 'all' else f'block {k}'}: true / shuffled / untrained (gap)"
+        for k in keys
+    )
     lines = [
         "## By read layer",
         "",
-        "`*`: the layer chosen on the validation split for the metric.",
+        "`*`: the layer the metric is reported at (chosen on the validation split). For a decoder "
+        "reading every layer at once, `block L` gives only that layer's group the item's own "
+        "activations (the others its donor's).",
         "",
         f"| metric | {head} |",
-        "|---|" + "---|" * len(layers),
+        "|---|" + "---|" * len(keys),
     ]
     for name, r in report["metrics"].items():
         by_layer = r.get("by_layer")
         if not by_layer:
             continue
         cells = []
-        for layer in layers:
-            at = by_layer.get(str(layer))
+        for key in keys:
+            at = by_layer.get(key)
             if at is None:
                 cells.append("–")
                 continue
             c = at["conditions"]
-            mark = "*" if r.get("layer") == layer else ""
+            mark = "*" if str(r.get("layer")) == key else ""
             cells.append(
                 f"{_fmt(c['true']['mean'])} / {_fmt(c['shuffled']['mean'])} / "
                 f"{_fmt(c['untrained']['mean'])} ({_fmt(at['grounding_gap']['mean'])} "

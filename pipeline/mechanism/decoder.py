@@ -26,7 +26,7 @@ class DecoderBatch:
     patch_values: torch.Tensor
     """(B, N, D) activations written at ``patch_positions``."""
     write_layers: torch.Tensor
-    """(B,) long: the decoder block each row's activations are written at."""
+    """(B, N) long: the decoder block each placeholder's activation is written at."""
 
     def to(self, device) -> DecoderBatch:
         return DecoderBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -53,7 +53,7 @@ def collate(
     labels = torch.full((batch, length), -100, dtype=torch.long)
     patch_positions = torch.full((batch, slots), -1, dtype=torch.long)
     patch_values = torch.zeros((batch, slots, dim), dtype=activations[0].dtype)
-    write_layers = torch.tensor([ex.write_layer for ex in examples], dtype=torch.long)
+    write_layers = torch.zeros((batch, slots), dtype=torch.long)
     for i, (ex, acts) in enumerate(zip(examples, activations, strict=True)):
         n = len(ex.placeholder_positions)
         if tuple(acts.shape) != (n, dim):
@@ -70,6 +70,8 @@ def collate(
         labels[i, span] = torch.tensor(ex.labels)
         patch_positions[i, :n] = torch.tensor(ex.placeholder_positions) + start
         patch_values[i, :n] = acts
+        if ex.write_layers:
+            write_layers[i, :n] = torch.tensor(ex.write_layers)
     return DecoderBatch(
         input_ids,
         attention_mask,

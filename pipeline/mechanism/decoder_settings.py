@@ -39,6 +39,10 @@ class DecoderSettings:
     """Every target block the decoder was trained to read (default: ``read_layer`` alone)."""
     inject: str = "replace"
     """How activations are written (``dialogs.INJECT_MODES``)."""
+    all_layers: bool = False
+    """Read every layer of ``read_layers`` at once, one named placeholder group each (a decoder
+    trained with ``read_all_layers``); ``read_layer`` is then only where :meth:`with_layer`
+    reads alone."""
 
     def __post_init__(self) -> None:
         if not self.read_layers:
@@ -62,15 +66,28 @@ class DecoderSettings:
         """The lowest decoder block any trained read layer is written at."""
         return min(self.read_layers) if self.write_layer is None else self.write_layer
 
-    def at(self) -> ReadAt:
-        """Where an example read now comes from and goes, named when there are several layers."""
-        return ReadAt(self.read_layer, self.write_block, named=len(self.read_layers) > 1)
+    @property
+    def layers_read(self) -> tuple[int, ...]:
+        """The target blocks one read takes, in the order of the placeholder groups."""
+        return self.read_layers if self.all_layers else (self.read_layer,)
+
+    def at(self) -> ReadAt | list[ReadAt]:
+        """Where an example read now comes from and goes, named when there are several layers
+        (a list, one per placeholder group, for a decoder reading every layer at once)."""
+        named = len(self.read_layers) > 1
+        ats = [ReadAt(layer, self.write_of(layer), named) for layer in self.layers_read]
+        return ats if self.all_layers else ats[0]
+
+    def write_of(self, layer: int) -> int:
+        """The decoder block that target block ``layer`` is written at."""
+        return layer if self.write_layer is None else self.write_layer
 
     def with_layer(self, layer: int) -> DecoderSettings:
-        """The same decoder reading block ``layer`` (refused unless it was trained on it)."""
+        """The same decoder reading block ``layer`` alone (refused unless it was trained on
+        it)."""
         if layer not in self.read_layers:
             raise UntrainedLayer(self._untrained(layer))
-        return dataclasses.replace(self, read_layer=layer)
+        return dataclasses.replace(self, read_layer=layer, all_layers=False)
 
     @classmethod
     def from_manifest(
@@ -110,6 +127,7 @@ class DecoderSettings:
             cached=params.get("mode") == "cached",
             read_layers=tuple(layers),
             inject=inject,
+            all_layers=bool(params.get("read_all_layers", False)),
         )
 
     def check_depth(self, n_blocks: int) -> None:
@@ -124,11 +142,13 @@ class DecoderSettings:
         """One sentence for people: where the decoder reads and writes."""
         where = "every read position" if self.positions == "all" else f"positions {self.positions}"
         cache = " (from the bf16 activation cache)" if self.cached else ""
+        blocks = ", ".join(map(str, self.read_layers))
         layers = (
             f"target block {self.read_layer}"
             if len(self.read_layers) == 1
-            else f"target blocks {', '.join(map(str, self.read_layers))} (one per example, named "
-            "in its prompt)"
+            else f"target blocks {blocks} (all at once, one named group each)"
+            if self.all_layers
+            else f"target blocks {blocks} (one per example, named in its prompt)"
         )
         write = (
             "its own block at the same depth"

@@ -7,6 +7,7 @@ is exact whatever the tokenizer would make of a string of placeholder characters
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,8 +50,8 @@ class DecoderExample:
     position_ids: list[int]
     labels: list[int]
     """-100 except the answer tokens and the end-of-turn token."""
-    write_layer: int = 0
-    """The decoder block whose output is patched at the placeholders."""
+    write_layers: tuple[int, ...] = ()
+    """Per placeholder, the decoder block whose output is patched there (default: block 0)."""
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -179,56 +180,71 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 
 def build_decoder_example(
     tokenizer,
-    read_positions: list[int],
+    read_positions: Sequence[int] | Sequence[Sequence[int]],
     question: str,
     answer: str | None,
     align_positions: bool = True,
-    at: ReadAt | None = None,
+    at: ReadAt | Sequence[ReadAt] | None = None,
 ) -> DecoderExample:
     """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any).
 
     ``answer=None`` ends the prompt with the generation prompt (for reading), all labels -100.
-    ``at``: the read and write blocks (default: write at block 0, the read block not named).
+    ``at``: the read and write blocks (default: write at block 0, the read block not named); a
+    sequence of them gives one group of placeholders per read layer, each after its own name,
+    with ``read_positions`` one list per group (or one list shared by all).
     """
-    n = len(read_positions)
-    if n == 0:
-        raise ValueError("a decoder example needs at least one read position")
-    at = at or ReadAt(read=0, write=0)
+    groups = [at or ReadAt(read=0, write=0)] if not isinstance(at, Sequence) else list(at)
+    if not groups:
+        raise ValueError("a decoder example needs at least one read layer")
+    spans = (
+        [list(p) for p in read_positions]
+        if read_positions and isinstance(read_positions[0], Sequence)
+        else [list(read_positions)] * len(groups)
+    )
+    if len(spans) != len(groups) or not all(spans):
+        raise ValueError("a decoder example needs at least one read position per read layer")
     messages = [
-        {"role": "user", "content": at.prefix() + _SENTINEL},
+        {"role": "user", "content": " ".join(g.prefix() + _SENTINEL for g in groups)},
         {"role": "assistant", "content": ACKNOWLEDGEMENT},
         {"role": "user", "content": question},
     ]
     prompt_text = render(tokenizer, messages, add_generation_prompt=True)
-    if prompt_text.count(_SENTINEL) != 1:
+    if prompt_text.count(_SENTINEL) != len(groups):
         raise ValueError("the chat template does not keep the user's text verbatim")
-    before, after = prompt_text.split(_SENTINEL)
-    before_ids = encode(tokenizer, before)
-    input_ids = before_ids + [placeholder_id(tokenizer)] * n + encode(tokenizer, after)
-    labels = [-100] * len(input_ids)
+    parts = [encode(tokenizer, part) for part in prompt_text.split(_SENTINEL)]
     if answer is not None:
         full_text = render(tokenizer, [*messages, {"role": "assistant", "content": answer}])
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template does not render the answer after the prompt")
         answer_ids = encode(tokenizer, full_text[len(prompt_text) :])
-        input_ids += answer_ids
-        labels += _answer_labels(tokenizer, answer_ids)
-    placeholders = list(range(len(before_ids), len(before_ids) + n))
-    if align_positions:
-        # Placeholders sit where the target saw those tokens; what follows must keep increasing.
-        tail_start = max(len(before_ids) - 1, max(read_positions)) + 1
-        tail = len(input_ids) - len(before_ids) - n
-        position_ids = (
-            list(range(len(before_ids)))
-            + list(read_positions)
-            + list(range(tail_start, tail_start + tail))
-        )
     else:
-        position_ids = list(range(len(input_ids)))
+        answer_ids = []
+    input_ids, labels, position_ids, placeholders, write_layers = [], [], [], [], []
+    # Text takes the next positions; with align_positions, placeholders sit where the target saw
+    # those tokens, and what follows them continues after the furthest of them.
+    counter = 0
+    for index, part in enumerate(parts):
+        if index == len(parts) - 1:
+            part = part + answer_ids
+        input_ids += part
+        position_ids += list(range(counter, counter + len(part)))
+        counter += len(part)
+        if index < len(groups):
+            span = spans[index]
+            placeholders += range(len(input_ids), len(input_ids) + len(span))
+            write_layers += [groups[index].write] * len(span)
+            input_ids += [placeholder_id(tokenizer)] * len(span)
+            if align_positions:
+                position_ids += span
+                counter = max(counter, max(span) + 1)
+            else:
+                position_ids += list(range(counter, counter + len(span)))
+                counter += len(span)
+    labels = [-100] * (len(input_ids) - len(answer_ids)) + _answer_labels(tokenizer, answer_ids)
     return DecoderExample(
         input_ids=input_ids,
         placeholder_positions=placeholders,
         position_ids=position_ids,
         labels=labels,
-        write_layer=at.write,
+        write_layers=tuple(write_layers),
     )

@@ -148,12 +148,15 @@ def patch_rows(
     values: torch.Tensor,
     mode: str = "replace",
 ):
-    """:func:`patch_layer` where each row ``i`` of the batch is written at block ``layers[i]``
-    (a decoder that reads several target layers writes each where it was read)."""
+    """:func:`patch_layer` where each written vector goes to its own block: ``layers`` (B, N)
+    names it per position, or (B,) per row (a decoder that reads several target layers writes
+    each where it was read)."""
     layers = torch.as_tensor(layers, device=positions.device)
+    if layers.dim() == 1:
+        layers = layers[:, None].expand_as(positions)
     with ExitStack() as stack:
-        for layer in sorted(set(layers.tolist())):
-            mine = positions.masked_fill((layers != layer)[:, None], -1)
+        for layer in sorted(set(layers[positions >= 0].tolist())):
+            mine = positions.masked_fill(layers != layer, -1)
             stack.enter_context(patch_layer(model, layer, mine, values, mode=mode))
         yield
 

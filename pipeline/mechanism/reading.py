@@ -26,7 +26,8 @@ class Read:
     input_ids: list[int]
     read_positions: list[int]
     acts: torch.Tensor
-    """(n, D) float32 on the CPU, one row per read position."""
+    """(n, D) float32 on the CPU, one row per read position (per read layer, group after group,
+    for a decoder reading every layer at once)."""
 
 
 def target_mode(model):
@@ -49,7 +50,8 @@ def compute_reads(
     batch_size: int = 8,
     desc: str = "reading",
 ) -> list[Read]:
-    """The target's activations at ``settings.read_layer`` for each (messages, n_masked_turns)."""
+    """The target's activations at the layers ``settings`` reads (``layers_read``) for each
+    (messages, n_masked_turns)."""
     tokenized = [tokenize_read_dialog(tokenizer, m, k, settings.positions) for m, k in dialogs]
     reads: list[Read | None] = [None] * len(tokenized)
     order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
@@ -64,16 +66,15 @@ def compute_reads(
         chunk = order[start : start + batch_size]
         ids, mask = pad_batch([tokenized[i].input_ids for i in chunk], pad)
         positions = torch.arange(ids.shape[1]).expand(len(chunk), -1)
+        layers = list(settings.layers_read)
         with target_mode(model):
             acts = read_activations(
-                model,
-                ids.to(device),
-                mask.to(device),
-                [settings.read_layer],
-                position_ids=positions.to(device),
-            )[settings.read_layer]
-        rows = gather(acts, [tokenized[i].read_positions for i in chunk])
-        for i, value in zip(chunk, rows, strict=True):
+                model, ids.to(device), mask.to(device), layers, position_ids=positions.to(device)
+            )
+        spans = [tokenized[i].read_positions for i in chunk]
+        per_layer = [gather(acts[layer], spans) for layer in layers]
+        for row, i in enumerate(chunk):
+            value = torch.cat([rows[row] for rows in per_layer])
             value = value.float().cpu()
             if settings.cached:
                 value = value.to(torch.bfloat16).float()
@@ -173,7 +174,7 @@ def choice_scores(
             candidates[i][0].placeholder_positions,
             candidates[i][0].position_ids[:k],
             [-100] * k,
-            candidates[i][0].write_layer,
+            candidates[i][0].write_layers,
         )
         for i, k in fast
     ]

@@ -37,6 +37,9 @@ class TrainParams:
     read_layers: list[int]
     """Target blocks whose outputs the decoder reads (0-based; output = hidden_states[L+1]).
     With several, each example is read at one of them (seeded, balanced) named in its prompt."""
+    read_all_layers: bool = False
+    """Each example reads every layer of ``read_layers`` at once, one named group of
+    placeholders per layer, instead of one layer drawn per example."""
     write_layer: int | None = 0
     """The decoder block written at the placeholders; null: the block read (the same depth)."""
     inject: str = "replace"

@@ -315,7 +315,7 @@ def run(
     bar.close()
     state.save_final_adapter(workdir / "adapter")
     choice = None
-    if len(params.read_layers) > 1:
+    if len(params.read_layers) > 1 and not params.read_all_layers:
         choice_set = layer_choice_examples(
             dialogs, tokenizer, params, train_set.cache, params.layer_choice_examples
         )

@@ -81,9 +81,21 @@ def _open_cache(cache_dir: Path | None, params) -> Any:
     return cache
 
 
-def read_at(params, layer: int) -> ReadAt:
-    """Where an example read at target block ``layer`` is written, and whether it is named."""
+ALL_LAYERS = -1
+"""``Example.layer`` of an example that reads every read layer at once."""
+
+
+def read_at(params, layer: int) -> ReadAt | list[ReadAt]:
+    """Where an example read at target block ``layer`` is written, and whether it is named
+    (every read layer's, for :data:`ALL_LAYERS`)."""
+    if layer == ALL_LAYERS:
+        return [read_at(params, each) for each in params.read_layers]
     return ReadAt(layer, params.write_block(layer), named=len(params.read_layers) > 1)
+
+
+def example_layers(params, layer: int) -> list[int]:
+    """The target blocks an example at ``layer`` reads, in the order of its placeholders."""
+    return list(params.read_layers) if layer == ALL_LAYERS else [layer]
 
 
 def assign_layers(families: list[str], layers: list[int], seed: int) -> list[int]:
@@ -175,7 +187,11 @@ def build_examples(
             chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
             pairs = [pairs[i] for i in sorted(chosen)]
         families = [build.family(d) for d, _ in pairs]
-        at = assign_layers(families, layers, params.seed)
+        at = (
+            [ALL_LAYERS] * len(pairs)
+            if params.read_all_layers
+            else assign_layers(families, layers, params.seed)
+        )
         examples = [
             build.example(d, qa, layer, family)
             for (d, qa), layer, family in zip(pairs, at, families, strict=True)
@@ -261,7 +277,9 @@ def make_batch(
     forward (needed under FSDP, see below).
     """
     examples = [data.examples[i] for i in indices]
-    wanted = sorted({(ex.dialog, ex.layer) for ex in examples})
+    wanted = sorted(
+        {(ex.dialog, layer) for ex in examples for layer in example_layers(params, ex.layer)}
+    )
     target_tokens = 0
     if data.cache is not None:
         acts = {(d, layer): data.cache.get(data.dialog_ids[d], layer) for d, layer in wanted}
@@ -286,7 +304,9 @@ def make_batch(
         for layer in layers:
             for d, rows in zip(dialogs, gather(out[layer], positions), strict=True):
                 acts[(d, layer)] = rows
-    batch = collate(
-        [ex.decoder for ex in examples], [acts[(ex.dialog, ex.layer)] for ex in examples], pad_id
-    )
+    values = [
+        torch.cat([acts[(ex.dialog, layer)] for layer in example_layers(params, ex.layer)])
+        for ex in examples
+    ]
+    batch = collate([ex.decoder for ex in examples], values, pad_id)
     return batch.to(ctx.device), target_tokens
