@@ -57,3 +57,16 @@ def test_round_trip_and_refusals(tmp_path):
 def test_a_decoder_without_a_choice_reads_its_deepest_layer(tmp_path):
     c = layer_choice.read(tmp_path, [7, 15])
     assert c.default() == 15 and c.for_question("Anything?") == (15, None)
+
+
+def test_the_recorded_choice_is_kept_and_a_partial_file_refused(tmp_path):
+    c = choice()
+    layer_choice.write(c, tmp_path)
+    data = json.loads((tmp_path / layer_choice.FILE).read_text())
+    data["chosen"]["template"] = 15  # as if the rounded losses tied differently
+    (tmp_path / layer_choice.FILE).write_text(json.dumps(data))
+    assert layer_choice.read(tmp_path, [15, 23]).chosen("template") == 15
+    del data["losses"]["template"]["15"]
+    (tmp_path / layer_choice.FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="family template lacks a loss"):
+        layer_choice.read(tmp_path, [15, 23])

@@ -263,7 +263,7 @@ def test_a_live_holder_is_waited_for_and_what_it_publishes_is_reused(tmp_path, m
         assert holder.wait(timeout=30) == 0
     finally:
         holder.kill()
-    assert 1.5 < waited < 30
+    assert waited > 1.5  # it waited for the holder (however loaded the machine)
     assert "being built by another run" in caplog.text and f"pid {holder.pid}" in caplog.text
     assert sorted(store.read_manifest(out, verify="full")["files"]) == ["part"]
     assert not store.staging_dir(out).exists()

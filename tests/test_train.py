@@ -6,6 +6,7 @@ no test depends on the run still going when a timer fires.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -561,3 +562,47 @@ def test_reading_every_layer_at_once_trains_without_a_layer_choice(
     assert manifest["info"]["layer_choice"] is None
     assert not (out / "adapter" / "layer_choice.json").exists()
     assert all(math.isfinite(m["eval_loss"]) for m in metrics(out) if "eval_loss" in m)
+
+
+@pytest.mark.parametrize("all_layers", [False, True])
+def test_training_and_reading_build_the_same_decoder_inputs(
+    tokenizer, tiny_model_dir, data_dir, all_layers
+):
+    """What a trained decoder is given when it reads (DecoderSettings from the train manifest,
+    compute_reads) is what it was trained on (train_data): the same ids, positions, write blocks
+    and activations, in the same order."""
+    from pipeline.data.schema import read_dialogs
+    from pipeline.mechanism.decoder_settings import DecoderSettings
+    from pipeline.mechanism.dialogs import build_decoder_example
+    from pipeline.mechanism.lora import add_lora
+    from pipeline.mechanism.modeling import load_model
+    from pipeline.mechanism.reading import compute_reads
+    from pipeline.training.distributed import Dist
+    from pipeline.training.train_data import make_batch
+
+    values = {
+        **BASE_PARAMS,
+        "read_layers": [1, 2],
+        "write_layer": None,
+        "read_all_layers": all_layers,
+    }
+    params = TrainParams(**values)
+    dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    train_set, _, _ = build_examples(dialogs, tokenizer, params)
+    model = add_lora(load_model(tiny_model_dir)[0], r=4).eval()
+    ctx = Dist()
+    settings = DecoderSettings.from_manifest({"params": values})
+    for index in range(4):
+        ex = train_set.examples[index]
+        batch, _ = make_batch(train_set, [index], model, 0, params, ctx, contextlib.nullcontext)
+        row = next(d for d in dialogs if d["id"] == train_set.dialog_ids[ex.dialog])
+        there = settings if all_layers else settings.with_layer(ex.layer)
+        read = compute_reads(model, tokenizer, [(row["messages"], row["n_masked_turns"])], there)
+        qa = next(q for q in row["qa"] if q["question"] == ex.question)
+        built = build_decoder_example(
+            tokenizer, read[0].read_positions, qa["question"], qa["answer"], True, there.at()
+        )
+        assert built == ex.decoder
+        n = len(ex.decoder.placeholder_positions)
+        torch.testing.assert_close(batch.patch_values[0, :n], read[0].acts, rtol=1e-5, atol=1e-5)
+        assert batch.write_layers[0, :n].tolist() == list(ex.decoder.write_layers)

@@ -155,9 +155,10 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
 @pytest.mark.parametrize(
     "module, expected",
     [
-        # Explanation scoring runs the evaluation's conditions; the probes only read with the
-        # decoder (mechanism), so an evaluation edit leaves them be.
-        ("evaluation/evaluate", {"evaluate", "report", "experiment", "explain"}),
+        # The readers share the evaluation's conditions and scorers, not the evaluate stage:
+        # editing it leaves probes and explanations be.
+        ("evaluation/evaluate", {"evaluate", "report", "experiment"}),
+        ("evaluation/conditions", {"evaluate", "report", "experiment", "explain"}),
         ("training/train", DOWNSTREAM_OF_TRAIN),
         # The params module is imported by both training stages, not by evaluate's own code.
         ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),

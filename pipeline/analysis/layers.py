@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     best = suggest(figures[task], layers)
     print(
         f"suggested read layer: {best} (best {task} probe on the validation split, averaged with "
-        "its neighbouring blocks); set train.read_layer (and write_layer) to it"
+        "its neighbouring blocks); put it in train.read_layers (and write_layer)"
     )
     if args.json:
         args.json.write_text(json.dumps({**figures, "lens_rank": ranks, "suggested": best}) + "\n")

@@ -98,6 +98,10 @@ def load_tasks(path: Path) -> dict[str, Task]:
         missing = sorted(set(map(str, labels)) - set(answers))
         if missing:
             raise DataError(path, None, f"{where}.answers", f"no answer for labels {missing}")
+        if len(set(labels)) < 2 or len({str(answers[str(x)]) for x in labels}) < len(set(labels)):
+            raise DataError(
+                path, None, f"{where}.labels", "needs two labels or more, each its own answer"
+            )
         questions = _need(raw.get("questions"), list, path, f"{where}.questions")
         file = path.parent / _need(raw.get("file"), str, path, f"{where}.file")
         out[name] = Task(

@@ -1,8 +1,10 @@
 """Forced-choice metrics: the truth of relation statements, and classification of public text.
 
 Each item offers two candidate answers, exactly one right (chance 0.5); the decoder's pick is the
-candidate it gives the higher log-likelihood per token (``choice`` metrics, scored under the four
-conditions like every other metric).
+candidate whose token it prefers at the first position where the two answers differ
+(``reading.choice_scores``: one forward of their shared prefix; answers that never differ in one
+token are compared by their whole log-likelihood per token). ``choice`` metrics are scored under
+the four conditions like every other metric.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def truth_metric(params: EvalParams, relations_file, seen: TextIndex) -> Metric:
     return Metric(
         "truth",
         "choice",
-        "truth of a statement about a relation fact: the decoder's likelier answer of Yes / No",
+        "truth of a statement about a relation fact: the decoder's preferred answer of Yes / No",
         items,
         notes,
         families=TRUTH_FAMILIES,
@@ -91,7 +93,7 @@ def task_metrics(items: list[dict[str, Any]], params: EvalParams) -> list[Metric
             Metric(
                 name,
                 "choice",
-                f"{what} ({', '.join(sorted(by_task))}): the decoder's likelier answer of two "
+                f"{what} ({', '.join(sorted(by_task))}): the decoder's preferred answer of two "
                 "(the text's label and another)",
                 [_task_item(it) for it in picked],
                 [f"per task: {params.max_task_items} texts at most; chance 0.5 for each"],

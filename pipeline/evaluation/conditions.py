@@ -145,7 +145,8 @@ def run_condition(
     items = metric.items
     desc = f"{metric.name}/{condition}"
     if condition != "text_only" and len(settings.read_layers) > 1:
-        desc += f"@{'all' if settings.all_layers and keep is None else keep or settings.read_layer}"
+        at = settings.read_layer if keep is None else keep
+        desc += f"@{'all' if settings.all_layers and keep is None else at}"
 
     def inputs(answers):
         if keep is not None:

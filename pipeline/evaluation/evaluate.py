@@ -187,7 +187,8 @@ def evaluate(
             common["chance"] = metric.chance
         for name, scorer in zip(names, metric.scorers or (metric.kind,), strict=True):
             if scorer not in ("loglik", "choice"):
-                for rows in runs.values():
+                # The shuffled rows of an all-layers decoder are one list under every key.
+                for rows in {id(rows): rows for rows in runs.values()}.values():
                     scores = score_rows(scorer, metric.items, rows, similarity, synonyms)
                     for row, score in zip(rows, scores, strict=True):
                         row[scorer] = score
@@ -212,7 +213,11 @@ def evaluate(
             results[name] = result
             if scorer == "similarity" and judge is not None:
                 results[name + "_judge"] = _judge(metric, _by_cond(runs, str(best)), judge, params)
+        written = set()
         for (cond, layer), rows in runs.items():
+            if id(rows) in written:
+                continue
+            written.add(id(rows))
             for item, row in zip(metric.items, rows, strict=True):
                 predictions.append(
                     {

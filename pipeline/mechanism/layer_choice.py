@@ -34,9 +34,14 @@ class LayerChoice:
     """family -> some of its validation questions."""
     layers: list[int] = field(default_factory=list)
     """Every read layer the decoder was trained on."""
+    recorded: dict[str, int] = field(default_factory=dict)
+    """family -> layer as the train stage chose it (read back from the file, so that a near tie
+    of the rounded losses cannot change the choice)."""
 
     def chosen(self, family: str) -> int:
         """The family's layer, or :meth:`default` for a family without validation items."""
+        if family in self.recorded:
+            return self.recorded[family]
         by_layer = self.losses.get(family)
         if not by_layer:
             return self.default()
@@ -88,7 +93,7 @@ class LayerChoice:
     @classmethod
     def from_json(cls, data: Mapping, where: str = FILE) -> LayerChoice:
         try:
-            return cls(
+            choice = cls(
                 losses={
                     family: {int(layer): float(loss) for layer, loss in by_layer.items()}
                     for family, by_layer in data.get("losses", {}).items()
@@ -96,9 +101,19 @@ class LayerChoice:
                 counts={k: int(v) for k, v in data.get("counts", {}).items()},
                 questions={k: [str(q) for q in v] for k, v in data.get("questions", {}).items()},
                 layers=[int(layer) for layer in data["layers"]],
+                recorded={k: int(v) for k, v in data.get("chosen", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: not a layer choice ({exc})") from None
+        for family, by_layer in choice.losses.items():
+            if sorted(by_layer) != sorted(choice.layers):
+                raise ValueError(
+                    f"{where}: family {family} lacks a loss for some of {choice.layers}"
+                )
+        bad = {f: layer for f, layer in choice.recorded.items() if layer not in choice.layers}
+        if bad:
+            raise ValueError(f"{where}: chosen layers {bad} are not among {choice.layers}")
+        return choice
 
 
 def _words(text: str) -> set[str]:

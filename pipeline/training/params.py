@@ -111,8 +111,14 @@ class TrainParams:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
         if not self.read_layers or min(self.read_layers) < 0:
             raise ValueError(f"read_layers must name blocks, not {self.read_layers}")
-        if len(set(self.read_layers)) != len(self.read_layers):
-            raise ValueError(f"read_layers {self.read_layers} repeats a block")
+        if list(self.read_layers) != sorted(set(self.read_layers)):
+            raise ValueError(
+                f"read_layers {self.read_layers} must name each block once, in increasing order"
+            )
+        if self.layer_choice_examples < 0:
+            raise ValueError(
+                f"layer_choice_examples must be >= 0, not {self.layer_choice_examples}"
+            )
         if self.write_layer is not None and self.write_layer < 0:
             raise ValueError(f"write_layer must be a block or null, not {self.write_layer}")
         if self.inject not in INJECT_MODES:

@@ -286,6 +286,10 @@ def make_batch(
     else:
         dialogs = sorted({d for d, _ in wanted})
         layers = sorted({layer for _, layer in wanted})
+        if params.parallel == "fsdp":
+            # Every block forward gathers its shards from all ranks: every rank must run the same
+            # blocks, whatever layers its own micro-batch reads.
+            layers = sorted(set(layers) | {max(params.read_layers)})
         reads = [data.reads[d] for d in dialogs]
         ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
         target_tokens = int(mask.sum())
