@@ -44,7 +44,7 @@ from workspace import Workspace
 from pipeline.core import store
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
-from pipeline.training.checkpointing import checkpoint_step, complete_checkpoints
+from pipeline.training.checkpointing import COMPLETE, complete_checkpoints
 
 pytestmark = pytest.mark.chaos
 
@@ -392,7 +392,9 @@ def reached(marks: Path, point: str) -> float | None:
 
 def latest_checkpoint(root: Path, artifact: Artifact) -> int:
     folder = store.staging_dir(artifact.path(root)) / "checkpoints"
-    steps = [checkpoint_step(p) for p in complete_checkpoints(folder)] if folder.exists() else []
+    if not folder.exists():
+        return 0
+    steps = [json.loads((p / COMPLETE).read_text())["step"] for p in complete_checkpoints(folder)]
     return max(steps, default=0)
 
 

@@ -107,12 +107,6 @@ def mark_outdated(view_dir: Path) -> None:
     _set_mtime(view_dir, OUTDATED)
 
 
-def _mtime(view_dir: Path) -> float:
-    stamp = view_dir / ".snakemake_timestamp"
-    path = stamp if stamp.exists() else view_dir
-    return path.stat().st_mtime if path.exists() else float("inf")
-
-
 def _set_mtime(view_dir: Path, when: float | None) -> None:
     """Set the view's mtime to ``when`` (None: now)."""
     # Snakemake dates a directory output by its .snakemake_timestamp file, if it has one.

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.mechanism.dialogs import DecoderExample, end_of_turn_ids
+from pipeline.mechanism.modeling import cache_argument
 from pipeline.mechanism.patching import patch_rows
 
 
@@ -159,7 +160,7 @@ def generate_ids(
     stop = torch.tensor(sorted(stop_ids), device=batch.input_ids.device)
     attention_mask = batch.attention_mask
     position = batch.position_ids[:, -1:]
-    cache = DynamicCache(config=model.config)
+    cache = {cache_argument(model): DynamicCache(config=model.config)}
     done = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool, device=stop.device)
     tokens = []
     with _patched(model, batch, inject):
@@ -167,7 +168,7 @@ def generate_ids(
             input_ids=batch.input_ids,
             attention_mask=attention_mask,
             position_ids=batch.position_ids,
-            past_key_values=cache,
+            **cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits
@@ -184,7 +185,7 @@ def generate_ids(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,
                 position_ids=position,
-                past_key_values=cache,
+                **cache,
                 use_cache=True,
             ).logits
     rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(len(done))]

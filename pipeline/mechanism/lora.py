@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -71,22 +70,6 @@ def adapter_blocks(lora_blocks: str, write_layer: int, n_blocks: int) -> range |
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights, by PEFT's names (as written by ``save_pretrained``)."""
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    from peft import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(model, state)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"adapter state has unexpected keys, e.g. {unexpected[:5]}")
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

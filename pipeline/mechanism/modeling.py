@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 
@@ -116,3 +117,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if best is None:
         raise ValueError(f"no list of decoder blocks found in {type(model).__name__}")
     return best
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name under which this model's forward takes a KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` (the old name warns from 5.2x and goes
+    in 5.40); the GPU machines still run 5.17, which knows only the old one.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -160,10 +160,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def checkpoint_step(path: Path) -> int:
-    return json.loads((Path(path) / COMPLETE).read_text())["step"]
-
-
 def clean_temporaries(root: Path) -> None:
     """Remove half-written checkpoints left by a killed run."""
     root = Path(root)
