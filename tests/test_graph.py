@@ -191,9 +191,45 @@ def test_an_optional_latentqa_eval_folder_that_is_absent_is_left_out(experiment,
         "tiny", deep_merge(experiment, {"data": {"latentqa_eval": missing}}), REPO
     )
     assert "latentqa" not in graph["evaluate"].inputs and "data:latentqa_eval" not in graph
-    assert "nowhere is absent, so it is left out" in capsys.readouterr().err
+    assert "nowhere holds no LatentQA files, so it is left out" in capsys.readouterr().err
+    # As a fresh clone has it: the folder with its README and checksums, no data.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "README.md").write_text("where to get it\n")
+    (shipped / "SHA256SUMS").write_text(f"{'0' * 64}  qa.json\n")
+    config = deep_merge(
+        experiment, {"data": {"latentqa_eval": {"path": str(shipped), "optional": True}}}
+    )
+    assert "data:latentqa_eval" not in experiment_graph("tiny", config, REPO)
+    # Some of the files but not all is a broken copy, refused by name.
+    (shipped / "stimulus.json").write_text("[]")
+    with pytest.raises(FileNotFoundError, match="lacks qa.json"):
+        experiment_graph("tiny", config, REPO)
     with pytest.raises(FileNotFoundError):
         required = {"path": str(tmp_path / "nowhere")}
         experiment_graph(
             "tiny", deep_merge(experiment, {"data": {"latentqa_eval": required}}), REPO
         )
+
+
+def test_the_default_experiment_parses_from_a_fresh_clone(tmp_path):
+    """The repository's own data files only: data/latentqa_eval/ has its README and checksums."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    listed = subprocess.run(
+        ["git", "ls-files", "data"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0 or not listed.stdout.strip():
+        pytest.skip("not a git checkout")
+    for name in listed.stdout.split():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    assert (tmp_path / "data" / "latentqa_eval" / "SHA256SUMS").is_file()
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    name = config["default_experiments"][0]
+    experiment = deep_merge(config.get("defaults", {}), config["experiments"][name])
+    graph = experiment_graph(name, experiment, tmp_path)
+    assert "data:latentqa_eval" not in graph and "report" in graph
