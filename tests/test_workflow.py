@@ -26,7 +26,16 @@ from workspace import Workspace
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 
-DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment", "probes", "explain"}
+DOWNSTREAM_OF_TRAIN = {
+    "train",
+    "evaluate",
+    "reading_curve",
+    "control",
+    "report",
+    "experiment",
+    "probes",
+    "explain",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,7 @@ def test_build_publishes_every_stage_and_the_view(built):
         "activation_cache",
         "train",
         "evaluate",
+        "reading_curve",
         "control",
         "report",
         "statements",
@@ -127,7 +137,7 @@ def test_a_unchanged_configuration_schedules_nothing(built):
 def test_b_evaluation_setting_schedules_only_evaluation_and_report(built):
     built.set("evaluate", "max_new_tokens", 5)
     try:
-        assert set(built.scheduled()) == {"evaluate", "report", "experiment"}
+        assert set(built.scheduled()) == {"evaluate", "reading_curve", "report", "experiment"}
     finally:
         built.set("evaluate", "max_new_tokens", 4)
 
@@ -156,7 +166,11 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
     "module, expected",
     [
         # The probes and explanation stages score with the evaluation's own decoder passes.
-        ("evaluation/evaluate", {"evaluate", "report", "experiment", "probes", "explain"}),
+        # The reading curve scores with it too.
+        (
+            "evaluation/evaluate",
+            {"evaluate", "reading_curve", "report", "experiment", "probes", "explain"},
+        ),
         ("training/train", DOWNSTREAM_OF_TRAIN),
         # The params module is imported by both training stages, not by evaluate's own code.
         ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),
@@ -186,6 +200,7 @@ def test_f_an_emptied_store_is_rebuilt_with_its_view(built):
             "activation_cache",
             "train",
             "evaluate",
+            "reading_curve",
             "control",
             "report",
             "experiment",
