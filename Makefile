@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= decoder_smollm2
 
-.PHONY: setup run test test-slow test-chaos test-slurm lint format
+.PHONY: setup run test test-slow test-chaos test-slurm test-browser lint format
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test-slow: setup
 # (tests/test_chaos.py); prints the table of kills. LATENTQA_CHAOS_SEED=<n> draws other points.
 test-chaos: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -s -m chaos tests/test_chaos.py
+
+# The tiny experiment's report opened in headless Chromium (Debian's `chromium`, no download;
+# skipped with its reason where it is absent), and its `snakemake --report`; part of `make test`
+# too. Builds the tiny workflow first: about 2.5 minutes on 2 cores.
+test-browser: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -rs tests/test_workflow.py -k "browser or snakemake_report"
 
 # Starts a single-node Slurm cluster on this machine (root, Debian) and runs the workflow through it.
 test-slurm: setup
