@@ -7,8 +7,10 @@
 
 A dialog is a list of ``{role, content}`` messages, or an object ``{"messages": [...],
 "n_masked_turns": k}`` whose first ``k`` turns are run through the target but not read. Each
-(dialog, question) pair gives one JSON line. The read settings (read/write layer, positions) come
-from the train artifact's manifest; the base model must be the one the adapter was trained on.
+(dialog, question) pair gives one JSON line (``--format table``: a table for a person at a
+terminal). The read settings (read/write layer, positions) come from the train artifact's manifest;
+the base model must be the one the adapter was trained on. A thin layer over :mod:`pipeline.api`,
+which notebooks use directly.
 """
 
 from __future__ import annotations
@@ -16,55 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.schema import ROLES, DataError
-from pipeline.mechanism.decoder_files import (
-    BaseModelMismatch,
-    experiment_paths,
-    load_decoder,
-    read_manifest_or_none,
-)
-from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import build_decoder_example
-from pipeline.mechanism.modeling import decoder_layers
-from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
+from pipeline.api import Answer, Decoder, Reading, parse_dialog
+from pipeline.data.schema import DataError
+from pipeline.mechanism.decoder_files import BaseModelMismatch
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-def _dialog(value: Any, file: str, index: int) -> tuple[list[dict], int]:
-    masked: Any = 0
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"messages", "n_masked_turns", "id"})
-        if unknown:
-            raise DataError(
-                file,
-                index,
-                unknown[0],
-                "unknown field; expected messages, n_masked_turns (and optionally id)",
-            )
-        masked = value.get("n_masked_turns", 0)
-        value = value.get("messages")
-    if not isinstance(value, list) or not value:
-        raise DataError(file, index, "messages", "expected a non-empty list of messages")
-    messages = []
-    for j, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise DataError(file, index, f"messages[{j}].role", f"expected a role in {ROLES}")
-        if not isinstance(message.get("content"), str):
-            raise DataError(file, index, f"messages[{j}].content", "expected a string")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if isinstance(masked, bool) or not isinstance(masked, int) or not 0 <= masked < len(messages):
-        raise DataError(
-            file,
-            index,
-            "n_masked_turns",
-            f"{masked!r} must be an integer in 0..{len(messages) - 1}",
-        )
-    return messages, masked
 
 
 def _read_text(path: Path) -> str:
@@ -97,7 +60,7 @@ def load_dialogs(path: Path) -> list[tuple[list[dict], int]]:
                     ) from None
     if not records:
         raise DataError(file, None, "<file>", "no dialogs")
-    return [_dialog(record, file, i) for i, record in enumerate(records)]
+    return [parse_dialog(record, file, i) for i, record in enumerate(records)]
 
 
 def _is_message(value: Any) -> bool:
@@ -122,104 +85,52 @@ def load_questions(path: Path) -> list[str]:
     return questions
 
 
-def check_dialogs_fit(tokenizer, model, dialogs: list[tuple[list[dict], int]], file: str) -> None:
-    """Refuse dialogs longer than the model's positions (they would be read wrongly, slowly)."""
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if not limit:
-        return
-    for index, (messages, _) in enumerate(dialogs):
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=messages[-1]["role"] == "user"
-        )
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if n > limit:
-            raise DataError(
-                file,
-                index,
-                "messages",
-                f"the dialog is {n} tokens, beyond the model's {limit} positions; shorten it",
-            )
-
-
 # --- the command ----------------------------------------------------------------------------
 
 
-def complete_dialogs(
-    model, tokenizer, dialogs: list[tuple[list[dict], int]], tokens: int, batch_size: int = 8
-) -> list[tuple[list[dict], int]]:
-    """Each dialog that ends with a user turn, continued by the target itself (adapter off) for
-    up to ``tokens`` greedy tokens as an assistant turn, as the training dialogs were: the masked
-    turns (a system prompt) steer the reply, and the decoder then reads it too."""
-    from pipeline.mechanism.completion import generate_completions
-
-    open_ends = [i for i, (messages, _) in enumerate(dialogs) if messages[-1]["role"] == "user"]
-    with target_mode(model):
-        replies, _ = generate_completions(
-            model, tokenizer, [dialogs[i][0] for i in open_ends], tokens, batch_size
-        )
-    completed = list(dialogs)
-    for i, reply in zip(open_ends, replies, strict=True):
-        if reply:
-            messages, masked = dialogs[i]
-            completed[i] = ([*messages, {"role": "assistant", "content": reply}], masked)
-    return completed
-
-
-def answer(
-    model,
-    tokenizer,
-    settings: DecoderSettings,
-    dialogs: list[tuple[list[dict], int]],
-    questions: list[str],
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    complete: int = 0,
-) -> list[dict]:
-    """One record per (dialog, question), dialogs in order, questions in order within each.
-
-    With ``complete`` > 0 the target first continues each dialog (:func:`complete_dialogs`); the
-    record then carries the completion it read.
-    """
-    added: list[str | None] = [None] * len(dialogs)
-    if complete > 0:
-        completed = complete_dialogs(model, tokenizer, dialogs, complete, batch_size)
-        for i, (new, old) in enumerate(zip(completed, dialogs, strict=True)):
-            added[i] = new[0][-1]["content"] if new is not old else None
-        dialogs = completed
-    reads = compute_reads(model, tokenizer, dialogs, settings, batch_size)
-    examples, acts, where = [], [], []
-    for d, read in enumerate(reads):
-        for q, question in enumerate(questions):
-            examples.append(
-                build_decoder_example(
-                    tokenizer, read.read_positions, question, None, settings.align_positions
-                )
-            )
-            acts.append(read.acts)
-            where.append((d, q))
-    texts = generate_batched(
-        model,
-        tokenizer,
-        examples,
-        acts,
-        settings.write_layer,
-        batch_size,
-        max_new_tokens,
-        desc="answering",
-    )
-    records = [
-        {
-            "dialog": d,
-            "question": questions[q],
-            "answer": text,
-            "n_read_tokens": len(reads[d].read_positions),
+def records(readings: list[Reading], answers: list[Answer], complete: int) -> list[dict]:
+    """The JSONL records: one per (dialog, question), with the completion read where asked."""
+    out = []
+    for answer in answers:
+        reading = readings[answer.dialog]
+        record = {
+            "dialog": answer.dialog,
+            "question": answer.question,
+            "answer": answer.answer,
+            "n_read_tokens": reading.n_read_tokens,
         }
-        for (d, q), text in zip(where, texts, strict=True)
-    ]
-    if complete > 0:
-        for record in records:
-            record["completion"] = added[record["dialog"]]
-    return records
+        if complete > 0:
+            record["completion"] = reading.completion
+        out.append(record)
+    return out
+
+
+def table(readings: list[Reading], answers: list[Answer], width: int = 100) -> str:
+    """Question / answer per dialog, wrapped to ``width`` columns, for a person at a terminal."""
+    import textwrap
+
+    lines = []
+    ask = max(12, min(40, max((len(a.question) for a in answers), default=0)))
+    for d, reading in enumerate(readings):
+        lines.append(f"── dialog {d} " + "─" * max(0, width - 12 - len(str(d))))
+        for i, message in enumerate(reading.messages):
+            if i < reading.n_masked_turns:
+                role = f"{message['role']} (masked, not read)"
+            elif message["content"] == reading.completion and i == len(reading.messages) - 1:
+                role = f"{message['role']} (completion)"
+            else:
+                role = message["role"]
+            lines += textwrap.wrap(message["content"], width, initial_indent=f"{role}: ",
+                                   subsequent_indent="    ") or [f"{role}:"]  # fmt: skip
+        lines.append(f"{'question':<{ask}}  answer")
+        for answer in (a for a in answers if a.dialog == d):
+            left = textwrap.wrap(answer.question, ask) or [""]
+            right = textwrap.wrap(" ".join(answer.answer.split()), max(20, width - ask - 2))
+            for k in range(max(len(left), len(right))):
+                cell = left[k] if k < len(left) else ""
+                lines.append(f"{cell:<{ask}}  {right[k] if k < len(right) else ''}".rstrip())
+        lines.append("")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,7 +165,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, help="write JSONL here instead of stdout")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="jsonl: one JSON line per (dialog, question); table: question / answer per dialog",
+    )
+    p.add_argument("--out", type=Path, help="write the answers here instead of stdout")
     args = p.parse_args(argv)
     if bool(args.experiment) == bool(args.adapter):
         p.error("give either --experiment NAME or --adapter PATH (with --model PATH)")
@@ -269,70 +186,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_decoder(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any] | None]:
-    """(adapter folder, model folder, train manifest or None) from the command line."""
+def load_decoder_from_args(args: argparse.Namespace) -> Decoder:
+    overrides = {
+        "read_layer": args.read_layer,
+        "write_layer": args.write_layer,
+        "positions": args.positions,
+    }
     if args.experiment:
-        train, model = experiment_paths(args.experiment, args.results)
-        return train / "adapter", model, read_manifest_or_none(train)
-    adapter = args.adapter
-    if (adapter / "adapter").is_dir():
-        adapter = adapter / "adapter"
-    return adapter, args.model, read_manifest_or_none(adapter.parent)
+        return Decoder.from_experiment(args.experiment, args.results, args.dtype, args.device,
+                                       **overrides)  # fmt: skip
+    return Decoder.from_folders(args.adapter, args.model, args.dtype, args.device, **overrides)
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
     try:
-        adapter, model_dir, manifest = resolve_decoder(args)
-        overrides = {
-            k: v
-            for k, v in (
-                ("read_layer", args.read_layer),
-                ("write_layer", args.write_layer),
-                ("positions", args.positions),
-            )
-            if v is not None
-        }
-        if manifest is None and "read_layer" not in overrides:
-            raise ValueError(
-                f"no train manifest beside {adapter}: pass --read-layer "
-                f"(and --write-layer, --positions if not the defaults)"
-            )
-        settings = DecoderSettings.from_manifest(manifest or {}, overrides)
         dialogs = load_dialogs(args.dialogs) if args.dialogs else []
         dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
         questions = list(args.question)
         if args.questions:
             questions += load_questions(args.questions)
-        model, tokenizer = load_decoder(model_dir, adapter, manifest, args.dtype, args.device)
-        n_blocks = len(decoder_layers(model))
-        for name in ("read_layer", "write_layer"):
-            if getattr(settings, name) >= n_blocks:
-                flag = "--" + name.replace("_", "-")
-                where = flag if name in overrides else f"the train manifest's {name}"
-                raise ValueError(
-                    f"{where} {getattr(settings, name)} is beyond the model in {model_dir}: "
-                    f"it has {n_blocks} blocks (0..{n_blocks - 1})"
-                )
-        check_dialogs_fit(tokenizer, model, dialogs, str(args.dialogs or "--prompt"))
+        decoder = load_decoder_from_args(args)
+        decoder.batch_size = args.batch_size
+        readings = decoder.read_all(dialogs, args.complete)
     except (BaseModelMismatch, DataError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"latentqa-read: {' '.join(str(exc).split())}") from None
-    records = answer(
-        model,
-        tokenizer,
-        settings,
-        dialogs,
-        questions,
-        args.batch_size,
-        args.max_new_tokens,
-        args.complete,
-    )
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if args.out:
-        args.out.write_text(lines, encoding="utf-8")
+    answers = decoder.ask_all(readings, questions, max_new_tokens=args.max_new_tokens)
+    if args.format == "table":
+        text = table(readings, answers, shutil.get_terminal_size((100, 24)).columns)
     else:
-        sys.stdout.write(lines)
+        text = "".join(
+            json.dumps(r, ensure_ascii=False) + "\n"
+            for r in records(readings, answers, args.complete)
+        )
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
 
 
 if __name__ == "__main__":
