@@ -34,6 +34,10 @@ class ReportParams:
     seed: int = 0
     """Seed of the example reads' sample."""
 
+    def __post_init__(self) -> None:
+        if self.examples_per_metric < 0 or self.smoothing < 1:
+            raise stage.ParamsError("report: examples_per_metric >= 0 and smoothing >= 1")
+
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
