@@ -62,3 +62,23 @@ def test_headline_answers_first_then_one_sentence_per_reading_metric():
     assert "true 23.3%" in items[2] and "text-only 50%" in items[2]
     assert len(items) == 3  # recovery_seen and the skipped metric are left out
     assert headline_lines({"metrics": {}}) == ["The evaluation has no reading metric with items."]
+
+
+def test_a_decoder_reading_several_blocks_is_reported_at_each_metric_s_own():
+    at_15 = result("entity", (0.8, 0.7, 0.9), true=0.8)
+    at_23 = result("entity", (0.2, -0.05, 0.4), true=0.2)
+    report = {
+        "decoder": {"read_layers": [15, 23]},
+        "metrics": {
+            "subject_identification": {
+                **at_15,
+                "layer": 15,
+                "by_layer": {"15": dict(at_15), "23": dict(at_23)},
+            }
+        },
+    }
+    chosen = headline_lines(report)[-1]
+    assert chosen.startswith("- **Reads** the entity of a read sentence (unseen relations) at "
+                             "block 15: +80 points [70, 90]")  # fmt: skip
+    other = headline_lines(report, layer=23)[-1]
+    assert "at block 23: +20 points [-5, 40]" in other and "**Not shown to read**" in other

@@ -41,18 +41,22 @@ def _what_was_read(row: dict[str, Any] | None) -> str | None:
     return row.get("subject") or row.get("label") or row.get("item")
 
 
-def choose(evaluate: Path, per_metric: int, seed: int) -> list[dict[str, Any]]:
-    """The examples: ``per_metric`` items of each kind present, drawn with ``seed``."""
+def choose(
+    evaluate: Path, per_metric: int, seed: int, layer: int | None = None
+) -> list[dict[str, Any]]:
+    """The examples: ``per_metric`` items of each kind present, drawn with ``seed``, answered at
+    ``layer`` (None: each metric's own read layer)."""
     report = json.loads((evaluate / "eval.json").read_text())
-    predictions = _jsonl(evaluate / "predictions.jsonl")
     dialogs = {(r["metric"], r["item"]): r for r in _jsonl(evaluate / "read_dialogs.jsonl")}
+    read_at = {name: layer or eval_view.chosen_layer(report, name) for name in KINDS}
     rows: dict[tuple[str, str], dict[str, dict]] = {}
-    for row in predictions:
-        rows.setdefault((row["metric"], row["item"]), {})[row["condition"]] = row
+    for row in _jsonl(evaluate / "predictions.jsonl"):
+        if row["metric"] in KINDS and eval_view.at_layer(row, read_at[row["metric"]]):
+            rows.setdefault((row["metric"], row["item"]), {})[row["condition"]] = row
     rng = random.Random(seed)
     chosen = []
     for metric, kind in KINDS.items():
-        result = eval_view.metric(report, metric)
+        result = eval_view.metric(report, metric, layer)
         items = sorted(item for (m, item) in rows if m == metric)
         if result is None or not items:
             continue
@@ -84,6 +88,7 @@ def choose(evaluate: Path, per_metric: int, seed: int) -> list[dict[str, Any]]:
                     "metric": metric,
                     "kind": kind,
                     "item": item,
+                    "layer": read_at[metric],
                     "messages": dialog.get("messages"),
                     "n_masked_turns": dialog.get("n_masked_turns", 0),
                     "question": true.get("question"),
@@ -123,7 +128,8 @@ def markdown_lines(examples: list[dict[str, Any]]) -> list[str]:
     """Markdown: per example its dialog, question, reference and a table of the four answers."""
     lines = []
     for n, ex in enumerate(examples, 1):
-        lines += ["", f"### {n}. {ex['kind']} ({ex['item']})", ""]
+        where = "" if ex.get("layer") is None else f", read at block {ex['layer']}"
+        lines += ["", f"### {n}. {ex['kind']} ({ex['item']}{where})", ""]
         for i, message in enumerate(ex["messages"] or []):
             masked = " *(masked: run, not read)*" if i < ex["n_masked_turns"] else ""
             lines.append(f"> **{message['role']}**{masked}: {_one_line(message['content'])}  ")
@@ -168,9 +174,10 @@ def html_block(examples: list[dict[str, Any]]) -> str:
                 f"<tr class='{condition}'><td>{e(_condition(condition, answer))}</td>"
                 f"<td>{e(_one_line(answer['answer']))}</td><td class='{css}'>{e(mark)}</td></tr>"
             )
+        where = "" if ex.get("layer") is None else f", read at block {ex['layer']}"
         cards.append(
             f"<div class='example' id='example-{n}'><h3>{n}. {e(ex['kind'])} "
-            f"<small>{e(ex['item'])}</small></h3><div class='dialog'>{''.join(turns)}</div>"
+            f"<small>{e(ex['item'] + where)}</small></h3><div class='dialog'>{''.join(turns)}</div>"
             f"<p><b>Question:</b> {e(ex['question'] or '')}<br><b>Reference:</b> "
             f"{e(ex['reference'] or '')}</p><table><tr><th>condition</th><th>answer</th>"
             f"<th>{e(ex['scorer'])}</th></tr>{''.join(answers)}</table></div>"

@@ -62,14 +62,17 @@ def sentence(name: str, result: dict[str, Any]) -> str:
         if (value := eval_view.mean(result, condition)) is not None
     )
     word = verdict(summary)
+    # Where the decoder reads several blocks, the figures are those of the metric's own.
+    where = f" at block {result['layer']}" if len(result.get("by_layer", {})) > 1 else ""
     return (
-        f"**{word[0].upper() + word[1:]}** {READING[name]}: {format_gap(summary, kind)} over "
-        f"shuffled ({conditions}; n = {result['n']})."
+        f"**{word[0].upper() + word[1:]}** {READING[name]}{where}: {format_gap(summary, kind)} "
+        f"over shuffled ({conditions}; n = {result['n']})."
     )
 
 
 def headline_lines(report: dict[str, Any], layer: int | None = None) -> list[str]:
-    """Markdown: the answer to "does it read?", then one list item per reading metric."""
+    """Markdown: the answer to "does it read?", then one list item per reading metric, each at
+    its own read layer unless ``layer`` names one."""
     shown = [
         (name, result)
         for name in READING
