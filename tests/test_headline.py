@@ -82,3 +82,10 @@ def test_a_decoder_reading_several_blocks_is_reported_at_each_metric_s_own():
                              "block 15: +80 points [70, 90]")  # fmt: skip
     other = headline_lines(report, layer=23)[-1]
     assert "at block 23: +20 points [-5, 40]" in other and "**Not shown to read**" in other
+
+
+def test_choice_metrics_are_shares_with_their_chance():
+    truth = {**result("choice", (0.1, 0.02, 0.2), 40, true=0.7, shuffled=0.6), "chance": 0.5}
+    line = headline_lines({"metrics": {"truth": truth}})[-1]
+    assert "whether a read statement is true" in line
+    assert "+10 points [2, 20]" in line and "true 70%" in line and "chance 50%" in line

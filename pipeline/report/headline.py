@@ -16,10 +16,14 @@ READING = {
     "subject_identification": "the entity of a read sentence (unseen relations)",
     "latentqa_loglik": "LatentQA's evaluation split (log-likelihood of its answers)",
     "latentqa_recovery": "LatentQA's evaluation split (similarity of the answer)",
+    "truth": "whether a read statement is true (the likelier of Yes and No)",
+    "heldout_tasks": "the label of a text, on classification tasks never trained on",
+    "trained_tasks": "the label of an unseen text of a classification task trained on",
 }
 """The reading metrics of the headline, in order, and what each says the decoder reads. The
 seen-label metrics measure fitting and stay in the tables."""
-BINARY = ("match", "concept", "entity")
+BINARY = ("match", "concept", "entity", "choice")
+"""Scorers that score an item 0 or 1: their means are shares of items, their gaps points."""
 
 
 def _number(value: float, kind: str, signed: bool = False) -> str:
@@ -64,9 +68,10 @@ def sentence(name: str, result: dict[str, Any]) -> str:
     word = verdict(summary)
     # Where the decoder reads several blocks, the figures are those of the metric's own.
     where = f" at block {result['layer']}" if len(result.get("by_layer", {})) > 1 else ""
+    chance = f", chance {_number(result['chance'], kind)}" if "chance" in result else ""
     return (
         f"**{word[0].upper() + word[1:]}** {READING[name]}{where}: {format_gap(summary, kind)} "
-        f"over shuffled ({conditions}; n = {result['n']})."
+        f"over shuffled ({conditions}; n = {result['n']}{chance})."
     )
 
 

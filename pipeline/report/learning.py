@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.report.headline import READING, format_gap
+from pipeline.report.headline import BINARY, READING, format_gap
 
 STYLES = {"true": ("o-", "C0"), "shuffled": ("s--", "C7"), "text_only": ("^:", "C2")}
 
@@ -52,7 +52,7 @@ def plot(curve: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.set_xticks(curve["steps"])
         ax.grid(alpha=0.3)
-        if metric["kind"] in ("match", "concept", "entity"):
+        if metric["kind"] in BINARY:
             ax.set_ylim(-0.02, 1.02)
             ax.set_ylabel("fraction of items", fontsize=8)
         elif metric["kind"] == "loglik":
