@@ -42,7 +42,7 @@ class CurveParams:
 
     metrics: list[str] = field(default_factory=lambda: list(READING_METRICS))
     """Evaluation metrics scored at each step (those the experiment has; others are skipped)."""
-    max_items: int = 12
+    max_items: int = 8
     """Items per metric: the first of the evaluation's own seeded items, the same at every step."""
     conditions: list[str] = field(default_factory=lambda: ["true", "shuffled"])
     """Conditions scored at each step: ``true``, ``shuffled``, ``text_only``."""
