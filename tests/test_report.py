@@ -55,7 +55,7 @@ def test_sections_come_in_the_order_a_reader_looks(built):
     assert "![every metric under the four conditions](evaluate_plot_overview.png)" in head
     learned = summary[summary.index("## How it learned") : summary.index("## Evaluation tables")]
     assert "(training_curve.png)" in learned and "(reading_curve.png)" in learned
-    assert "| step 0 | step 1 | step 2 |" in learned and "reading_curve stage took" in learned
+    assert "| step 0 | step 1 | step 2 |" in learned and "at 3 steps (0, 1, 2)" in learned
     settings = summary[summary.index("## Settings and artifacts") :]
     assert "| evaluate | evaluate | `2222222222222222` |" in settings
     assert "| train | train | `1111111111111111` |" in settings

@@ -85,14 +85,13 @@ def table_lines(curve: dict[str, Any]) -> list[str]:
 
 
 def cost_line(curve: dict[str, Any]) -> str:
-    """What the curve cost: items, steps and seconds (from the stage's own timing)."""
-    seconds = curve.get("seconds", {})
+    """What the curve is made of: items, steps and conditions (its seconds stay in curve.json, so
+    that the report of a rerun is the same file)."""
     items = max((m["n"] for m in curve["metrics"].values()), default=0)
     steps = ", ".join(map(str, curve["steps"]))
     return (
         f"Scored on the same {items} evaluation items per metric (at most) at "
         f"{len(curve['steps'])} steps ({steps}) under {', '.join(curve['conditions'])}; the "
-        f"reading_curve stage took {seconds.get('total', 0):.0f} s, "
-        f"{seconds.get('reads', 0):.0f} s of it loading and reading the dialogs once. Step 0 is "
-        "the base model: a LoRA adapter starts as the identity."
+        "stage's seconds are in `curve.json`. Step 0 is the base model: a LoRA adapter starts as "
+        "the identity."
     )
