@@ -39,6 +39,18 @@ CONDITIONS = ("true", "shuffled", "untrained", "text_only")
 Dialog = str | list[dict[str, str]] | dict[str, Any]
 
 
+class LayerOutOfRange(ValueError):
+    """A read or write layer the model does not have."""
+
+    def __init__(self, name: str, value: int, n_blocks: int, model_dir: Path, given: bool):
+        self.name, self.value, self.given = name, value, given
+        where = "the given" if given else "the train manifest's"
+        super().__init__(
+            f"{where} {name} {value} is beyond the model in {model_dir}: it has {n_blocks} "
+            f"blocks (0..{n_blocks - 1})"
+        )
+
+
 @dataclass
 class Reading:
     """One dialog as the target ran it, with the activations the decoder reads."""
@@ -211,11 +223,7 @@ class Decoder:
         for name in ("read_layer", "write_layer"):
             value = getattr(settings, name)
             if value >= decoder.n_blocks:
-                where = "the given" if name in overrides else "the train manifest's"
-                raise ValueError(
-                    f"{where} {name} {value} is beyond the model in {model_dir}: it has "
-                    f"{decoder.n_blocks} blocks (0..{decoder.n_blocks - 1})"
-                )
+                raise LayerOutOfRange(name, value, decoder.n_blocks, model_dir, name in overrides)
         return decoder
 
     # --- reading ------------------------------------------------------------------------------

@@ -23,7 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.api import Answer, Decoder, Reading, parse_dialog
+from pipeline.api import (
+    Answer,
+    Decoder,
+    LayerOutOfRange,
+    Reading,
+    check_dialogs_fit,
+    parse_dialog,
+)
 from pipeline.data.schema import DataError
 from pipeline.mechanism.decoder_files import BaseModelMismatch
 
@@ -209,7 +216,13 @@ def main(argv: list[str] | None = None) -> None:
             questions += load_questions(args.questions)
         decoder = load_decoder_from_args(args)
         decoder.batch_size = args.batch_size
+        source = str(args.dialogs or "--prompt")
+        check_dialogs_fit(decoder.tokenizer, decoder.model, dialogs, source)
         readings = decoder.read_all(dialogs, args.complete)
+    except LayerOutOfRange as exc:
+        flag = "--" + exc.name.replace("_", "-")
+        message = str(exc).replace(f"the given {exc.name}", flag)
+        raise SystemExit(f"latentqa-read: {message}") from None
     except (BaseModelMismatch, DataError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"latentqa-read: {' '.join(str(exc).split())}") from None
     answers = decoder.ask_all(readings, questions, max_new_tokens=args.max_new_tokens)

@@ -78,6 +78,63 @@ def test_build_publishes_every_stage_and_the_view(built):
     }
 
 
+def test_report_opens_in_a_browser_with_every_image_and_section(built, tmp_path):
+    """The tiny experiment's report page in headless Chromium (Debian's ``chromium``), from a
+    copy of its folder: every image loads, nothing is fetched but the folder's own files, and
+    the headline, example reads and reading curve come first."""
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    copy = tmp_path / "copied_report"
+    shutil.copytree(built.root / built.view()["report"], copy)
+    with Chromium(binary) as browser:
+        browser.open(copy / "summary.html")
+        state = browser.inspect()
+        browser.screenshot(tmp_path / "first_screen.png")
+    images = {image["src"]: image for image in state["images"]}
+    assert set(images) >= {
+        "evaluate_plot_overview.png",
+        "training_curve.png",
+        "reading_curve.png",
+        "probes_probes.png",
+        "lens_lens.png",
+    }
+    assert all(image["loaded"] and image["width"] > 100 for image in images.values()), images
+    assert state["scripts"] == 0
+    assert state["requests"] and all(
+        url.startswith(copy.as_uri() + "/") for url in state["requests"]
+    ), state["requests"]
+    sections = [(s["id"], s["title"]) for s in state["sections"]]
+    assert sections[:3] == [
+        ("headline", "Does it read?"),
+        ("examples", "Example reads"),
+        ("learning", "How it learned"),
+    ]
+    assert sections[-1] == ("settings", "Settings and artifacts")
+    assert state["sections"][0]["text"] > 300  # the verdict and one sentence per metric
+    assert len(state["examples"]) >= 8
+    for example in state["examples"]:
+        assert example["answers"] == ["true", "shuffled", "untrained", "text_only"], example
+    assert (tmp_path / "first_screen.png").stat().st_size > 20_000
+
+
+def test_snakemake_report_carries_the_figures_and_the_example_reads(built, tmp_path):
+    out = tmp_path / "report.html"
+    built.snakemake("--report", str(out))
+    page = out.read_text()
+    results = set(re.findall(r'"name": "([^"]+)"', page))
+    assert results >= {
+        "evaluate_plot_overview.png",
+        "training_curve.png",
+        "reading_curve.png",
+        "probes_probes.png",
+        "examples.html",
+        "headline.html",
+    }
+    # summary.html shows its figures by relative path, which that report does not carry.
+    assert "summary.html" not in results
+
+
 def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
     # Every analysis artifact is built: parsing the workflow points the view at them, no job.
     assert built.scheduled("results/tiny_analysis") == {}
@@ -247,60 +304,3 @@ def test_g_a_run_killed_after_a_job_published_is_resumed_by_the_normal_command(b
     assert built.scheduled() == {}, log.read_text()[-3000:]
     assert "Nothing to be done" in built.snakemake()
     assert (view / "view.json").stat().st_mtime == published
-
-
-def test_report_opens_in_a_browser_with_every_image_and_section(built, tmp_path):
-    """The tiny experiment's report page in headless Chromium (Debian's ``chromium``), from a
-    copy of its folder: every image loads, nothing is fetched but the folder's own files, and
-    the headline, example reads and reading curve come first."""
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    copy = tmp_path / "copied_report"
-    shutil.copytree(built.root / built.view()["report"], copy)
-    with Chromium(binary) as browser:
-        browser.open(copy / "summary.html")
-        state = browser.inspect()
-        browser.screenshot(tmp_path / "first_screen.png")
-    images = {image["src"]: image for image in state["images"]}
-    assert set(images) >= {
-        "evaluate_plot_overview.png",
-        "training_curve.png",
-        "reading_curve.png",
-        "probes_probes.png",
-        "lens_lens.png",
-    }
-    assert all(image["loaded"] and image["width"] > 100 for image in images.values()), images
-    assert state["scripts"] == 0
-    assert state["requests"] and all(
-        url.startswith(copy.as_uri() + "/") for url in state["requests"]
-    ), state["requests"]
-    sections = [(s["id"], s["title"]) for s in state["sections"]]
-    assert sections[:3] == [
-        ("headline", "Does it read?"),
-        ("examples", "Example reads"),
-        ("learning", "How it learned"),
-    ]
-    assert sections[-1] == ("settings", "Settings and artifacts")
-    assert state["sections"][0]["text"] > 300  # the verdict and one sentence per metric
-    assert len(state["examples"]) >= 8
-    for example in state["examples"]:
-        assert example["answers"] == ["true", "shuffled", "untrained", "text_only"], example
-    assert (tmp_path / "first_screen.png").stat().st_size > 20_000
-
-
-def test_snakemake_report_carries_the_figures_and_the_example_reads(built, tmp_path):
-    out = tmp_path / "report.html"
-    built.snakemake("--report", str(out))
-    page = out.read_text()
-    results = set(re.findall(r'"name": "([^"]+)"', page))
-    assert results >= {
-        "evaluate_plot_overview.png",
-        "training_curve.png",
-        "reading_curve.png",
-        "probes_probes.png",
-        "examples.html",
-        "headline.html",
-    }
-    # summary.html shows its figures by relative path, which that report does not carry.
-    assert "summary.html" not in results
