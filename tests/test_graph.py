@@ -197,3 +197,21 @@ def test_an_optional_latentqa_eval_folder_that_is_absent_is_left_out(experiment,
         experiment_graph(
             "tiny", deep_merge(experiment, {"data": {"latentqa_eval": required}}), REPO
         )
+
+
+def test_published_adapters_bring_the_reading_curve_into_the_report(experiment):
+    assert "reading_curve" not in keys(experiment)
+    with_curve = deep_merge(experiment, {"train": {"adapter_every": 1}})
+    graph = experiment_graph("tiny", with_curve, REPO)
+    curve = graph["reading_curve"]
+    assert graph["report"].inputs["curve"] is curve
+    # It scores the evaluation's items with the decoder the evaluation read.
+    assert curve.inputs["evaluate"] is graph["evaluate"]
+    assert curve.inputs["train"] is graph["train"] and "relations" in curve.inputs
+    before = keys(with_curve)
+    after = keys(deep_merge(with_curve, {"reading_curve": {"max_items": 4}}))
+    assert changed(before, after) == {"reading_curve", "report"}
+    after = keys(deep_merge(with_curve, {"evaluate": {"max_new_tokens": 7}}))
+    assert changed(before, after) == {"evaluate", "reading_curve", "report"}
+    with pytest.raises(ValueError, match=r"tiny.reading_curve needs .*train.adapter_every"):
+        experiment_graph("tiny", deep_merge(experiment, {"reading_curve": {}}), REPO)
