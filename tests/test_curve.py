@@ -1,5 +1,6 @@
 """The reading curve stage on a tiny random model: the evaluation's items at every published
-adapter, step 0 being the base model."""
+adapter, step 0 being the base model; for a decoder of one read layer, of two (each metric at the
+layer the evaluation reported it at) and of two read at once."""
 
 from __future__ import annotations
 
@@ -40,14 +41,25 @@ def _zero_adapter(source, target) -> None:
     save_file(zeroed, str(target / "adapter_model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def curve_run(tmp_path_factory, tiny_model_dir):
+DECODERS = {
+    "one_layer": {},
+    "two_layers": {
+        "read_layers": (1, 2),
+        "write_layer": None,
+        "choice": {"template": {1: 2.0, 2: 1.0}, "relation_qa": {1: 0.5, 2: 3.0}},
+    },
+    "all_layers": {"read_layers": (1, 2), "write_layer": None, "all_layers": True},
+}
+
+
+@pytest.fixture(scope="module", params=list(DECODERS))
+def curve_run(request, tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("curve")
     (root / "data").mkdir()
     write_dialogs(rows(), root / "data" / "dialogs.parquet")
     relations = root / "relations.yaml"
     relations.write_text(RELATIONS)
-    train = make_train_artifact(root, tiny_model_dir)
+    train = make_train_artifact(root, tiny_model_dir, **DECODERS[request.param])
     along = train / "checkpoint_adapters"
     _zero_adapter(train / "adapter", along / step_folder(1))
     shutil.copytree(train / "adapter", along / step_folder(2))
@@ -95,6 +107,24 @@ def test_every_published_step_and_the_start_are_scored(curve_run):
     assert report["seconds"]["total"] >= report["seconds"]["reads"]
 
 
+def test_each_metric_is_scored_at_the_layer_the_evaluation_reported(curve_run):
+    out, evaluated, _ = curve_run
+    report = json.loads((out / "curve.json").read_text())
+    reported = json.loads((evaluated / "eval.json").read_text())
+    for name, metric in report["metrics"].items():
+        assert metric["layer"] == reported["metrics"][name]["layer"], name
+    layers = {m["layer"] for m in report["metrics"].values()}
+    assert layers in ({2}, {1, 2}, {"all"})
+    if len(reported["layers"]) > 1 and not reported["decoder"]["all_layers"]:
+        assert layers == {1, 2}  # relation questions at block 1, the persona ones at block 2
+    records = [json.loads(line) for line in (out / "curve_predictions.jsonl").open()]
+    for r in records:
+        expected = (
+            None if r["condition"] == "text_only" else report["metrics"][r["metric"]]["layer"]
+        )
+        assert r["layer"] == expected
+
+
 def test_step_zero_is_the_base_model_and_the_last_step_the_evaluated_decoder(curve_run):
     out, evaluated, _ = curve_run
     records = [json.loads(line) for line in (out / "curve_predictions.jsonl").open()]
@@ -111,14 +141,14 @@ def test_step_zero_is_the_base_model_and_the_last_step_the_evaluated_decoder(cur
     assert any(abs(loglik[(2, i, c)] - loglik[(0, i, c)]) > 1e-3 for _, i, c in keys)
     # The last step is the final adapter: its answers are the evaluation's, item for item.
     final = {
-        (r["metric"], r["item"], r["condition"]): r
+        (r["metric"], r["item"], r["condition"], r["layer"]): r
         for r in map(json.loads, (evaluated / "predictions.jsonl").open())
     }
     compared = 0
     for r in records:
         # (the shuffled donors are drawn among the subset's items, not all the evaluation's)
         if r["step"] == 2 and r["condition"] != "shuffled":
-            own = final[(r["metric"], r["item"], r["condition"])]
+            own = final[(r["metric"], r["item"], r["condition"], r["layer"])]
             if "prediction" in r:
                 assert r["prediction"] == own["prediction"]
             else:

@@ -6,8 +6,10 @@ Inputs: ``model``, ``train`` (a train artifact with ``checkpoint_adapters/``, pu
 of each of ``metrics`` (the evaluation's own seeded order, so a fixed subset) are scored under
 ``conditions`` with every published adapter, and at step 0 with the adapter off (LoRA starts as
 the identity, so step 0 is the base model). The target's activations do not depend on the
-adapter: they are read once. Steps, not minutes, so two runs of one experiment draw one curve.
-Outputs ``curve.json`` and ``curve_predictions.jsonl``.
+adapter: they are read once. A decoder of several read layers is scored at the layer the
+evaluation reported each metric at (``layer`` in ``eval.json``: the one chosen for its family on
+the validation split, ``all`` for a decoder reading every layer at once). Steps, not minutes, so
+two runs of one experiment draw one curve. Outputs ``curve.json`` and ``curve_predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -80,14 +82,35 @@ def _points(scored: dict[str, list[float]], bootstrap: int, seed: int) -> dict[s
     return out
 
 
-def score_step(model, tokenizer, metrics, reads, perms, settings, params, eval_params, scorers):
-    """Per metric name (one per scorer): condition -> per-item scores; and prediction records."""
-    from pipeline.evaluation.evaluate import run_condition, score_rows
+def metric_layers(metrics, eval_report: dict, settings, choice) -> dict[str, int | str]:
+    """Each metric's read layer: where the evaluation reported it (``eval.json``), else the layer
+    chosen for its family (``all`` for a decoder that reads every layer at once)."""
+    from pipeline.evaluation.evaluate import ALL
+
+    layers: dict[str, int | str] = {}
+    for metric in metrics:
+        reported = eval_report.get("metrics", {}).get(metric.name, {}).get("layer")
+        if reported is None:
+            reported = ALL if settings.all_layers else choice.for_families(metric.families)[0]
+        if reported != ALL and (settings.all_layers or reported not in settings.read_layers):
+            raise SystemExit(
+                f"reading_curve: eval.json reports {metric.name} at layer {reported!r}, which the "
+                f"decoder does not read alone (it reads {list(settings.read_layers)})"
+            )
+        layers[metric.name] = reported
+    return layers
+
+
+def score_step(model, tokenizer, metrics, at, perms, params, eval_params, scorers):
+    """Per metric name (one per scorer): condition -> per-item scores; and prediction records.
+    ``at[name]``: the metric's (layer, reads, settings)."""
+    from pipeline.evaluation.conditions import run_condition, score_rows
 
     scored: dict[str, dict[str, list[float]]] = {}
     records: list[dict[str, Any]] = []
     for metric in metrics:
         names = [metric.name] + [f"{metric.name}_{s}" for s in metric.scorers[1:]]
+        layer, reads, settings = at[metric.name]
         for condition in params.conditions:
             rows = run_condition(
                 model, tokenizer, metric, condition, reads, perms[metric.name], settings,
@@ -99,9 +122,10 @@ def score_step(model, tokenizer, metrics, reads, perms, settings, params, eval_p
                     row[scorer] = score
             for name, scorer in zip(names, metric.scorers or ("score",), strict=True):
                 scored.setdefault(name, {})[condition] = [r[scorer] for r in rows]
+            where = None if condition == "text_only" else layer  # text reads no layer
             for item, row in zip(metric.items, rows, strict=True):
                 records.append({"metric": metric.name, "item": item.id, "condition": condition,
-                                **row})  # fmt: skip
+                                "layer": where, **row})  # fmt: skip
     return scored, records
 
 
@@ -111,10 +135,11 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
 
     from pipeline.data.schema import read_dialogs
     from pipeline.evaluation.concepts import load_synonyms
-    from pipeline.evaluation.evaluate import latentqa_eval_rows
+    from pipeline.evaluation.evaluate import ALL, latentqa_eval_rows
     from pipeline.evaluation.items import build_metrics
     from pipeline.evaluation.params import EvalParams
     from pipeline.evaluation.scoring import load_similarity
+    from pipeline.mechanism import layer_choice
     from pipeline.mechanism.decoder_files import check_base_model, load_decoder
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.reading import compute_reads, target_mode
@@ -135,6 +160,8 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     eval_params = stage.build_params(EvalParams, eval_manifest["params"], "evaluate params")
     eval_params.batch_size = params.batch_size
     settings = DecoderSettings.from_manifest(manifest)
+    choice = layer_choice.read(inputs["train"] / "adapter", list(settings.read_layers))
+    eval_report = json.loads((inputs["evaluate"] / "eval.json").read_text())
     model, tokenizer = load_decoder(
         inputs["model"], adapters[0][1], manifest, params.dtype, params.device
     )
@@ -158,15 +185,22 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
         load_synonyms(inputs["synonyms"]),
     )
     perms = {m.name: derangement([it.group for it in m.items], eval_params.seed) for m in metrics}
-    dialogs = sorted({item.dialog for m in metrics for item in m.items})
-    computed = compute_reads(
-        model,
-        tokenizer,
-        [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs],
-        settings,
-        params.batch_size,
-    )
-    reads = dict(zip(dialogs, computed, strict=True))
+    layers = metric_layers(metrics, eval_report, settings, choice)
+    at: dict[str, tuple[int | str, dict, Any]] = {}
+    for layer in sorted(set(layers.values()), key=str):
+        there = settings if layer == ALL else settings.with_layer(int(layer))
+        chosen = [m for m in metrics if layers[m.name] == layer]
+        dialogs = sorted({item.dialog for m in chosen for item in m.items})
+        computed = compute_reads(
+            model,
+            tokenizer,
+            [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs],
+            there,
+            params.batch_size,
+            desc=f"reading block {layer}",
+        )
+        reads = dict(zip(dialogs, computed, strict=True))
+        at.update({m.name: (layer, reads, there) for m in chosen})
     steps = ([(0, None)] if params.start else []) + adapters
     curve: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {"reads": round(time.time() - started, 1)}
@@ -185,7 +219,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
                     )
             with target_mode(model) if folder is None else contextlib.nullcontext():
                 scored, records = score_step(
-                    model, tokenizer, metrics, reads, perms, settings, params, eval_params, scorers
+                    model, tokenizer, metrics, at, perms, params, eval_params, scorers
                 )
             for name, by_condition in scored.items():
                 point = _points(by_condition, eval_params.bootstrap, eval_params.seed)
@@ -197,12 +231,16 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     for metric in metrics:
         for name in [metric.name] + [f"{metric.name}_{s}" for s in metric.scorers[1:]]:
             curve[name].update(
-                kind=_kind(metric, name), n=len(metric.items), items=[i.id for i in metric.items]
+                kind=_kind(metric, name),
+                n=len(metric.items),
+                items=[i.id for i in metric.items],
+                layer=layers[metric.name],
             )
     seconds["total"] = round(time.time() - started, 1)
     report = {
         "steps": [s for s, _ in steps],
         "conditions": list(params.conditions),
+        "layers": list(settings.read_layers),
         "train_key": manifest.get("key"),
         "evaluate_key": eval_manifest.get("key"),
         "metrics": curve,
