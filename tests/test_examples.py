@@ -70,3 +70,39 @@ def test_markdown_and_html_mark_hits_and_escape_text(tmp_path):
     block = examples.html_block(chosen)
     assert "<script>" not in block and "&lt;script&gt;" in block
     assert "<td class='hit'>✓ hit</td>" in block and "<td class='miss'>✗ miss</td>" in block
+
+
+def test_a_decoder_reading_every_block_at_once(tmp_path):
+    """Its answers under ``all``; each block alone (the others given the donor's activations)
+    shares the one shuffled answer, written once under ``all``."""
+    summary = {"conditions": {"true": {"mean": 0.4}}, "grounding_gap": {"mean": 0.4}}
+    result = {"kind": "entity", "n": 5, **summary, "layer": "all"}
+    result["by_layer"] = {key: summary for key in ("all", "15", "23")}
+    (tmp_path / "eval.json").write_text(json.dumps({"metrics": {"subject_identification": result}}))
+    rows = []
+    for i, subject in enumerate(SUBJECTS):
+        base = {"metric": "subject_identification", "item": f"fact{i}:subject",
+                "question": "Which city is mentioned?", "reference": subject, "entity": 0.0,
+                "donor": f"fact{(i + 1) % 5}:subject"}  # fmt: skip
+        written = {"all": ("true", "shuffled", "untrained"), 15: ("true", "untrained")}
+        for layer, conditions in {**written, 23: ("true", "untrained")}.items():
+            for condition in conditions:
+                rows.append({**base, "condition": condition, "layer": layer,
+                             "prediction": f"{condition} at {layer}"})  # fmt: skip
+        rows.append({**base, "condition": "text_only", "layer": None, "prediction": subject})
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "read_dialogs.jsonl").write_text("")
+    together = examples.choose(tmp_path, per_metric=2, seed=0)
+    assert [e["layer"] for e in together] == ["all", "all"]
+    answers = together[0]["answers"]
+    assert [answers[c]["answer"] for c in ("true", "shuffled", "untrained")] == [
+        "true at all",
+        "shuffled at all",
+        "untrained at all",
+    ]
+    assert "read at every read block at once" in "\n".join(examples.markdown_lines(together))
+    alone = examples.choose(tmp_path, per_metric=2, seed=0, layer=15)
+    answers = alone[0]["answers"]
+    assert list(answers) == ["true", "shuffled", "untrained", "text_only"]
+    assert answers["true"]["answer"] == "true at 15"
+    assert answers["shuffled"]["answer"] == "shuffled at all"

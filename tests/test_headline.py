@@ -89,3 +89,21 @@ def test_choice_metrics_are_shares_with_their_chance():
     line = headline_lines({"metrics": {"truth": truth}})[-1]
     assert "whether a read statement is true" in line
     assert "+10 points [2, 20]" in line and "true 70%" in line and "chance 50%" in line
+
+
+def test_a_decoder_reading_every_block_at_once_is_reported_reading_them_all():
+    together = result("entity", (0.6, 0.5, 0.7), true=0.6)
+    alone = result("entity", (0.1, -0.1, 0.3), true=0.1)
+    report = {
+        "decoder": {"read_layers": [15, 23], "all_layers": True},
+        "metrics": {
+            "subject_identification": {
+                **together,
+                "layer": "all",
+                "by_layer": {"all": dict(together), "15": dict(alone), "23": dict(together)},
+            }
+        },
+    }
+    line = headline_lines(report)[-1]
+    assert "(unseen relations) at every read block at once: +60 points" in line
+    assert "at block 15: +10 points" in headline_lines(report, layer=15)[-1]

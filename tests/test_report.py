@@ -56,13 +56,17 @@ def test_sections_come_in_the_order_a_reader_looks(built):
     learned = summary[summary.index("## How it learned") : summary.index("## Evaluation tables")]
     assert "(training_curve.png)" in learned and "(reading_curve.png)" in learned
     assert "| step 0 | step 1 | step 2 |" in learned and "at 3 steps (0, 1, 2)" in learned
+    evaluation = json.loads((built[1] / "eval.json").read_text())
+    if len(evaluation["layers"]) > 1:  # each reading metric named with where it was read
+        where = "at every read block at once" if evaluation["decoder"]["all_layers"] else "at block"
+        assert f"| subject_identification (n=3, {where}" in learned
     settings = summary[summary.index("## Settings and artifacts") :]
     assert "| evaluate | evaluate | `2222222222222222` |" in settings
     assert "| train | train | `1111111111111111` |" in settings
     assert "#### Filter report" in settings  # the data's own headings sit below the section
 
 
-def test_example_reads_show_every_condition_marked_by_the_metric_s_scorer(built):
+def test_example_reads_show_every_condition_marked_by_the_metric_s_scorer(built, tmp_path):
     out, evaluated, info = built
     examples = [json.loads(line) for line in (out / "examples.jsonl").open()]
     # Two items of each kind the evaluation has (held-out persona, relation, subject, LatentQA).
@@ -78,14 +82,18 @@ def test_example_reads_show_every_condition_marked_by_the_metric_s_scorer(built)
     ]
     assert info["examples"] == 8
     predictions = {
-        (r["metric"], r["item"], r["condition"]): r
+        (r["metric"], r["item"], r["condition"], r["layer"]): r
         for r in map(json.loads, (evaluated / "predictions.jsonl").open())
     }
+    reported = json.loads((evaluated / "eval.json").read_text())["metrics"]
     for example in examples:
         assert list(example["answers"]) == list(ORDER)
         assert example["messages"] and example["question"] and example["reference"]
+        # At the layer the evaluation reported the metric at (text-only reads none).
+        assert example["layer"] == reported[example["metric"]]["layer"]
         for condition, answer in example["answers"].items():
-            row = predictions[(example["metric"], example["item"], condition)]
+            layer = None if condition == "text_only" else example["layer"]
+            row = predictions[(example["metric"], example["item"], condition, layer)]
             assert answer["answer"] == row["prediction"]
             if example["scorer"] == "similarity":
                 assert answer["hit"] is None
@@ -98,7 +106,7 @@ def test_example_reads_show_every_condition_marked_by_the_metric_s_scorer(built)
     summary = (out / "summary.md").read_text()
     assert "*(masked: run, not read)*" in summary
     # The same sample every time the report is drawn.
-    again = out.parent / "again"
+    again = tmp_path / "again"
     again.mkdir()
     report.run(
         report.ReportParams(examples_per_metric=2),

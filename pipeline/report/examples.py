@@ -42,13 +42,15 @@ def _what_was_read(row: dict[str, Any] | None) -> str | None:
 
 
 def choose(
-    evaluate: Path, per_metric: int, seed: int, layer: int | None = None
+    evaluate: Path, per_metric: int, seed: int, layer: eval_view.Layer | None = None
 ) -> list[dict[str, Any]]:
     """The examples: ``per_metric`` items of each kind present, drawn with ``seed``, answered at
     ``layer`` (None: each metric's own read layer)."""
     report = json.loads((evaluate / "eval.json").read_text())
     dialogs = {(r["metric"], r["item"]): r for r in _jsonl(evaluate / "read_dialogs.jsonl")}
-    read_at = {name: layer or eval_view.chosen_layer(report, name) for name in KINDS}
+    read_at = {
+        name: layer if layer is not None else eval_view.chosen_layer(report, name) for name in KINDS
+    }
     rows: dict[tuple[str, str], dict[str, dict]] = {}
     for row in _jsonl(evaluate / "predictions.jsonl"):
         if row["metric"] in KINDS and eval_view.at_layer(row, read_at[row["metric"]]):
@@ -128,7 +130,7 @@ def markdown_lines(examples: list[dict[str, Any]]) -> list[str]:
     """Markdown: per example its dialog, question, reference and a table of the four answers."""
     lines = []
     for n, ex in enumerate(examples, 1):
-        where = "" if ex.get("layer") is None else f", read at block {ex['layer']}"
+        where = "" if ex.get("layer") is None else f", read {eval_view.where_read(ex['layer'])}"
         lines += ["", f"### {n}. {ex['kind']} ({ex['item']}{where})", ""]
         for i, message in enumerate(ex["messages"] or []):
             masked = " *(masked: run, not read)*" if i < ex["n_masked_turns"] else ""
@@ -174,7 +176,7 @@ def html_block(examples: list[dict[str, Any]]) -> str:
                 f"<tr class='{condition}'><td>{e(_condition(condition, answer))}</td>"
                 f"<td>{e(_one_line(answer['answer']))}</td><td class='{css}'>{e(mark)}</td></tr>"
             )
-        where = "" if ex.get("layer") is None else f", read at block {ex['layer']}"
+        where = "" if ex.get("layer") is None else f", read {eval_view.where_read(ex['layer'])}"
         cards.append(
             f"<div class='example' id='example-{n}'><h3>{n}. {e(ex['kind'])} "
             f"<small>{e(ex['item'] + where)}</small></h3><div class='dialog'>{''.join(turns)}</div>"

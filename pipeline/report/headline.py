@@ -67,7 +67,9 @@ def sentence(name: str, result: dict[str, Any]) -> str:
     )
     word = verdict(summary)
     # Where the decoder reads several blocks, the figures are those of the metric's own.
-    where = f" at block {result['layer']}" if len(result.get("by_layer", {})) > 1 else ""
+    where = (
+        f" {eval_view.where_read(result['layer'])}" if len(result.get("by_layer", {})) > 1 else ""
+    )
     chance = f", chance {_number(result['chance'], kind)}" if "chance" in result else ""
     return (
         f"**{word[0].upper() + word[1:]}** {READING[name]}{where}: {format_gap(summary, kind)} "
@@ -75,7 +77,7 @@ def sentence(name: str, result: dict[str, Any]) -> str:
     )
 
 
-def headline_lines(report: dict[str, Any], layer: int | None = None) -> list[str]:
+def headline_lines(report: dict[str, Any], layer: eval_view.Layer | None = None) -> list[str]:
     """Markdown: the answer to "does it read?", then one list item per reading metric, each at
     its own read layer unless ``layer`` names one."""
     shown = [

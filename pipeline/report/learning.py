@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.report import eval_view
 from pipeline.report.headline import BINARY, READING, format_gap
 
 STYLES = {"true": ("o-", "C0"), "shuffled": ("s--", "C7"), "text_only": ("^:", "C2")}
@@ -14,6 +15,16 @@ STYLES = {"true": ("o-", "C0"), "shuffled": ("s--", "C7"), "text_only": ("^:", "
 def shown(curve: dict[str, Any]) -> list[str]:
     """The curve's reading metrics, in the headline's order."""
     return [name for name in READING if name in curve["metrics"]]
+
+
+def label(curve: dict[str, Any], name: str) -> str:
+    """A metric's name with its item count, and where it was read for a decoder of several
+    read layers (the layer the evaluation reported it at)."""
+    metric = curve["metrics"][name]
+    where = ""
+    if len(curve.get("layers", [])) > 1 and metric.get("layer") is not None:
+        where = f", {eval_view.where_read(metric['layer'])}"
+    return f"{name} (n={metric['n']}{where})"
 
 
 def plot(curve: dict[str, Any], path: Path) -> None:
@@ -48,7 +59,7 @@ def plot(curve: dict[str, Any], path: Path) -> None:
                 color=color,
                 alpha=0.12,
             )
-        ax.set_title(f"{name} (n={metric['n']})", fontsize=9)
+        ax.set_title(label(curve, name), fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.set_xticks(curve["steps"])
         ax.grid(alpha=0.3)
@@ -80,7 +91,7 @@ def table_lines(curve: dict[str, Any]) -> list[str]:
             format_gap(p["grounding_gap"], metric["kind"]) if "grounding_gap" in p else "–"
             for p in metric["points"]
         ]
-        lines.append(f"| {name} (n={metric['n']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(curve, name)} | " + " | ".join(cells) + " |")
     return lines
 
 
