@@ -553,7 +553,7 @@ def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
         "layer_choice_examples": 3,
     }
     manifest = train(out, tiny_model_dir, data_dir, params)
-    names = adapter(out).keys()
+    names = adapter(out / "adapter").keys()
     blocks = {int(n.split("layers.")[1].split(".")[0]) for n in names}
     assert blocks == {1, 2, 3}  # from the lowest write block up
     choice = layer_choice.read(out / "adapter", [1, 2])
