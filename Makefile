@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= decoder_smollm2
 
-.PHONY: setup run test test-slow test-chaos test-store test-slurm lint format
+.PHONY: setup run test test-slow test-chaos test-store test-slurm test-browser lint format
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-chaos: setup
 # two runs at once on one store, gc during and after a run (tests/test_store_workflow.py).
 test-store: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m store tests/test_store_workflow.py
+
+# The tiny experiment's report opened in headless Chromium (Debian's `chromium`, no download;
+# skipped with its reason where it is absent), and its `snakemake --report`; part of `make test`
+# too. Builds the tiny workflow first: about 2.5 minutes on 2 cores.
+test-browser: setup
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -rs tests/test_workflow.py -k "browser or snakemake_report"
 
 # Starts a single-node Slurm cluster on this machine (root, Debian) and runs the workflow through it.
 test-slurm: setup

@@ -7,10 +7,12 @@
 
 A dialog is a list of ``{role, content}`` messages, or an object ``{"messages": [...],
 "n_masked_turns": k}`` whose first ``k`` turns are run through the target but not read. Each
-(dialog, question) pair gives one JSON line. The read settings (read/write layers, positions) come
-from the train artifact's manifest; the base model must be the one the adapter was trained on. A
-decoder trained on several read layers reads each question at the layer its validation split chose
-for that kind of question (``--read-layer auto``, the default), or at ``--read-layer L``.
+(dialog, question) pair gives one JSON line (``--format table``: a table for a person at a
+terminal). The read settings (read/write layers, positions) come from the train artifact's
+manifest; the base model must be the one the adapter was trained on. A decoder trained on several
+read layers reads each question at the layer its validation split chose for that kind of question
+(``--read-layer auto``, the default), or at ``--read-layer L``. A thin layer over
+:mod:`pipeline.api`, which notebooks use directly.
 """
 
 from __future__ import annotations
@@ -18,56 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.schema import ROLES, DataError
-from pipeline.mechanism import layer_choice
-from pipeline.mechanism.decoder_files import (
-    BaseModelMismatch,
-    experiment_paths,
-    load_decoder,
-    read_manifest_or_none,
-)
-from pipeline.mechanism.decoder_settings import DecoderSettings, UntrainedLayer
-from pipeline.mechanism.dialogs import build_decoder_example
-from pipeline.mechanism.modeling import decoder_layers
-from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
+from pipeline.api import Answer, Decoder, LayerOutOfRange, NoManifest, Reading
+from pipeline.data.dialog_input import check_dialogs_fit, parse_dialog
+from pipeline.data.schema import DataError
+from pipeline.mechanism.decoder_files import BaseModelMismatch
+from pipeline.mechanism.decoder_settings import UntrainedLayer
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-def _dialog(value: Any, file: str, index: int) -> tuple[list[dict], int]:
-    masked: Any = 0
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"messages", "n_masked_turns", "id"})
-        if unknown:
-            raise DataError(
-                file,
-                index,
-                unknown[0],
-                "unknown field; expected messages, n_masked_turns (and optionally id)",
-            )
-        masked = value.get("n_masked_turns", 0)
-        value = value.get("messages")
-    if not isinstance(value, list) or not value:
-        raise DataError(file, index, "messages", "expected a non-empty list of messages")
-    messages = []
-    for j, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise DataError(file, index, f"messages[{j}].role", f"expected a role in {ROLES}")
-        if not isinstance(message.get("content"), str):
-            raise DataError(file, index, f"messages[{j}].content", "expected a string")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if isinstance(masked, bool) or not isinstance(masked, int) or not 0 <= masked < len(messages):
-        raise DataError(
-            file,
-            index,
-            "n_masked_turns",
-            f"{masked!r} must be an integer in 0..{len(messages) - 1}",
-        )
-    return messages, masked
 
 
 def _read_text(path: Path) -> str:
@@ -100,7 +64,7 @@ def load_dialogs(path: Path) -> list[tuple[list[dict], int]]:
                     ) from None
     if not records:
         raise DataError(file, None, "<file>", "no dialogs")
-    return [_dialog(record, file, i) for i, record in enumerate(records)]
+    return [parse_dialog(record, file, i) for i, record in enumerate(records)]
 
 
 def _is_message(value: Any) -> bool:
@@ -125,121 +89,53 @@ def load_questions(path: Path) -> list[str]:
     return questions
 
 
-def check_dialogs_fit(tokenizer, model, dialogs: list[tuple[list[dict], int]], file: str) -> None:
-    """Refuse dialogs longer than the model's positions (they would be read wrongly, slowly)."""
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if not limit:
-        return
-    for index, (messages, _) in enumerate(dialogs):
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=messages[-1]["role"] == "user"
-        )
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if n > limit:
-            raise DataError(
-                file,
-                index,
-                "messages",
-                f"the dialog is {n} tokens, beyond the model's {limit} positions; shorten it",
-            )
-
-
 # --- the command ----------------------------------------------------------------------------
 
 
-def complete_dialogs(
-    model, tokenizer, dialogs: list[tuple[list[dict], int]], tokens: int, batch_size: int = 8
-) -> list[tuple[list[dict], int]]:
-    """Each dialog that ends with a user turn, continued by the target itself (adapter off) for
-    up to ``tokens`` greedy tokens as an assistant turn, as the training dialogs were: the masked
-    turns (a system prompt) steer the reply, and the decoder then reads it too."""
-    from pipeline.mechanism.completion import generate_completions
-
-    open_ends = [i for i, (messages, _) in enumerate(dialogs) if messages[-1]["role"] == "user"]
-    with target_mode(model):
-        replies, _ = generate_completions(
-            model, tokenizer, [dialogs[i][0] for i in open_ends], tokens, batch_size
-        )
-    completed = list(dialogs)
-    for i, reply in zip(open_ends, replies, strict=True):
-        if reply:
-            messages, masked = dialogs[i]
-            completed[i] = ([*messages, {"role": "assistant", "content": reply}], masked)
-    return completed
-
-
-def answer(
-    model,
-    tokenizer,
-    settings: DecoderSettings,
-    dialogs: list[tuple[list[dict], int]],
-    questions: list[str],
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    complete: int = 0,
-    layers: list[int] | None = None,
-) -> list[dict]:
-    """One record per (dialog, question), dialogs in order, questions in order within each.
-
-    ``layers``: the read layer of each question (default: ``settings.read_layer`` for all). With
-    ``complete`` > 0 the target first continues each dialog (:func:`complete_dialogs`); the
-    record then carries the completion it read.
-    """
-    layers = layers or [settings.read_layer] * len(questions)
-    added: list[str | None] = [None] * len(dialogs)
-    if complete > 0:
-        completed = complete_dialogs(model, tokenizer, dialogs, complete, batch_size)
-        for i, (new, old) in enumerate(zip(completed, dialogs, strict=True)):
-            added[i] = new[0][-1]["content"] if new is not old else None
-        dialogs = completed
-    at = {
-        layer: settings if settings.all_layers else settings.with_layer(layer)
-        for layer in sorted(set(layers))
-    }
-    reads = {
-        layer: compute_reads(model, tokenizer, dialogs, there, batch_size)
-        for layer, there in at.items()
-    }
-    examples, acts, where = [], [], []
-    for d in range(len(dialogs)):
-        for q, question in enumerate(questions):
-            read, there = reads[layers[q]][d], at[layers[q]]
-            examples.append(
-                build_decoder_example(
-                    tokenizer,
-                    read.read_positions,
-                    question,
-                    None,
-                    there.align_positions,
-                    there.at(),
-                )
-            )
-            acts.append(read.acts)
-            where.append((d, q))
-    texts = generate_batched(
-        model,
-        tokenizer,
-        examples,
-        acts,
-        batch_size,
-        max_new_tokens,
-        desc="answering",
-        inject=settings.inject,
-    )
-    records = [
-        {
-            "dialog": d,
-            "question": questions[q],
-            "answer": text,
-            "read_layer": "all" if settings.all_layers else layers[q],
-            "n_read_tokens": len(reads[layers[q]][d].read_positions),
+def records(readings: list[Reading], answers: list[Answer], complete: int) -> list[dict]:
+    """The JSONL records: one per (dialog, question), with the completion read where asked."""
+    out = []
+    for answer in answers:
+        reading = readings[answer.dialog]
+        record = {
+            "dialog": answer.dialog,
+            "question": answer.question,
+            "answer": answer.answer,
+            "read_layer": answer.layer,
+            "n_read_tokens": reading.n_read_tokens,
         }
-        for (d, q), text in zip(where, texts, strict=True)
-    ]
-    if complete > 0:
-        for record in records:
-            record["completion"] = added[record["dialog"]]
-    return records
+        if complete > 0:
+            record["completion"] = reading.completion
+        out.append(record)
+    return out
+
+
+def table(readings: list[Reading], answers: list[Answer], width: int = 100) -> str:
+    """Question / answer per dialog, wrapped to ``width`` columns, for a person at a terminal."""
+    import textwrap
+
+    lines = []
+    ask = max(12, min(40, max((len(a.question) for a in answers), default=0)))
+    for d, reading in enumerate(readings):
+        lines.append(f"── dialog {d} " + "─" * max(0, width - 12 - len(str(d))))
+        for i, message in enumerate(reading.messages):
+            if i < reading.n_masked_turns:
+                role = f"{message['role']} (masked, not read)"
+            elif message["content"] == reading.completion and i == len(reading.messages) - 1:
+                role = f"{message['role']} (completion)"
+            else:
+                role = message["role"]
+            lines += textwrap.wrap(message["content"], width, initial_indent=f"{role}: ",
+                                   subsequent_indent="    ") or [f"{role}:"]  # fmt: skip
+        lines.append(f"{'question':<{ask}}  answer")
+        for answer in (a for a in answers if a.dialog == d):
+            left = textwrap.wrap(answer.question, ask) or [""]
+            right = textwrap.wrap(" ".join(answer.answer.split()), max(20, width - ask - 2))
+            for k in range(max(len(left), len(right))):
+                cell = left[k] if k < len(left) else ""
+                lines.append(f"{cell:<{ask}}  {right[k] if k < len(right) else ''}".rstrip())
+        lines.append("")
+    return "\n".join(lines)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -299,7 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, help="write JSONL here instead of stdout")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="jsonl: one JSON line per (dialog, question); table: question / answer per dialog",
+    )
+    p.add_argument("--out", type=Path, help="write the answers here instead of stdout")
     args = p.parse_args(argv)
     if bool(args.experiment) == bool(args.adapter):
         p.error("give either --experiment NAME or --adapter PATH (with --model PATH)")
@@ -314,15 +216,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_decoder(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any] | None]:
-    """(adapter folder, model folder, train manifest or None) from the command line."""
+def load_decoder_from_args(args: argparse.Namespace) -> Decoder:
+    """The decoder the flags name (checked by :func:`check_flags` first)."""
+    layer = args.read_layer
+    overrides = {
+        "read_layer": int(layer) if layer not in (None, "auto") else None,
+        "write_layer": None if args.write_layer is None else int(args.write_layer),
+        "positions": args.positions,
+    }
     if args.experiment:
-        train, model = experiment_paths(args.experiment, args.results)
-        return train / "adapter", model, read_manifest_or_none(train)
-    adapter = args.adapter
-    if (adapter / "adapter").is_dir():
-        adapter = adapter / "adapter"
-    return adapter, args.model, read_manifest_or_none(adapter.parent)
+        return Decoder.from_experiment(args.experiment, args.results, args.dtype, args.device,
+                                       **overrides)  # fmt: skip
+    return Decoder.from_folders(args.adapter, args.model, args.dtype, args.device, **overrides)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,73 +235,41 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         check_flags(args)
-        layer = int(args.read_layer) if args.read_layer not in (None, "auto") else None
-        adapter, model_dir, manifest = resolve_decoder(args)
-        overrides: dict[str, Any] = {}
-        if args.write_layer is not None:
-            overrides["write_layer"] = int(args.write_layer)
-        if args.positions is not None:
-            overrides["positions"] = args.positions
-        if manifest is None:
-            if layer is None:
-                raise ValueError(
-                    f"no train manifest beside {adapter}: pass --read-layer N "
-                    f"(and --write-layer, --positions if not the defaults)"
-                )
-            overrides["read_layers"] = [layer]
-        settings = DecoderSettings.from_manifest(manifest or {}, overrides)
+        dialogs = load_dialogs(args.dialogs) if args.dialogs else []
+        dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
         questions = list(args.question)
         if args.questions:
             questions += load_questions(args.questions)
-        if settings.all_layers:
-            if layer is not None:
-                raise ValueError(
-                    f"--read-layer {layer}: this decoder reads blocks "
-                    f"{list(settings.read_layers)} at once, not one of them"
-                )
-            layers = [settings.read_layer] * len(questions)
-        elif layer is not None:
-            try:
-                settings = settings.with_layer(layer)
-            except UntrainedLayer as exc:
-                raise ValueError(f"--read-layer {layer}: {exc}") from None
-            layers = [settings.read_layer] * len(questions)
-        else:
-            choice = layer_choice.read(adapter, list(settings.read_layers))
-            layers = [choice.for_question(q)[0] for q in questions]
-        dialogs = load_dialogs(args.dialogs) if args.dialogs else []
-        dialogs += [([{"role": "user", "content": text}], 0) for text in args.prompt]
-        model, tokenizer = load_decoder(model_dir, adapter, manifest, args.dtype, args.device)
-        n_blocks = len(decoder_layers(model))
-        checks = {"read_layer": max(settings.read_layers), "write_layer": settings.write_block}
-        for name, block in checks.items():
-            if block >= n_blocks:
-                flag = "--" + name.replace("_", "-")
-                given = name in overrides or (name == "read_layer" and manifest is None)
-                where = flag if given else f"the train manifest's {name}"
-                raise ValueError(
-                    f"{where} {block} is beyond the model in {model_dir}: "
-                    f"it has {n_blocks} blocks (0..{n_blocks - 1})"
-                )
-        check_dialogs_fit(tokenizer, model, dialogs, str(args.dialogs or "--prompt"))
+        decoder = load_decoder_from_args(args)
+        decoder.batch_size = args.batch_size
+        source = str(args.dialogs or "--prompt")
+        check_dialogs_fit(decoder.tokenizer, decoder.model, dialogs, source)
+        readings = decoder.read_all(dialogs, args.complete)
+    except NoManifest as exc:
+        raise SystemExit(
+            f"latentqa-read: no train manifest beside {exc.adapter}: pass --read-layer N (and "
+            "--write-layer, --positions if not the defaults)"
+        ) from None
+    except UntrainedLayer as exc:
+        raise SystemExit(f"latentqa-read: --read-layer {args.read_layer}: {exc}") from None
+    except LayerOutOfRange as exc:
+        flag = "--" + exc.name.replace("_", "-")
+        message = str(exc).replace(f"the given {exc.name}", flag)
+        raise SystemExit(f"latentqa-read: {message}") from None
     except (BaseModelMismatch, DataError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"latentqa-read: {' '.join(str(exc).split())}") from None
-    records = answer(
-        model,
-        tokenizer,
-        settings,
-        dialogs,
-        questions,
-        args.batch_size,
-        args.max_new_tokens,
-        args.complete,
-        layers,
-    )
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if args.out:
-        args.out.write_text(lines, encoding="utf-8")
+    answers = decoder.ask_all(readings, questions, max_new_tokens=args.max_new_tokens)
+    if args.format == "table":
+        text = table(readings, answers, shutil.get_terminal_size((100, 24)).columns)
     else:
-        sys.stdout.write(lines)
+        text = "".join(
+            json.dumps(r, ensure_ascii=False) + "\n"
+            for r in records(readings, answers, args.complete)
+        )
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ ALL_STAGES = (
     "activation_cache",
     "train",
     "evaluate",
+    "reading_curve",
     "control",
     "report",
     VIEW,

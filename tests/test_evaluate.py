@@ -87,8 +87,8 @@ def make_train_artifact(
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, seed=1)
     generator = torch.Generator().manual_seed(7)  # the same adapter whatever ran before
     with torch.no_grad():  # a fresh LoRA is the identity; make the decoder differ from the base
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
+        for weight, param in peft_model.named_parameters():
+            if "lora_B" in weight:
                 param.normal_(0, 0.05, generator=generator)
     train = root / name
     peft_model.save_pretrained(train / "adapter")

@@ -233,3 +233,21 @@ def test_the_default_experiment_parses_from_a_fresh_clone(tmp_path):
     experiment = deep_merge(config.get("defaults", {}), config["experiments"][name])
     graph = experiment_graph(name, experiment, tmp_path)
     assert "data:latentqa_eval" not in graph and "report" in graph
+
+
+def test_published_adapters_bring_the_reading_curve_into_the_report(experiment):
+    assert "reading_curve" not in keys(experiment)
+    with_curve = deep_merge(experiment, {"train": {"adapter_every": 1}})
+    graph = experiment_graph("tiny", with_curve, REPO)
+    curve = graph["reading_curve"]
+    assert graph["report"].inputs["curve"] is curve
+    # It scores the evaluation's items with the decoder the evaluation read.
+    assert curve.inputs["evaluate"] is graph["evaluate"]
+    assert curve.inputs["train"] is graph["train"] and "relations" in curve.inputs
+    before = keys(with_curve)
+    after = keys(deep_merge(with_curve, {"reading_curve": {"max_items": 4}}))
+    assert changed(before, after) == {"reading_curve", "report"}
+    after = keys(deep_merge(with_curve, {"evaluate": {"max_new_tokens": 7}}))
+    assert changed(before, after) == {"evaluate", "reading_curve", "report"}
+    with pytest.raises(ValueError, match=r"tiny.reading_curve needs .*train.adapter_every"):
+        experiment_graph("tiny", deep_merge(experiment, {"reading_curve": {}}), REPO)

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from pipeline import read
 from pipeline.core import store
 from pipeline.data.schema import DataError
-from pipeline.mechanism.decoder_files import BaseModelMismatch, check_base_model, load_decoder
+from pipeline.mechanism.decoder_files import BaseModelMismatch, check_base_model
 from pipeline.read import load_dialogs, load_questions
 
 MODEL_KEY = "aaaaaaaaaaaaaaaa"
@@ -29,8 +29,8 @@ def _train_artifact(
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, seed=1)
     generator = torch.Generator().manual_seed(7)  # the same adapter whatever ran before
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
+        for weight, param in peft_model.named_parameters():
+            if "lora_B" in weight:
                 param.normal_(0, 0.05, generator=generator)
     train = root / name
     peft_model.save_pretrained(train / "adapter")
@@ -142,18 +142,21 @@ def test_read_cli_experiment_dialog_file_and_stdout(prepared, tmp_path, capsys, 
     ]
 
 
-def test_masked_turns_are_not_read(prepared):
+def test_table_format_shows_question_and_answer_per_dialog(prepared, tmp_path):
     model, train = prepared
-    settings = read.DecoderSettings(read_layer=2)
-    decoder, tokenizer = load_decoder(model, train / "adapter", None, device="cpu")
-    system = [
-        {"role": "system", "content": "You are a pirate."},
-        {"role": "user", "content": "Hello"},
-    ]
-    masked, unmasked = read.compute_reads(decoder, tokenizer, [(system, 1), (system, 0)], settings)
-    assert len(masked.read_positions) < len(unmasked.read_positions)
-    assert masked.input_ids == unmasked.input_ids
-    assert masked.acts.shape == (len(masked.read_positions), 64)
+    out = tmp_path / "answers.txt"
+    read.main(
+        ["--adapter", str(train), "--model", str(model), "--prompt", "I keep bees in Wales.",
+         "--prompt", "Hello there.", "--question", "What does the user keep?",
+         "--max-new-tokens", "3", "--format", "table", "--out", str(out)]
+    )  # fmt: skip
+    text = out.read_text()
+    assert text.count("── dialog ") == 2 and "── dialog 1 " in text
+    assert "user: I keep bees in Wales." in text and "user: Hello there." in text
+    assert text.count("What does the user keep?") == 2
+    assert "{" not in text  # not JSON
+    header = next(line for line in text.splitlines() if line.startswith("question"))
+    assert header.split() == ["question", "answer"]
 
 
 def test_mismatched_base_model_is_a_clear_error(prepared, tmp_path, tokenizer):
@@ -240,11 +243,12 @@ def test_cli_argument_errors(capsys):
 
 def test_complete_lets_the_target_continue_then_reads_the_reply(talking_model_dir):
     """--complete N: the target (adapter off) writes the reply under the masked system prompt."""
+    from pipeline.api import Decoder
+    from pipeline.data.dialog_input import complete_dialogs
     from pipeline.mechanism.completion import generate_completions
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.lora import add_lora
     from pipeline.mechanism.modeling import load_model
-    from pipeline.read import answer, complete_dialogs
 
     base, tokenizer = load_model(talking_model_dir)
     system = [{"role": "system", "content": "You are a pirate."}]
@@ -260,11 +264,16 @@ def test_complete_lets_the_target_continue_then_reads_the_reply(talking_model_di
     completed = complete_dialogs(model, tokenizer, dialogs, 4)
     assert completed[0] == ([*system, user, {"role": "assistant", "content": expected[0]}], 1)
     assert completed[1] is dialogs[1]  # a dialog that already ends with a reply is read as is
-    settings = DecoderSettings(read_layer=1)
-    plain = answer(model, tokenizer, settings, dialogs[:1], ["Who?"], max_new_tokens=2)
-    longer = answer(model, tokenizer, settings, dialogs[:1], ["Who?"], max_new_tokens=2, complete=4)
-    assert longer[0]["completion"] == expected[0] and "completion" not in plain[0]
-    assert longer[0]["n_read_tokens"] > plain[0]["n_read_tokens"]
+    decoder = Decoder(model, tokenizer, DecoderSettings(read_layer=1))
+    plain = decoder.read_all(dialogs)
+    longer = decoder.read_all(dialogs, complete=4)
+    assert longer[0].completion == expected[0] and plain[0].completion is None
+    assert longer[1].completion is None and longer[1].messages == dialogs[1][0]
+    assert longer[0].n_read_tokens > plain[0].n_read_tokens
+    answers = decoder.ask_all(longer, ["Who?"], max_new_tokens=2)
+    records = read.records(longer, answers, complete=4)
+    assert records[0]["completion"] == expected[0] and records[1]["completion"] is None
+    assert records[0]["n_read_tokens"] == longer[0].n_read_tokens
 
 
 def test_a_decoder_of_two_layers_reads_each_question_at_its_layer(prepared, tmp_path):

@@ -32,7 +32,13 @@ pytestmark = pytest.mark.slurm
 
 SCRIPT = REPO / "scripts" / "slurm_single_node.sh"
 PROFILE = "workflow/profiles/slurm-test"
-TRAIN = {"max_steps": 200, "checkpoint_every": 2, "eval_every": 0, "per_device_batch_size": 2}
+TRAIN = {
+    "max_steps": 200,
+    "checkpoint_every": 2,
+    "adapter_every": 100,
+    "eval_every": 0,
+    "per_device_batch_size": 2,
+}
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 RUN_TIMEOUT_S = 2400
 

@@ -31,7 +31,9 @@ pytestmark = pytest.mark.store
 
 SHARD_TOKENS = 80
 """Read tokens per activation-cache shard: the tiny data makes several shards."""
-AFTER_TRAIN = {"train", "evaluate", "control", "report"}
+AFTER_TRAIN = {"train", "evaluate", "reading_curve", "control", "report"}
+AFTER_EVALUATE = ("evaluate", "reading_curve", "report")
+"""The stages an evaluation setting changes (the reading curve scores the evaluation's items)."""
 
 
 def tiny_workspace(root: Path, model_dir: Path, store_dir: Path | None = None) -> Workspace:
@@ -124,7 +126,7 @@ def test_verify_finds_a_flipped_byte_and_the_next_run_rebuilds_exactly_those(bui
         view["train"]: [f"{adapter}: sha256 differs from the manifest (same size)"],
         view["activation_cache"]: [f"{shard}: sha256 differs from the manifest (same size)"],
     }
-    assert set(found["built_from_damaged"]) == {view[s] for s in ("evaluate", "control", "report")}
+    assert set(found["built_from_damaged"]) == {view[s] for s in AFTER_TRAIN - {"train"}}
 
     before = {
         s: (root / "results" / "store" / n / store.MANIFEST).stat().st_mtime
@@ -233,6 +235,7 @@ STAGE_RULES = (
     "activation_cache",
     "train",
     "evaluate",
+    "reading_curve",
     "control",
     "report",
 )
@@ -303,10 +306,10 @@ def test_two_runs_at_once_on_one_store_build_each_shared_artifact_once(built, tm
     assert waited, "no run waited on another's staging lock"
     for name in ("x", "y"):
         assert names(runs[name].view()) == expected[name]
-        for stage in ("evaluate", "report"):
+        for stage in AFTER_EVALUATE:
             assert (marks[name] / f"stage.{stage}.start").exists()
     code, checked = keeping(runs["x"], "verify", "--full")
-    assert code == 0 and checked["checked"] == len(shared_stages) + 4
+    assert code == 0 and checked["checked"] == len(shared_stages) + 2 * len(AFTER_EVALUATE)
     assert not list(shared.glob(f"*/*{PARTIAL}"))
     # Both working directories' views are in the store's record: gc from either keeps both.
     assert keeping(runs["x"], "gc")[1]["remove"] == []
@@ -314,14 +317,15 @@ def test_two_runs_at_once_on_one_store_build_each_shared_artifact_once(built, tm
 
 def test_gc_keeps_a_run_under_way_then_lists_exactly_the_old_training(built, tmp_path):
     """Done when: after a changed training setting and a rerun, gc lists exactly the old train,
-    evaluate, control and report artifacts; during the rerun, it removes only true orphans."""
+    evaluate, reading curve, control and report artifacts; during the rerun, it removes only true
+    orphans."""
     root, store_dir = built.root, built.root / "results" / "store"
     before = names(built.view())
     # An orphan: an evaluation setting built, then reverted.
     built.set("evaluate", "max_relation_items", 3)
     built.snakemake()
     other = names(built.view())
-    orphans = {other["evaluate"], other["report"]}
+    orphans = {other[s] for s in AFTER_EVALUATE}
     built.set("evaluate", "max_relation_items", 4)
     assert built.scheduled() == {}
     assert removed(keeping(built, "gc")[1]) == orphans

@@ -33,6 +33,7 @@ from pipeline.core import store
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 from pipeline.data.schema import write_dialogs
+from pipeline.training.checkpoint_adapters import published
 from pipeline.training.params import TrainParams
 from pipeline.training.train import lr_lambda
 from pipeline.training.train_data import build_examples, mix_pairs
@@ -70,6 +71,7 @@ BASE_PARAMS = {
     "per_device_batch_size": 2,
     "seed": 3,
     "checkpoint_every": 2,
+    "adapter_every": 6,
     "eval_every": 4,
     "eval_examples": 6,
     "device": "cpu",
@@ -186,15 +188,20 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def adapter(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+def adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
 
 
 def assert_same_adapter(a: Path, b: Path, atol: float = 1e-5) -> None:
-    left, right = adapter(a), adapter(b)
-    assert left.keys() == right.keys()
-    for name in left:
-        torch.testing.assert_close(left[name], right[name], atol=atol, rtol=1e-4, msg=name)
+    """The same final adapter, and the same adapters published along the way."""
+    assert [s for s, _ in published(a)] == [s for s, _ in published(b)]
+    pairs = [(a / "adapter", b / "adapter")]
+    pairs += [(x, y) for (_, x), (_, y) in zip(published(a), published(b), strict=True)]
+    for x, y in pairs:
+        left, right = adapter(x), adapter(y)
+        assert left.keys() == right.keys()
+        for name in left:
+            torch.testing.assert_close(left[name], right[name], atol=atol, rtol=1e-4, msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +271,15 @@ def test_single_process_publishes_a_peft_adapter(single_run, tiny_model_dir):
     peft_model = PeftModel.from_pretrained(base, single_run / "adapter")
     state = {k: v for k, v in peft_model.state_dict().items() if "lora_B" in k}
     assert state and any(float(v.abs().max()) > 0 for v in state.values())
+    # The adapters of steps 6 and 12 (adapter_every) and of the last one are published, the
+    # last one equal to the final adapter, the others not.
+    assert [step for step, _ in published(single_run)] == [6, 12, STEPS]
+    along = [adapter(folder) for _, folder in published(single_run)]
+    final = adapter(single_run / "adapter")
+    for name in final:
+        torch.testing.assert_close(along[-1][name], final[name])
+    assert not all(torch.equal(along[0][name], final[name]) for name in final)
+    assert not (single_run / "checkpoint_adapters").joinpath(".tmp-step_000006").exists()
 
 
 def test_two_processes_match_one(tmp_path, single_run, tiny_model_dir, data_dir):
@@ -441,7 +457,7 @@ def test_cached_mode_matches_on_the_fly(tmp_path, single_run, tiny_model_dir, da
         assert b[key] == pytest.approx(a[key], rel=1e-3)
     # Adam's normalised steps amplify the rounding for near-zero gradients: compare tensors as
     # wholes rather than element by element.
-    left, right = adapter(single_run), adapter(out)
+    left, right = adapter(single_run / "adapter"), adapter(out / "adapter")
     assert left.keys() == right.keys()
     for name in left:
         gap = float((left[name] - right[name]).norm() / left[name].norm())
@@ -537,7 +553,7 @@ def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
         "layer_choice_examples": 3,
     }
     manifest = train(out, tiny_model_dir, data_dir, params)
-    names = adapter(out).keys()
+    names = adapter(out / "adapter").keys()
     blocks = {int(n.split("layers.")[1].split(".")[0]) for n in names}
     assert blocks == {1, 2, 3}  # from the lowest write block up
     choice = layer_choice.read(out / "adapter", [1, 2])

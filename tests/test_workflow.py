@@ -25,8 +25,18 @@ from workspace import Workspace
 
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
+from pipeline.report.browser import Chromium, find_chromium
 
-DOWNSTREAM_OF_TRAIN = {"train", "evaluate", "control", "report", "experiment", "probes", "explain"}
+DOWNSTREAM_OF_TRAIN = {
+    "train",
+    "evaluate",
+    "reading_curve",
+    "control",
+    "report",
+    "experiment",
+    "probes",
+    "explain",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +55,7 @@ def test_build_publishes_every_stage_and_the_view(built):
         "activation_cache",
         "train",
         "evaluate",
+        "reading_curve",
         "control",
         "report",
         "statements",
@@ -65,6 +76,63 @@ def test_build_publishes_every_stage_and_the_view(built):
     assert {"probes_probes.png", "lens_lens.png"} <= {
         p.name for p in (built.root / view["report"]).iterdir()
     }
+
+
+def test_report_opens_in_a_browser_with_every_image_and_section(built, tmp_path):
+    """The tiny experiment's report page in headless Chromium (Debian's ``chromium``), from a
+    copy of its folder: every image loads, nothing is fetched but the folder's own files, and
+    the headline, example reads and reading curve come first."""
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    copy = tmp_path / "copied_report"
+    shutil.copytree(built.root / built.view()["report"], copy)
+    with Chromium(binary) as browser:
+        browser.open(copy / "summary.html")
+        state = browser.inspect()
+        browser.screenshot(tmp_path / "first_screen.png")
+    images = {image["src"]: image for image in state["images"]}
+    assert set(images) >= {
+        "evaluate_plot_overview.png",
+        "training_curve.png",
+        "reading_curve.png",
+        "probes_probes.png",
+        "lens_lens.png",
+    }
+    assert all(image["loaded"] and image["width"] > 100 for image in images.values()), images
+    assert state["scripts"] == 0
+    assert state["requests"] and all(
+        url.startswith(copy.as_uri() + "/") for url in state["requests"]
+    ), state["requests"]
+    sections = [(s["id"], s["title"]) for s in state["sections"]]
+    assert sections[:3] == [
+        ("headline", "Does it read?"),
+        ("examples", "Example reads"),
+        ("learning", "How it learned"),
+    ]
+    assert sections[-1] == ("settings", "Settings and artifacts")
+    assert state["sections"][0]["text"] > 300  # the verdict and one sentence per metric
+    assert len(state["examples"]) >= 8
+    for example in state["examples"]:
+        assert example["answers"] == ["true", "shuffled", "untrained", "text_only"], example
+    assert (tmp_path / "first_screen.png").stat().st_size > 20_000
+
+
+def test_snakemake_report_carries_the_figures_and_the_example_reads(built, tmp_path):
+    out = tmp_path / "report.html"
+    built.snakemake("--report", str(out))
+    page = out.read_text()
+    results = set(re.findall(r'"name": "([^"]+)"', page))
+    assert results >= {
+        "evaluate_plot_overview.png",
+        "training_curve.png",
+        "reading_curve.png",
+        "probes_probes.png",
+        "examples.html",
+        "headline.html",
+    }
+    # summary.html shows its figures by relative path, which that report does not carry.
+    assert "summary.html" not in results
 
 
 def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
@@ -127,7 +195,7 @@ def test_a_unchanged_configuration_schedules_nothing(built):
 def test_b_evaluation_setting_schedules_only_evaluation_and_report(built):
     built.set("evaluate", "max_new_tokens", 5)
     try:
-        assert set(built.scheduled()) == {"evaluate", "report", "experiment"}
+        assert set(built.scheduled()) == {"evaluate", "reading_curve", "report", "experiment"}
     finally:
         built.set("evaluate", "max_new_tokens", 4)
 
@@ -156,9 +224,13 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
     "module, expected",
     [
         # The readers share the evaluation's conditions and scorers, not the evaluate stage:
-        # editing it leaves probes and explanations be.
-        ("evaluation/evaluate", {"evaluate", "report", "experiment"}),
-        ("evaluation/conditions", {"evaluate", "report", "experiment", "explain"}),
+        # editing it leaves probes and explanations be. The reading curve imports the evaluate
+        # stage (its LatentQA eval rows) and scores with the evaluation's conditions.
+        ("evaluation/evaluate", {"evaluate", "reading_curve", "report", "experiment"}),
+        (
+            "evaluation/conditions",
+            {"evaluate", "reading_curve", "report", "experiment", "explain"},
+        ),
         ("training/train", DOWNSTREAM_OF_TRAIN),
         # The params module is imported by both training stages, not by evaluate's own code.
         ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),
@@ -188,6 +260,7 @@ def test_f_an_emptied_store_is_rebuilt_with_its_view(built):
             "activation_cache",
             "train",
             "evaluate",
+            "reading_curve",
             "control",
             "report",
             "experiment",

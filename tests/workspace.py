@@ -46,6 +46,7 @@ def tiny_experiment(model_dir: Path) -> dict:
                     "warmup_steps": 1,
                     "per_device_batch_size": 4,
                     "checkpoint_every": 1,
+                    "adapter_every": 1,
                     "eval_every": 1,
                     "eval_examples": 4,
                 },

@@ -92,6 +92,7 @@ def experiment_schema() -> dict[str, Any]:
         "train": dataclass_schema(stages.params_class("train")),
         "evaluate": dataclass_schema(stages.params_class("evaluate")),
         "control": {"anyOf": [dataclass_schema(stages.params_class("control")), {"type": "null"}]},
+        "reading_curve": dataclass_schema(stages.params_class("reading_curve")),
         "report": dataclass_schema(stages.params_class("report")),
     }
     data = {}

@@ -227,6 +227,10 @@ def experiment_graph(
     nodes["evaluate"] = evaluate
 
     report_inputs: dict[str, Node | str] = {"train": train, "evaluate": evaluate, "data": filtered}
+    curve = reading_curve_node(config, where, train, evaluate)
+    if curve is not None:
+        nodes["reading_curve"] = curve
+        report_inputs["curve"] = curve
     if config.get("control") is not None:
         control = Node(
             "control",
@@ -259,6 +263,23 @@ def experiment_graph(
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+def reading_curve_node(
+    config: Mapping[str, Any], where: str, train: Node, evaluate: Node
+) -> Node | None:
+    """The reading curve over the adapters training publishes (``train.adapter_every``), if any."""
+    if not train.params["adapter_every"]:
+        if config.get("reading_curve") is not None:
+            raise ValueError(
+                f"{where}.reading_curve needs adapters to read: set train.adapter_every"
+            )
+        return None
+    return Node(
+        "reading_curve",
+        full_params("reading_curve", config.get("reading_curve"), f"{where}.reading_curve"),
+        {"evaluate": evaluate, **evaluate.inputs},
+    )
 
 
 def _check_latentqa_folder(where: str, folder: Path, params: dict[str, Any]) -> None:

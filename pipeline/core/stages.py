@@ -53,6 +53,7 @@ STAGES: dict[str, StageSpec] = {
     "train": StageSpec("training.train", "training.params:TrainParams"),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
     "explain": StageSpec("evaluation.explain", "evaluation.explain:ExplainParams"),
+    "reading_curve": StageSpec("evaluation.curve", "evaluation.curve:CurveParams"),
     "control": StageSpec("control.control", "control.params:ControlParams"),
     "layer_cache": StageSpec("analysis.layer_cache", "analysis.params:LayerCacheParams"),
     "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams"),

@@ -23,6 +23,7 @@ SHORTCUTS = {
     "metrics.jsonl": ("train", "metrics.jsonl"),
     "eval.json": ("evaluate", "eval.json"),
     "eval_tables.md": ("evaluate", "tables.md"),
+    "curve.json": ("reading_curve", "curve.json"),
     "control.json": ("control", "control.json"),
     "probes.json": ("probes", "probes.json"),
     "lens.json": ("lens", "lens.json"),

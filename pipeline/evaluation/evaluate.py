@@ -10,7 +10,7 @@ whose params give the read settings), ``data`` (filter artifact: ``dialogs.parqu
 Every metric scores the same items under four conditions (``conditions.CONDITIONS``), at every
 read layer of the decoder, and reports the grounding gap (true minus shuffled, paired per item)
 with its spread over items. Outputs: ``eval.json``, ``tables.md``, ``predictions.jsonl`` (one line
-per item, condition and layer) and
+per item, condition and layer), ``read_dialogs.jsonl`` (the dialog each item reads) and
 ``plot_<metric>.png`` plus ``plot_overview.png``. One base model is in memory: "untrained" is the
 same module with its adapter disabled.
 """
@@ -29,6 +29,7 @@ import torch
 
 from pipeline.core import stage
 from pipeline.data.schema import read_dialogs
+from pipeline.evaluation import items as eval_items
 from pipeline.evaluation.choice_items import task_metrics, truth_metric
 from pipeline.evaluation.concepts import load_synonyms
 from pipeline.evaluation.conditions import CONDITIONS, READING, run_condition, score_rows
@@ -339,6 +340,7 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
     with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for record in predictions:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    eval_items.write_read_dialogs(metrics, workdir / eval_items.READ_DIALOGS)
     write_tables(report, workdir / "tables.md")
     write_plots(report, workdir)
     info["seconds"] = report["seconds"]

@@ -254,3 +254,24 @@ def relation_metrics(params: EvalParams, rows, relations_file: Path) -> list[Met
             ("relation_qa",),
         ),
     ]
+
+
+READ_DIALOGS = "read_dialogs.jsonl"
+"""The evaluate artifact's file of each item's read dialog (the report shows examples from it)."""
+
+
+def write_read_dialogs(metrics: list[Metric], path: Path) -> None:
+    """One JSON line per (metric, item): the dialog it reads, its masked turns marked by count."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as handle:
+        for metric in metrics:
+            for item in metric.items:
+                messages, masked = item.dialog
+                record = {
+                    "metric": metric.name,
+                    "item": item.id,
+                    "messages": [{"role": r, "content": c} for r, c in messages],
+                    "n_masked_turns": masked,
+                }
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")

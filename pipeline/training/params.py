@@ -85,6 +85,10 @@ class TrainParams:
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many optimizer steps and after the last one (0: only
     on SIGTERM)."""
+    adapter_every: int = 0
+    """Also publish the adapter of every this many optimizer steps and of the last one
+    (``checkpoint_adapters/step_<n>/``, LoRA weights only), which the reading curve evaluates;
+    0: only the final adapter."""
     eval_every: int = 25
     """Compute the held-out loss every this many optimizer steps (0: only at start and end)."""
     eval_examples: int = 64
@@ -128,6 +132,8 @@ class TrainParams:
         parse_positions(self.positions)
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ValueError(f"mix must give every named source a positive share, not {self.mix}")
+        if self.adapter_every < 0:
+            raise ValueError(f"adapter_every must be >= 0, not {self.adapter_every}")
         for name in ("max_steps", "per_device_batch_size", "grad_accum", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")

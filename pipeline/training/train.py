@@ -46,6 +46,7 @@ from pipeline.mechanism.lora import (
     trainable_parameters,
 )
 from pipeline.mechanism.modeling import decoder_layers, load_model
+from pipeline.training import checkpoint_adapters
 from pipeline.training.checkpointing import TrainState
 from pipeline.training.distributed import Dist, all_reduce_sum, barrier, init_distributed
 from pipeline.training.params import TrainParams
@@ -299,6 +300,8 @@ def run(
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens / seconds:.0f}")
         interrupted = bool(totals[3] > 0)
+        if checkpoint_adapters.due(step, params.adapter_every, params.max_steps):
+            checkpoint_adapters.save(state, workdir, step)  # before the checkpoint of this step
         # The last step too: a run killed between its end and publication resumes there.
         if interrupted or (
             params.checkpoint_every
@@ -426,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 TrainParams,
                 partial(run, ctx=ctx),
                 argv,
-                resumable=("checkpoints", "metrics.jsonl"),
+                resumable=("checkpoints", "metrics.jsonl", checkpoint_adapters.FOLDER),
                 scratch=("checkpoints",),
             )
         else:

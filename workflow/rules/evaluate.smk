@@ -65,3 +65,28 @@ rule explain:
     shell:
         "OMP_NUM_THREADS={threads} {params.python} -m pipeline.evaluation.explain --out {output} "
         "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"
+
+
+# The reading metrics on a few evaluation items at every adapter training published along the
+# way (train.adapter_every): the report's reading curve, against steps.
+rule reading_curve:
+    input:
+        unpack(stage_inputs("reading_curve")),
+    output:
+        directory(f"{STORE}/reading_curve/{{key}}"),
+    log:
+        f"{LOGS}/reading_curve/{{key}}.log",
+    conda:
+        "../../environment.yml"
+    threads: stage_threads("reading_curve")
+    resources:
+        mem_mb=stage_resource("reading_curve", "mem_mb", 16000),
+        runtime=stage_resource("reading_curve", "runtime", 60),
+        gpu=stage_resource("reading_curve", "gpu", 0),
+    params:
+        python=PYTHON,
+        json=stage_params("reading_curve"),
+        inputs=input_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.python} -m pipeline.evaluation.curve --out {output} "
+        "--key {wildcards.key} --params {params.json:q} {params.inputs} > {log} 2>&1"

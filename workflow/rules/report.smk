@@ -4,7 +4,9 @@ rule report:
     output:
         report(
             directory(f"{STORE}/report/{{key}}"),
-            patterns=["{name}.png", "{name}.html"],
+            # The report's figures and its text-only pages (summary.html shows the figures by
+            # relative path, which the Snakemake report does not carry).
+            patterns=["{name}.png", "{name,headline|examples}.html"],
             caption="../report/report.rst",
             category="Decoder",
         ),
