@@ -111,3 +111,10 @@ def talking_model_dir(tmp_path_factory, tokenizer) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def view_mtime(view_dir: Path) -> float:
+    """A view's date as Snakemake sees it: its .snakemake_timestamp file's, if it has one."""
+    stamp = view_dir / ".snakemake_timestamp"
+    path = stamp if stamp.exists() else view_dir
+    return path.stat().st_mtime if path.exists() else float("inf")

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import view_mtime
 
 from pipeline.core import keeping, store, usage
 from pipeline.core.gc import PENDING_S
-from pipeline.core.view import OUTDATED, _mtime, _write_view
+from pipeline.core.view import OUTDATED, _write_view
 
 DAY = 86400.0
 
@@ -246,7 +247,7 @@ def test_verify_names_each_damaged_file_and_repair_moves_it_and_its_dependants(
     assert set(repaired["moved"]) == set(full["damaged"]) | {
         built_on_a.parent.name + "/" + "a" * 16
     }
-    assert repaired["views_outdated"] == [str(view_a.resolve())] and _mtime(view_a) <= OUTDATED
+    assert repaired["views_outdated"] == [str(view_a.resolve())] and view_mtime(view_a) <= OUTDATED
     assert not (shared / TRAIN_A).exists() and not built_on_a.exists()
     assert len(list((shared / "_damaged").iterdir())) == 4
     code, after = cli(capsys, "verify", "--full", "--store", str(shared))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+from conftest import view_mtime
+
 from pipeline.core import store
 from pipeline.core.graph import Node
-from pipeline.core.view import OUTDATED, _mtime, _write_view, refresh_view
+from pipeline.core.view import OUTDATED, _write_view, refresh_view
 
 
 def graph_and_store(tmp_path):
@@ -21,15 +23,15 @@ def test_a_current_view_whose_artifact_was_removed_is_rebuilt(tmp_path):
     graph, store_dir, artifact = graph_and_store(tmp_path)
     view = tmp_path / "results" / "tiny"
     _write_view(view, {"train": str(artifact)})
-    assert not refresh_view(view, graph, store_dir) and _mtime(view) > time.time() - 60
+    assert not refresh_view(view, graph, store_dir) and view_mtime(view) > time.time() - 60
 
     # Removed from the store (by hand, or by Snakemake after a failed job): the view names the
     # same keys but links to nothing; dated to the epoch, it is rebuilt after the artifact.
     (artifact / store.MANIFEST).unlink()
     assert not refresh_view(view, graph, store_dir)
-    assert _mtime(view) <= OUTDATED
+    assert view_mtime(view) <= OUTDATED
 
     # Published again: current, and dated today again.
     store.write_manifest(artifact, "0123456789abcdef", "train", {}, {})
     assert not refresh_view(view, graph, store_dir)
-    assert _mtime(view) > time.time() - 60
+    assert view_mtime(view) > time.time() - 60
