@@ -107,3 +107,15 @@ def test_a_decoder_reading_every_block_at_once_is_reported_reading_them_all():
     line = headline_lines(report)[-1]
     assert "(unseen relations) at every read block at once: +60 points" in line
     assert "at block 15: +10 points" in headline_lines(report, layer=15)[-1]
+
+
+def test_a_gap_the_base_model_matches_unaided_is_said_so():
+    beaten = result("loglik", (0.164, 0.124, 0.205), 128, true=-3.88, untrained=-3.19)
+    ahead = result("loglik", (0.164, 0.124, 0.205), 128, true=-3.88, untrained=-4.2)
+    lines = {
+        name: headline_lines({"decoder": {}, "metrics": {"latentqa_loglik": r}})[-1]
+        for name, r in (("beaten", beaten), ("ahead", ahead))
+    }
+    caveat = "over shuffled, but no better than the base model with its adapter off"
+    assert caveat in lines["beaten"]
+    assert "adapter off" not in lines["ahead"] and lines["ahead"].startswith("- **Reads**")

@@ -71,9 +71,16 @@ def sentence(name: str, result: dict[str, Any]) -> str:
         f" {eval_view.where_read(result['layer'])}" if len(result.get("by_layer", {})) > 1 else ""
     )
     chance = f", chance {_number(result['chance'], kind)}" if "chance" in result else ""
+    true, untrained = (eval_view.mean(result, c) for c in ("true", "untrained"))
+    # A gap over shuffled that the base model matches unaided is not the adapter's reading.
+    caveat = (
+        ", but no better than the base model with its adapter off"
+        if word == "reads" and None not in (true, untrained) and untrained >= true
+        else ""
+    )
     return (
         f"**{word[0].upper() + word[1:]}** {READING[name]}{where}: {format_gap(summary, kind)} "
-        f"over shuffled ({conditions}; n = {result['n']}{chance})."
+        f"over shuffled{caveat} ({conditions}; n = {result['n']}{chance})."
     )
 
 
