@@ -369,3 +369,15 @@ def test_checkpointing_recomputes_the_write_block_without_its_patch_hook(
     assert len(hooks) == 1  # ...but not its hooks
     grads = [p.grad for n, p in block.named_parameters() if "lora_" in n]
     assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_the_kv_cache_goes_under_the_name_the_model_takes():
+    from pipeline.mechanism.modeling import cache_argument
+
+    class Renamed(torch.nn.Module):  # transformers from 5.2x
+        def forward(self, input_ids, cache=None, past_key_values=None): ...
+
+    class Older(torch.nn.Module):  # transformers 5.17, the GPU machines' version
+        def forward(self, input_ids, past_key_values=None): ...
+
+    assert cache_argument(Renamed()) == "cache" and cache_argument(Older()) == "past_key_values"
