@@ -11,10 +11,9 @@ import pytest
 import torch
 from conftest import REPO
 from test_evaluate import make_train_artifact
-from test_read import MODEL_KEY, _train_artifact
+from test_read import MODEL_KEY, _train_artifact, prepared_folders
 
 from pipeline.api import CONDITIONS, Answer, Decoder, Reading
-from pipeline.core import store
 from pipeline.data.schema import DataError
 from pipeline.mechanism.decoder_settings import UntrainedLayer
 from pipeline.mechanism.layer_choice import LayerChoice
@@ -28,11 +27,7 @@ SYSTEM = [
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, talking_model_dir):
     """A prepared model (a tiny model that talks) and a train artifact on it."""
-    root = tmp_path_factory.mktemp("api")
-    model = root / "prepare_model" / MODEL_KEY
-    shutil.copytree(talking_model_dir, model)
-    store.write_manifest(model, MODEL_KEY, "prepare_model", {}, {})
-    return model, _train_artifact(root, model, MODEL_KEY)
+    return prepared_folders(tmp_path_factory.mktemp("api"), talking_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -54,14 +54,17 @@ def _train_artifact(
     return train
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model_dir):
+def prepared_folders(root: Path, model_dir: Path) -> tuple[Path, Path]:
     """A prepared model folder with a manifest (as in the store) and a train artifact on it."""
-    root = tmp_path_factory.mktemp("read")
     model = root / "prepare_model" / MODEL_KEY
-    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(model_dir, model)
     store.write_manifest(model, MODEL_KEY, "prepare_model", {}, {})
     return model, _train_artifact(root, model, MODEL_KEY)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model_dir):
+    return prepared_folders(tmp_path_factory.mktemp("read"), tiny_model_dir)
 
 
 def test_read_cli_prompt_writes_one_answer_per_question(prepared, tmp_path):

@@ -135,7 +135,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
 
     from pipeline.data.schema import read_dialogs
     from pipeline.evaluation.concepts import load_synonyms
-    from pipeline.evaluation.evaluate import ALL, latentqa_eval_rows
+    from pipeline.evaluation.evaluate import ALL, latentqa_rows_to_score
     from pipeline.evaluation.items import build_metrics
     from pipeline.evaluation.params import EvalParams
     from pipeline.evaluation.scoring import load_similarity
@@ -166,11 +166,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
         inputs["model"], adapters[0][1], manifest, params.dtype, params.device
     )
     rows = read_dialogs(inputs["data"] / "dialogs.parquet")
-    if "latentqa" in inputs:
-        latentqa = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
-    else:
-        latentqa = [r for r in rows if r["source"] == eval_params.latentqa_source]
-    latentqa = latentqa_eval_rows(rows, latentqa)
+    latentqa = latentqa_rows_to_score(inputs, rows, eval_params.latentqa_source)
     metrics = [
         m
         for m in build_metrics(eval_params, rows, latentqa, inputs["relations"], tokenizer)

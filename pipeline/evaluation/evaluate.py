@@ -266,6 +266,16 @@ def _judge(metric: Metric, by_cond, judge, params: EvalParams) -> dict[str, Any]
     }
 
 
+def latentqa_rows_to_score(inputs: dict[str, Path], rows: list[dict], source: str) -> list[dict]:
+    """The LatentQA rows an evaluation scores: the imported evaluation split (``latentqa``
+    input) if given, else the filtered data's rows of ``source``; eval split only, leak-checked."""
+    if "latentqa" in inputs:
+        latentqa_rows = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
+    else:
+        latentqa_rows = [r for r in rows if r["source"] == source]
+    return latentqa_eval_rows(rows, latentqa_rows)
+
+
 def latentqa_eval_rows(rows, latentqa_rows) -> list[dict]:
     """The imported LatentQA rows of the eval split, refused if training data shares any of them.
 
@@ -302,11 +312,7 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
         inputs["model"], adapter, train_manifest, params.dtype, params.device
     )
     rows = read_dialogs(inputs["data"] / "dialogs.parquet")
-    if "latentqa" in inputs:
-        latentqa_rows = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
-    else:
-        latentqa_rows = [r for r in rows if r["source"] == params.latentqa_source]
-    latentqa_rows = latentqa_eval_rows(rows, latentqa_rows)
+    latentqa_rows = latentqa_rows_to_score(inputs, rows, params.latentqa_source)
     metrics = build_metrics(params, rows, latentqa_rows, inputs["relations"], tokenizer)
     if params.max_truth_items:
         metrics.append(truth_metric(params, inputs["relations"], training_text(rows)))
