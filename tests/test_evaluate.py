@@ -225,19 +225,18 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     assert info["metrics"]["answer_loglik"]["n"] == 5
 
 
-def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen_one(
-    stage_inputs, tmp_path
-):
-    """Every metric under the reading conditions at both layers (text-only once), its top-level
-    figures at the layer the validation split chose for its family."""
-    train = make_train_artifact(
-        tmp_path,
-        stage_inputs["model"],
-        read_layers=(1, 2),
-        write_layer=None,
-        choice={"template": {1: 2.0, 2: 1.0}, "relation_qa": {1: 0.5, 2: 3.0}},
-        name="train2",
-    )
+def _evaluate_two_layers(stage_inputs, tmp_path, scope: str) -> tuple[dict, Path]:
+    """eval.json and the output folder of a decoder reading blocks 1 and 2, scored at ``scope``."""
+    train = tmp_path / "train2"
+    if not train.exists():
+        make_train_artifact(
+            tmp_path,
+            stage_inputs["model"],
+            read_layers=(1, 2),
+            write_layer=None,
+            choice={"template": {1: 2.0, 2: 1.0}, "relation_qa": {1: 0.5, 2: 3.0}},
+            name="train2",
+        )
     params = EvalParams(
         batch_size=4,
         max_new_tokens=3,
@@ -249,10 +248,20 @@ def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen
         eval_relations=EVAL_RELATIONS,
         similarity="token_f1",
         bootstrap=20,
+        layers=scope,
     )
-    (tmp_path / "out").mkdir()
-    evaluate.run(params, {**stage_inputs, "train": train}, tmp_path / "out", {})
-    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    out = tmp_path / f"out_{scope}"
+    out.mkdir()
+    evaluate.run(params, {**stage_inputs, "train": train}, out, {})
+    return json.loads((out / "eval.json").read_text()), out
+
+
+def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen_one(
+    stage_inputs, tmp_path
+):
+    """``layers: all``: every metric under the reading conditions at both layers (text-only
+    once), its top-level figures at the layer the validation split chose for its family."""
+    report, out = _evaluate_two_layers(stage_inputs, tmp_path, "all")
     assert report["layers"] == [1, 2]
     metrics = report["metrics"]
     assert metrics["answer_loglik"]["layer"] == 2  # template's lowest validation loss
@@ -266,13 +275,30 @@ def test_a_decoder_of_two_layers_is_evaluated_at_each_and_reported_at_the_chosen
         assert one["text_only"] == two["text_only"]  # reads no layer
     loglik = metrics["answer_loglik"]["by_layer"]
     assert loglik["1"]["conditions"]["true"]["mean"] != loglik["2"]["conditions"]["true"]["mean"]
-    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").open()]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
     layers = {(r["condition"], r["layer"]) for r in records if r["metric"] == "answer_loglik"}
     assert layers == {("text_only", None)} | {
         (c, layer) for c in ("true", "shuffled", "untrained") for layer in (1, 2)
     }
-    tables = (tmp_path / "out" / "tables.md").read_text()
+    tables = (out / "tables.md").read_text()
     assert "## By read layer" in tables and "block 1: true" in tables
+
+
+def test_the_default_scope_scores_each_metric_only_at_its_chosen_layer(stage_inputs, tmp_path):
+    """``layers: chosen`` (the default) gives the same reported figures as ``all`` without the
+    other layer's runs."""
+    chosen, out = _evaluate_two_layers(stage_inputs, tmp_path, "chosen")
+    every, _ = _evaluate_two_layers(stage_inputs, tmp_path, "all")
+    assert chosen["layers_scored"] == "chosen" and every["layers_scored"] == "all"
+    for name, metric in chosen["metrics"].items():
+        assert set(metric["by_layer"]) == {str(metric["layer"])}, name
+        assert metric["layer"] == every["metrics"][name]["layer"], name
+        assert metric["conditions"] == every["metrics"][name]["conditions"], name
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    layers = {(r["condition"], r["layer"]) for r in records if r["metric"] == "feature_extraction"}
+    assert layers == {("text_only", None)} | {(c, 1) for c in ("true", "shuffled", "untrained")}
+    tables = (out / "tables.md").read_text()
+    assert "## By read layer" in tables and "not scored there" in tables
 
 
 def test_a_decoder_reading_every_layer_at_once_is_ablated_layer_by_layer(stage_inputs, tmp_path):
@@ -293,6 +319,7 @@ def test_a_decoder_reading_every_layer_at_once_is_ablated_layer_by_layer(stage_i
         eval_relations=EVAL_RELATIONS,
         similarity="token_f1",
         bootstrap=20,
+        layers="all",
     )
     (tmp_path / "out").mkdir()
     evaluate.run(params, {**stage_inputs, "train": train}, tmp_path / "out", {})

@@ -7,12 +7,14 @@ whose params give the read settings), ``data`` (filter artifact: ``dialogs.parqu
 ``relations`` (``data/relations.yaml``), ``synonyms`` (``data/synonyms.yaml``), optionally
 ``latentqa`` (imported LatentQA dialogs) and ``public`` (a ``public_tasks`` artifact).
 
-Every metric scores the same items under four conditions (``conditions.CONDITIONS``), at every
-read layer of the decoder, and reports the grounding gap (true minus shuffled, paired per item)
-with its spread over items. Outputs: ``eval.json``, ``tables.md``, ``predictions.jsonl`` (one line
-per item, condition and layer), ``read_dialogs.jsonl`` (the dialog each item reads) and
-``plot_<metric>.png`` plus ``plot_overview.png``. One base model is in memory: "untrained" is the
-same module with its adapter disabled.
+Every metric scores the same items under four conditions (``conditions.CONDITIONS``), at the
+read layer chosen for its kind of question on the validation split (``layers: all``: at every
+read layer of the decoder too, about one more evaluation per layer), and reports the grounding
+gap (true minus shuffled, paired per item) with its spread over items. Outputs: ``eval.json``,
+``tables.md``, ``predictions.jsonl`` (one line per item, condition and layer),
+``read_dialogs.jsonl`` (the dialog each item reads) and ``plot_<metric>.png`` plus
+``plot_overview.png``. One base model is in memory: "untrained" is the same module with its
+adapter disabled.
 """
 
 from __future__ import annotations
@@ -71,43 +73,55 @@ ALL = "all"
 """The layer key of a decoder reading every layer at once, reading them all."""
 
 
-def layer_keys(settings) -> list[str]:
-    """The keys of ``by_layer``: each read layer, and ``all`` first for a decoder reading every
+def layer_keys(settings, chosen, scope: str) -> list[str]:
+    """The keys of a metric's ``by_layer``. ``scope`` ``chosen``: only ``chosen``, the layer it
+    is reported at; ``all``: each read layer too, and ``all`` first for a decoder reading every
     layer at once (each layer then alone holds the item's activations, the others the donor's)."""
+    if scope == "chosen":
+        return [str(chosen)]
     layers = [str(layer) for layer in settings.read_layers]
     return [ALL, *layers] if settings.all_layers else layers
 
 
-def _runs(model, tokenizer, metric, reads, perm, settings, params) -> dict:
-    """(condition, layer key) -> rows: the reading conditions at every layer key, text-only
-    once (key None)."""
+def _runs(model, tokenizer, metric, reads, perm, settings, params, keys) -> dict:
+    """(condition, layer key) -> rows: the reading conditions at each layer key of ``keys``,
+    text-only once (key None)."""
     first = next(iter(reads.values()))
     runs = {
         ("text_only", None): run_condition(
             model, tokenizer, metric, "text_only", first, perm, settings, params
         )
     }
-    if settings.all_layers:
-        for cond in READING:
-            runs[(cond, ALL)] = run_condition(
-                model, tokenizer, metric, cond, reads[ALL], perm, settings, params
-            )
-        layer_reads = {layer: reads[str(layer)] for layer in settings.read_layers}
-        for layer in settings.read_layers:
-            runs[("shuffled", str(layer))] = runs[("shuffled", ALL)]
+    for key in keys:
+        if key == ALL:
+            for cond in READING:
+                runs[(cond, ALL)] = run_condition(
+                    model, tokenizer, metric, cond, reads[ALL], perm, settings, params
+                )
+        elif settings.all_layers:
+            # One layer alone of a decoder reading all at once (``ALL`` comes first in ``keys``).
+            layer_reads = {layer: reads[str(layer)] for layer in settings.read_layers}
+            runs[("shuffled", key)] = runs[("shuffled", ALL)]
             for cond in ("true", "untrained"):
-                runs[(cond, str(layer))] = run_condition(
+                runs[(cond, key)] = run_condition(
                     model, tokenizer, metric, cond, None, perm, settings, params,
-                    keep=layer, layer_reads=layer_reads,
+                    keep=int(key), layer_reads=layer_reads,
                 )  # fmt: skip
-        return runs
-    for layer in settings.read_layers:
-        there = settings.with_layer(layer)
-        for cond in READING:
-            runs[(cond, str(layer))] = run_condition(
-                model, tokenizer, metric, cond, reads[str(layer)], perm, there, params
-            )
+        else:
+            there = settings.with_layer(int(key))
+            for cond in READING:
+                runs[(cond, key)] = run_condition(
+                    model, tokenizer, metric, cond, reads[key], perm, there, params
+                )
     return runs
+
+
+def _reads_needed(settings, keys: set[str]) -> list[str]:
+    """The layer keys whose reads the runs at ``keys`` use: a decoder reading every layer at once
+    needs each layer's own reads too where one layer is scored alone."""
+    if settings.all_layers and keys - {ALL}:
+        keys = keys | {str(layer) for layer in settings.read_layers}
+    return sorted(keys, key=lambda k: (k != ALL, k))
 
 
 def _by_cond(runs: dict, key: str) -> dict[str, list[dict]]:
@@ -144,12 +158,17 @@ def evaluate(
         computed = compute_reads(model, tokenizer, messages, at, params.batch_size, desc=label)
         return dict(zip(dialogs, computed, strict=True))
 
-    reads = {
-        str(layer): read_all(settings.with_layer(layer), f"reading block {layer}")
-        for layer in settings.read_layers
+    placed = {
+        m.name: (ALL, None) if settings.all_layers else choice.for_families(m.families)
+        for m in metrics
     }
-    if settings.all_layers:
-        reads[ALL] = read_all(settings, "reading every block")
+    keys = {m.name: layer_keys(settings, placed[m.name][0], params.layers) for m in metrics}
+    reads = {
+        key: read_all(settings, "reading every block")
+        if key == ALL
+        else read_all(settings.with_layer(int(key)), f"reading block {key}")
+        for key in _reads_needed(settings, {k for ks in keys.values() for k in ks})
+    }
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for metric in metrics:
@@ -165,8 +184,8 @@ def evaluate(
             continue
         started = time.time()
         perm = derangement([it.group for it in metric.items], params.seed)
-        runs = _runs(model, tokenizer, metric, reads, perm, settings, params)
-        best, family = (ALL, None) if settings.all_layers else choice.for_families(metric.families)
+        runs = _runs(model, tokenizer, metric, reads, perm, settings, params, keys[metric.name])
+        best, family = placed[metric.name]
         common = {
             "n": len(metric.items),
             "shuffled_same_group": sum(
@@ -195,7 +214,7 @@ def evaluate(
                         row[scorer] = score
             key = "score" if scorer in ("loglik", "choice") else scorer
             by_layer = {
-                k: _conditions_summary(_scored(runs, k, key), params) for k in layer_keys(settings)
+                k: _conditions_summary(_scored(runs, k, key), params) for k in keys[metric.name]
             }
             result = {
                 "description": metric.description,
@@ -335,6 +354,7 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
         },
         "conditions": CONDITIONS,
         "layers": list(settings.read_layers),
+        "layers_scored": params.layers,
         "gaps": {
             "grounding_gap": "true minus shuffled, paired per item",
             "text_only_gap": "true minus text_only, paired per item",

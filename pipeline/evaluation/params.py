@@ -53,6 +53,10 @@ class EvalParams:
     """The ``source`` of imported LatentQA rows; other rows count as template data."""
     similarity: str = "auto"
     """LatentQA scorer: ``minilm`` (sentence embeddings), ``token_f1`` (lexical) or ``auto``."""
+    layers: str = "chosen"
+    """``chosen``: each metric at the read layer the validation split chose for its kind of
+    question; ``all``: at every read layer of the decoder too (``by_layer``), each costing about
+    as much again."""
     judge: JudgeParams = field(default_factory=JudgeParams)
     """The optional LLM judge of LatentQA answers (off by default)."""
     bootstrap: int = 1000
@@ -69,6 +73,8 @@ class EvalParams:
             raise stage.ParamsError(
                 f"evaluate: similarity {self.similarity!r} is not one of auto, minilm, token_f1"
             )
+        if self.layers not in ("chosen", "all"):
+            raise stage.ParamsError(f"evaluate: layers {self.layers!r} is not one of chosen, all")
         small = [
             n
             for n in ("batch_size", "max_new_tokens", "relation_tokens", "max_read_tokens")

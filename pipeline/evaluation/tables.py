@@ -54,7 +54,8 @@ def write_tables(report: dict, path: Path) -> None:
             + " | ".join(_fmt(r["conditions"][c]["mean"]) for c in conds)
             + f" | {_fmt(r['grounding_gap']['mean'])} | {_ci(r['grounding_gap'])} |"
         )
-    keys = next((list(r["by_layer"]) for r in report["metrics"].values() if "by_layer" in r), [])
+    scored = {k for r in report["metrics"].values() for k in r.get("by_layer", {})}
+    keys = [k for k in ("all", *map(str, report.get("layers", []))) if k in scored]
     if len(keys) > 1:
         lines += ["", *layer_table(report, keys)]
     for name, r in report["metrics"].items():
@@ -102,7 +103,8 @@ def layer_table(report: dict, keys: list[str]) -> list[str]:
         "",
         "`*`: the layer the metric is reported at (chosen on the validation split). For a decoder "
         "reading every layer at once, `block L` gives only that layer's group the item's own "
-        "activations (the others its donor's).",
+        "activations (the others its donor's). `–`: not scored there (`evaluate.layers: all` "
+        "scores every metric at every layer).",
         "",
         f"| metric | {head} |",
         "|---|" + "---|" * len(keys),

@@ -25,12 +25,14 @@ ALL = "all"
 Layer = int | str
 
 
+def reads_several(report: dict[str, Any]) -> bool:
+    """Whether the decoder reads several blocks (each metric then names the block it read)."""
+    return len(report.get("decoder", {}).get("read_layers", [])) > 1
+
+
 def read_layer(report: dict[str, Any]) -> int | None:
     """The block a single-layer decoder read (None where the decoder reads several)."""
-    decoder = report.get("decoder", {})
-    if len(decoder.get("read_layers", [])) > 1:
-        return None
-    return decoder.get("read_layer")
+    return None if reads_several(report) else report.get("decoder", {}).get("read_layer")
 
 
 def where_read(layer: Layer | None) -> str:

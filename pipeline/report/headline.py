@@ -57,7 +57,7 @@ def verdict(summary: dict[str, Any]) -> str:
     return "not shown to read"
 
 
-def sentence(name: str, result: dict[str, Any]) -> str:
+def sentence(name: str, result: dict[str, Any], several_layers: bool = False) -> str:
     kind = eval_view.scorer(result)
     summary = eval_view.gap(result)
     conditions = ", ".join(
@@ -67,9 +67,7 @@ def sentence(name: str, result: dict[str, Any]) -> str:
     )
     word = verdict(summary)
     # Where the decoder reads several blocks, the figures are those of the metric's own.
-    where = (
-        f" {eval_view.where_read(result['layer'])}" if len(result.get("by_layer", {})) > 1 else ""
-    )
+    where = f" {eval_view.where_read(result['layer'])}" if several_layers else ""
     chance = f", chance {_number(result['chance'], kind)}" if "chance" in result else ""
     true, untrained = (eval_view.mean(result, c) for c in ("true", "untrained"))
     # A gap over shuffled that the base model matches unaided is not the adapter's reading.
@@ -102,4 +100,5 @@ def headline_lines(report: dict[str, Any], layer: eval_view.Layer | None = None)
         "(shuffled) lies above zero.",
         "",
     ]
-    return lines + [f"- {sentence(name, result)}" for name, result in shown]
+    several = eval_view.reads_several(report)
+    return lines + [f"- {sentence(name, result, several)}" for name, result in shown]
