@@ -29,36 +29,87 @@ class StageSpec:
     """``<module>:<class>`` of its params dataclass, in a module that does not import torch."""
     data_globs: tuple[str, ...] = ()
     """Authored files under the repository that the stage reads (part of its code digest)."""
+    threads: int | str = "all"
+    """Threads of its job by default: ``all`` (the cores Snakemake was given) or a number."""
+    mem_mb: int = 16000
+    """Memory of its job by default, in MB."""
+    runtime: int = 120
+    """Wall time of its job by default, in minutes."""
+    launcher: str = "python"
+    """``python`` (one process) or ``torchrun`` (one process per device, ``resources.nproc``)."""
+    report_patterns: tuple[str, ...] = ()
+    """Files of its artifact that ``snakemake --report`` shows (Snakemake report patterns)."""
+
+    def __post_init__(self) -> None:
+        if self.launcher not in ("python", "torchrun"):
+            raise ValueError(f"{self.module}: launcher {self.launcher!r} is not python or torchrun")
 
 
+# Each entry is a stage's whole declaration: the workflow makes one rule of each
+# (workflow/rules/stages.smk), with these defaults for its job's resources, which an
+# experiment's `resources:` section overrides. Stages that only reshape small files take one
+# thread and little memory.
+_SMALL = {"threads": 1, "mem_mb": 2000, "runtime": 10}
 STAGES: dict[str, StageSpec] = {
-    "prepare_model": StageSpec("mechanism.prepare_model", "core.model_source:ModelSpec"),
+    "prepare_model": StageSpec(
+        "mechanism.prepare_model", "core.model_source:ModelSpec", mem_mb=8000, runtime=60
+    ),
     "templates": StageSpec(
-        "data.templates", "data.templates:TemplateParams", ("data/templates/*.yaml",)
+        "data.templates",
+        "data.templates:TemplateParams",
+        ("data/templates/*.yaml",),
+        mem_mb=8000,
+        runtime=60,
     ),
-    "import_latentqa": StageSpec("data.import_latentqa", "data.import_latentqa:ImportParams"),
+    "import_latentqa": StageSpec(
+        "data.import_latentqa", "data.import_latentqa:ImportParams", **_SMALL
+    ),
+    # Calls an OpenAI-compatible endpoint; completed calls are cached outside the store, so a
+    # rerun after a crash (or with a changed filter) repeats none of them.
     "curate": StageSpec(
-        "curation.curate", "curation.curate:CurateParams", ("data/curation/*.yaml",)
+        "curation.curate",
+        "curation.curate:CurateParams",
+        ("data/curation/*.yaml",),
+        **{**_SMALL, "runtime": 240},
     ),
-    "texts": StageSpec("data.texts", "data.texts:TextParams"),
-    "context": StageSpec("data.context", "data.context:ContextParams"),
-    "classification": StageSpec("data.classification", "data.classification:ClassificationParams"),
-    "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams"),
+    "texts": StageSpec("data.texts", "data.texts:TextParams", mem_mb=4000, runtime=60),
+    "context": StageSpec("data.context", "data.context:ContextParams", **_SMALL),
+    "classification": StageSpec(
+        "data.classification", "data.classification:ClassificationParams", **_SMALL
+    ),
+    "relation_qa": StageSpec("data.relation_qa", "data.relation_qa:RelationQAParams", **_SMALL),
     "public_tasks": StageSpec(
-        "data.public_tasks", "data.public_tasks:PublicTaskParams", ("data/public/*.jsonl",)
+        "data.public_tasks",
+        "data.public_tasks:PublicTaskParams",
+        ("data/public/*.jsonl",),
+        **_SMALL,
     ),
-    "filter": StageSpec("data.filter", "data.filter:FilterParams"),
-    "statements": StageSpec("data.statements", "data.statements:StatementParams"),
+    "filter": StageSpec("data.filter", "data.filter:FilterParams", **{**_SMALL, "mem_mb": 4000}),
+    "statements": StageSpec("data.statements", "data.statements:StatementParams", **_SMALL),
     "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
-    "train": StageSpec("training.train", "training.params:TrainParams"),
+    # One allocation, one node: torchrun's standalone rendezvous starts one process per device.
+    "train": StageSpec(
+        "training.train", "training.params:TrainParams", runtime=240, launcher="torchrun"
+    ),
     "evaluate": StageSpec("evaluation.evaluate", "evaluation.params:EvalParams"),
-    "explain": StageSpec("evaluation.explain", "evaluation.explain:ExplainParams"),
-    "reading_curve": StageSpec("evaluation.curve", "evaluation.curve:CurveParams"),
+    "explain": StageSpec("evaluation.explain", "evaluation.explain:ExplainParams", runtime=60),
+    # The reading metrics on a few evaluation items at every adapter training published along
+    # the way (train.adapter_every): the report's reading curve, against steps.
+    "reading_curve": StageSpec("evaluation.curve", "evaluation.curve:CurveParams", runtime=60),
     "control": StageSpec("control.control", "control.params:ControlParams"),
-    "layer_cache": StageSpec("analysis.layer_cache", "analysis.params:LayerCacheParams"),
-    "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams"),
-    "lens": StageSpec("analysis.lens", "analysis.params:LensParams"),
-    "report": StageSpec("report.report", "report.report:ReportParams"),
+    "layer_cache": StageSpec(
+        "analysis.layer_cache", "analysis.params:LayerCacheParams", runtime=60
+    ),
+    "probes": StageSpec("analysis.probes", "analysis.params:ProbeParams", runtime=60),
+    "lens": StageSpec("analysis.lens", "analysis.params:LensParams", mem_mb=8000, runtime=30),
+    # Its figures and text-only pages go into `snakemake --report` too (summary.html shows the
+    # figures by relative path, which the Snakemake report does not carry).
+    "report": StageSpec(
+        "report.report",
+        "report.report:ReportParams",
+        **_SMALL,
+        report_patterns=("{name}.png", "{name,headline|examples}.html"),
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from pipeline.core.graph import (
     experiment_graph,
     view_nodes,
 )
+from pipeline.core.stages import STAGES
 from pipeline.core.view import refresh_view
 from pipeline.data.latentqa_split import DataLeak, check_disjoint
 
@@ -157,10 +158,41 @@ def stage_resource(stage, name, default):
 
 def stage_threads(stage):
     def threads(wildcards):
-        value = stage_resource(stage, "threads", "all")(wildcards)
+        value = stage_resource(stage, "threads", STAGES[stage].threads)(wildcards)
         return workflow.cores if value == "all" else int(value)
 
     return threads
+
+
+def stage_output(stage):
+    """The stage's artifact folder in the store, in `snakemake --report` where it shows files."""
+    folder = directory(f"{STORE}/{stage}/{{key}}")
+    patterns = STAGES[stage].report_patterns
+    if not patterns:
+        return folder
+    return report(
+        folder,
+        patterns=list(patterns),
+        caption=f"../report/{stage}.rst",
+        category="Decoder",
+    )
+
+
+def stage_command(stage):
+    """The stage's module run by its launcher: `python -m torch.distributed.run` (no `torchrun`
+    needed on PATH) with one process per device, or one Python process."""
+    spec = STAGES[stage]
+
+    def command(wildcards):
+        run = f"-m pipeline.{spec.module}"
+        if spec.launcher == "torchrun":
+            nproc = stage_resource(stage, "nproc", 1)(wildcards)
+            run = (
+                f"-m torch.distributed.run --standalone --nproc_per_node {nproc} {run}"
+            )
+        return f"{PYTHON} {run}"
+
+    return command
 
 
 def experiment_nodes(wildcards):

@@ -1,0 +1,44 @@
+"""The stage registry: each declaration is a rule of the workflow, with its defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+from pipeline.core.stages import STAGES
+
+VIEWS = {"all", "experiment", "analysis_view"}
+
+
+def _snakemake(*args: str) -> str:
+    snakemake = Path(sys.executable).with_name("snakemake")
+    done = subprocess.run(
+        [str(snakemake), *args], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_every_registered_stage_is_a_rule_and_nothing_else_is():
+    rules = set(_snakemake("--list-rules").split())
+    assert rules == set(STAGES) | VIEWS
+
+
+def test_a_stage_job_gets_its_declared_resources_and_launcher():
+    out = _snakemake("-n", "--forceall", "--printshellcmds", "results/decoder_smollm2")
+    jobs = {}
+    for block in out.split("\n\n"):
+        lines = block.strip().splitlines()
+        names = [line.split()[-1].rstrip(":") for line in lines if "rule " in line[:12]]
+        if names:
+            jobs[names[0]] = block
+    report, train = jobs["report"], jobs["train"]
+    assert "runtime=10," in report and "mem_mb=2000," in report  # the report's declaration
+    assert f"runtime={STAGES['train'].runtime}," in train
+    assert (
+        "-m torch.distributed.run --standalone --nproc_per_node 1 -m pipeline.training.train"
+        in (train)
+    )
+    assert f"-m pipeline.{STAGES['report'].module} --out" in report
