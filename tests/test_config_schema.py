@@ -47,7 +47,10 @@ def test_every_field_is_documented(schema):
     [
         (("train", "learning_rate"), 1e-3, "learning_rate"),
         (("train", "max_steps"), "many", "'many' is not of type 'integer'"),
-        (("model", "dtype"), 16, "16 is not of type 'string'"),
+        (("model", "dtype"), 16, "16 is not one of"),
+        (("train", "mode"), "bogus", r"'bogus' is not one of \['cached', 'on_the_fly'\]"),
+        (("train", "lr"), -1.0, "-1.0 is less than or equal to the minimum of 0"),
+        (("filter", "eval_fraction"), 1.5, "1.5 is greater than the maximum of 1"),
     ],
 )
 def test_bad_experiment_settings_are_rejected(schema, config, path, value, message):
@@ -57,9 +60,30 @@ def test_bad_experiment_settings_are_rejected(schema, config, path, value, messa
         jsonschema.validate(bad, schema)
 
 
-def test_snakemake_stops_at_start_on_an_unknown_key(tmp_path, config):
+def test_choices_and_ranges_of_the_dataclasses_are_in_the_schema(schema):
+    sections = schema["$defs"]["experiment"]["properties"]
+    train = sections["train"]["properties"]
+    assert train["mode"]["enum"] == ["cached", "on_the_fly"]
+    assert train["parallel"]["enum"] == ["ddp", "fsdp"]
+    assert train["dtype"]["enum"] == ["float32", "bfloat16"]
+    assert train["lr"]["exclusiveMinimum"] == 0 and train["max_steps"]["minimum"] == 1
+    assert sections["evaluate"]["properties"]["similarity"]["enum"] == [
+        "auto",
+        "minilm",
+        "token_f1",
+    ]
+    cache = sections["analysis"]["anyOf"][0]["properties"]["layer_cache"]["properties"]
+    assert cache["pooling"]["items"] == {"enum": ["last", "mean"]}
+    assert cache["max_per_split"]["minimum"] == 1  # null still passes: bounds bind numbers only
+
+
+@pytest.mark.parametrize(
+    "setting, value, named",
+    [("lerning_rate", 1e-3, "lerning_rate"), ("lr", -1.0, "experiments.decoder_smollm2.train.lr")],
+)
+def test_snakemake_stops_at_start_on_a_bad_setting(tmp_path, config, setting, value, named):
     bad = copy.deepcopy(config)
-    bad["experiments"]["decoder_smollm2"]["train"]["lerning_rate"] = 1e-3
+    bad["experiments"]["decoder_smollm2"]["train"][setting] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     result = subprocess.run(
@@ -70,4 +94,4 @@ def test_snakemake_stops_at_start_on_an_unknown_key(tmp_path, config):
         timeout=300,
     )
     assert result.returncode != 0
-    assert "lerning_rate" in result.stdout + result.stderr
+    assert named in result.stdout + result.stderr

@@ -158,10 +158,10 @@ def test_step_zero_is_the_base_model_and_the_last_step_the_evaluated_decoder(cur
 
 
 def test_conditions_are_checked():
-    with pytest.raises(stage.ParamsError, match="conditions"):
-        curve.CurveParams(conditions=["true", "untrained"])
-    with pytest.raises(stage.ParamsError, match="conditions"):
-        curve.CurveParams(conditions=["shuffled"])
+    with pytest.raises(stage.ParamsError, match=r"conditions\[1\]: 'untrained' is not one of"):
+        stage.build_params(curve.CurveParams, {"conditions": ["true", "untrained"]})
+    with pytest.raises(stage.ParamsError, match="conditions.*must include true"):
+        stage.build_params(curve.CurveParams, {"conditions": ["shuffled"]})
 
 
 def test_a_train_artifact_without_published_adapters_is_refused(tmp_path, tiny_model_dir):

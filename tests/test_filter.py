@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.core.stage import ParamsError
+from pipeline.core.stage import ParamsError, build_params
 from pipeline.data.filter import FilterParams, assign_splits, filter_dialogs, run, token_lengths
 from pipeline.data.schema import POLARS_SCHEMA, read_dialogs, validate_record, write_dialogs
 
@@ -213,10 +213,14 @@ def test_keep_split_keeps_source_eval_whole_labels(tmp_path, tokenizer_dir):
 
 
 def test_params_are_checked():
-    with pytest.raises(ParamsError):
-        FilterParams(eval_fraction=1.5)
-    with pytest.raises(ParamsError):
-        FilterParams(max_tokens=0)
+    with pytest.raises(
+        ParamsError, match=r"params\.eval_fraction: 1\.5 is out of range: must be <= 1"
+    ):
+        build_params(FilterParams, {"eval_fraction": 1.5})
+    with pytest.raises(ParamsError, match="must sum to at most 1"):
+        build_params(FilterParams, {"eval_fraction": 0.6, "validation_fraction": 0.5})
+    with pytest.raises(ParamsError, match=r"params\.max_tokens: 0 is out of range: must be >= 1"):
+        build_params(FilterParams, {"max_tokens": 0})
 
 
 def test_cli(tmp_path, tokenizer_dir):

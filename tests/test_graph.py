@@ -6,6 +6,7 @@ import pytest
 from conftest import REPO, SHARED_EVAL
 
 from pipeline.core import stage
+from pipeline.core.errors import InputError
 from pipeline.core.graph import deep_merge, experiment_graph
 
 
@@ -183,6 +184,32 @@ def test_truth_statements_from_an_evaluated_relation_are_refused(experiment):
         bad = deep_merge(experiment, {"data": {"statements": {"relations": relations}}})
         with pytest.raises(ValueError, match=r"landmark_city.*data.statements.relations"):
             experiment_graph("tiny", bad, REPO)
+
+
+def test_a_mix_share_for_a_source_no_data_section_produces_is_refused(experiment):
+    fits = {"data": {"relation_qa": {}}, "train": {"mix": {"template": 0.5, "relation_qa": 0.5}}}
+    config = deep_merge(experiment, fits)
+    assert experiment_graph("tiny", config, REPO)["train"].params["mix"]["relation_qa"] == 0.5
+    bad = deep_merge(config, {"train": {"mix": {"context": 0.2}}})
+    with pytest.raises(InputError) as info:
+        experiment_graph("tiny", bad, REPO)
+    assert str(info.value) == (
+        "experiments.tiny.train.mix: context is not a source of this experiment's data "
+        "sections, which produce relation_qa, template"
+    )
+
+
+def test_relations_the_relations_file_lacks_are_refused(experiment):
+    bad = deep_merge(experiment, {"evaluate": {"eval_relations": ["landmark_city", "moon_rover"]}})
+    with pytest.raises(InputError) as info:
+        experiment_graph("tiny", bad, REPO)
+    message = str(info.value)
+    assert message.startswith("experiments.tiny.evaluate.eval_relations: moon_rover is not a ")
+    assert f"relation of {REPO / 'data' / 'relations.yaml'} (it has " in message
+    assert "country_capital" in message and "landmark_city is" not in message
+    bad = deep_merge(experiment, {"data": {"relation_qa": {"relations": ["moon_rover"]}}})
+    with pytest.raises(InputError, match=r"data\.relation_qa\.relations: moon_rover is not"):
+        experiment_graph("tiny", bad, REPO)
 
 
 def test_an_optional_latentqa_eval_folder_that_is_absent_is_left_out(experiment, tmp_path, capsys):

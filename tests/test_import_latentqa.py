@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.stage import ParamsError
+from pipeline.core.stage import ParamsError, build_params
 from pipeline.data.import_latentqa import ImportParams, import_folder, run
 from pipeline.data.schema import DataError, read_dialogs
 
@@ -102,10 +102,14 @@ def test_stimulus_completion_and_params(tmp_path):
     (rec,) = records
     assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "user", "assistant"]
     assert rec["n_masked_turns"] == 2 and rec["split"] == "train"
-    with pytest.raises(ParamsError):
-        ImportParams(kinds=["story"])
-    with pytest.raises(ParamsError):
-        ImportParams(split="test")
+    with pytest.raises(ParamsError, match=r"kinds\[0\]: 'story' is not one of"):
+        build_params(ImportParams, {"kinds": ["story"]})
+    with pytest.raises(ParamsError, match="kinds must name at least one"):
+        ImportParams(kinds=[])
+    with pytest.raises(
+        ParamsError, match=r"split: 'test' is not one of 'train', 'validation', 'eval'"
+    ):
+        build_params(ImportParams, {"split": "test"})
 
 
 def test_run_writes_dialogs_and_info(tmp_path):

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core import store
+import pytest
+
+from pipeline.analysis.params import LayerCacheParams
+from pipeline.core import stage, store
+from pipeline.curation.curate import CurateParams
+from pipeline.data.templates import TemplateParams
+from pipeline.training.params import TrainParams
 
 STAGE = """
 import errno, sys
@@ -80,3 +87,49 @@ def test_a_full_disk_ends_the_stage_on_one_line_and_keeps_the_staging_folder(tmp
 def test_a_bug_keeps_its_traceback(tmp_path):
     done = run_stage(tmp_path, tmp_path / "store" / "demo" / "k", "bug")
     assert done.returncode == 1 and "Traceback" in done.stderr and "KeyError" in done.stderr
+
+
+def test_a_value_outside_its_literal_is_refused_with_the_field_and_the_choices():
+    train = {"read_layers": [1]}
+    with pytest.raises(stage.ParamsError) as info:
+        stage.build_params(TrainParams, {**train, "parallel": "zero3"}, "experiments.x.train")
+    assert str(info.value) == "experiments.x.train.parallel: 'zero3' is not one of 'ddp', 'fsdp'"
+    with pytest.raises(
+        stage.ParamsError, match=r"pooling\[1\]: 'max' is not one of 'last', 'mean'"
+    ):
+        stage.build_params(LayerCacheParams, {"pooling": ["last", "max"]})
+    with pytest.raises(stage.ParamsError, match="inject: True is not one of"):
+        stage.build_params(TrainParams, {**train, "inject": True})
+    assert stage.build_params(TrainParams, {**train, "parallel": "fsdp"}).parallel == "fsdp"
+
+
+def test_declared_ranges_are_checked_where_params_are_built():
+    train = {"read_layers": [1]}
+    for values, message in (
+        ({"lr": -1.0}, "train.lr: -1.0 is out of range: must be > 0"),
+        ({"lr": 0}, "train.lr: 0.0 is out of range: must be > 0"),
+        ({"max_steps": 0}, "train.max_steps: 0 is out of range: must be >= 1"),
+        ({"write_layer": -1}, "train.write_layer: -1 is out of range: must be >= 0"),
+    ):
+        with pytest.raises(stage.ParamsError) as info:
+            stage.build_params(TrainParams, {**train, **values}, "train")
+        assert str(info.value) == message
+    assert stage.build_params(TrainParams, {**train, "write_layer": None}).write_layer is None
+    nested = {"filters": {"near_duplicate_threshold": 1.5}}
+    with pytest.raises(stage.ParamsError, match=r"filters\.near_duplicate_threshold: 1\.5 .* <= 1"):
+        stage.build_params(CurateParams, nested)
+    with pytest.raises(TypeError, match="atLeast"):
+
+        @dataclass
+        class Params:
+            n: int = stage.bounded(1, atLeast=1)
+
+
+def test_a_dataclass_check_raises_params_error_on_one_line():
+    with pytest.raises(stage.ParamsError):
+        TrainParams(read_layers=[3, 1])
+    with pytest.raises(stage.ParamsError) as info:
+        stage.build_params(TemplateParams, {"families": []}, "experiments.x.data.templates")
+    assert str(info.value) == (
+        "experiments.x.data.templates: templates: families must name at least one family"
+    )

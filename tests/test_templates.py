@@ -280,15 +280,16 @@ def test_completions_need_a_model(tmp_path):
         _run(tmp_path, "out", {"templates": _small_copy(tmp_path)}, completion_tokens=2)
 
 
-def test_bad_params_are_refused(tmp_path):
-    for values in (
-        {"kind": "chat"},
-        {"families": ["robot"]},
-        {"batch_size": 0},
-        {"completion_tokens": -1},
+def test_bad_params_are_refused():
+    for values, message in (
+        ({"kind": "chat"}, r"params\.kind: 'chat' is not one of 'control', 'stimulus'"),
+        ({"families": ["robot"]}, r"params\.families\[0\]: 'robot' is not one of 'persona'"),
+        ({"families": []}, "templates: families must name at least one family"),
+        ({"batch_size": 0}, r"params\.batch_size: 0 is out of range: must be >= 1"),
+        ({"completion_tokens": -1}, r"params\.completion_tokens: -1 is out of range: must be >= 0"),
     ):
-        with pytest.raises(ValueError, match="templates:"):
-            _run(tmp_path, f"bad{len(list(tmp_path.iterdir()))}", {}, **values)
+        with pytest.raises(stage.ParamsError, match=message):
+            stage.build_params(TemplateParams, values, "templates params")
 
 
 def test_stage_cli_publishes_dialogs_and_counts(tmp_path, talking_model_dir):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.core.choices import MixedDtype
+from pipeline.core.stage import bounded
+
 
 @dataclass
 class ControlParams:
@@ -13,36 +16,29 @@ class ControlParams:
     """The label of the control target in the QA file."""
     qa_file_override: str | None = None
     """QA pairs instead of the target's own: a YAML file like ``qa``, or read-command JSONL."""
-    steps: int = 12
+    steps: int = bounded(12, minimum=1)
     """Optimizer steps of the steering adapter."""
-    lr: float = 2e-3
+    lr: float = bounded(2e-3, exclusiveMinimum=0)
     """Adam learning rate of the steering adapter."""
-    lora_r: int = 8
+    lora_r: int = bounded(8, minimum=1)
     """Rank of the steering LoRA."""
     lora_alpha: int = 16
     """LoRA scaling numerator (scale = alpha / r)."""
     per_layer_loss: bool = False
     """Patch each steered block's output into the decoder in turn (block l learns from its own)."""
-    n_prompts: int = 16
+    n_prompts: int = bounded(16, minimum=1)
     """Prompts that train the adapter and the mean difference; the others are held out."""
-    n_eval_prompts: int = 8
+    n_eval_prompts: int = bounded(8, minimum=0)
     """Held-out prompts scored and generated on (0: all the rest)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = bounded(32, minimum=1)
     """Greedy tokens generated per prompt and mode."""
-    batch_size: int = 4
+    batch_size: int = bounded(4, minimum=1)
     """Prompts per steering step (each paired with one random QA pair), and per eval batch."""
     mean_diff_scale: float = 4.0
     """Multiplier of the mean-difference vector added at read_layer."""
     seed: int = 0
     """Seed of the steering adapter's init, the prompt split and the batch order."""
-    dtype: str = "float32"
+    dtype: MixedDtype = "float32"
     """``float32`` or ``bfloat16`` (bf16 autocast, adapters in fp32)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ..."""
-
-    def __post_init__(self):
-        for name in ("steps", "lora_r", "n_prompts", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")

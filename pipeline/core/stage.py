@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import operator
 import sys
 import types
 import typing
@@ -43,12 +44,45 @@ class OutOfSpace(store.StoreError):
 
 _SIMPLE = {bool: bool, int: int, float: (int, float), str: str}
 
+BOUNDS = {
+    "minimum": (operator.ge, ">="),
+    "exclusiveMinimum": (operator.gt, ">"),
+    "maximum": (operator.le, "<="),
+    "exclusiveMaximum": (operator.lt, "<"),
+}
+"""The range keywords a field may declare (JSON Schema's names, so the generated schema says the
+same), each with its test and how an error states it."""
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A numeric field with a range, e.g. ``lr: float = bounded(1e-3, exclusiveMinimum=0)``: the
+    config schema and :func:`build_params` both read it (a null value is always in range)."""
+    unknown = sorted(set(bounds) - set(BOUNDS))
+    if unknown:
+        raise TypeError(f"unknown bound(s) {unknown}; known: {list(BOUNDS)}")
+    return dataclasses.field(default=default, metadata=bounds)
+
+
+def _check_bounds(value: Any, bounds: Mapping[str, Any], where: str) -> None:
+    if value is None:
+        return
+    for name, limit in bounds.items():
+        if name in BOUNDS and not BOUNDS[name][0](value, limit):
+            raise ParamsError(
+                f"{where}: {value!r} is out of range: must be {BOUNDS[name][1]} {limit}"
+            )
+
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field's annotation; ints are accepted (as floats) for floats."""
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
         return build_params(annotation, value, where)
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if isinstance(value, bool) or value not in allowed:
+            raise ParamsError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
@@ -87,6 +121,9 @@ def build_params(cls: type[T], values: Mapping[str, Any] | None, where: str = "p
             f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            _check_bounds(kwargs[f.name], f.metadata, f"{where}.{f.name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # missing fields, or a dataclass's own checks

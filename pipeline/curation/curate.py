@@ -22,7 +22,7 @@ import string
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import jsonschema
 import yaml
@@ -30,17 +30,17 @@ from tqdm import tqdm
 
 from pipeline.core import stage
 from pipeline.core.errors import InputError
+from pipeline.core.stage import bounded
 from pipeline.curation.filters import CurationFilters, filter_generated, is_refusal, normalise
-from pipeline.curation.openai_backend import RESPONSE_FORMATS, ChatBackend, RequestFailed, cost_usd
+from pipeline.curation.openai_backend import ChatBackend, RequestFailed, ResponseFormat, cost_usd
 from pipeline.curation.request_cache import RequestCache, request_key
-from pipeline.data.schema import DataError, write_dialogs
+from pipeline.data.schema import ControlKind, DataError, Family, write_dialogs
 
 log = logging.getLogger("pipeline.curation.curate")
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 FAMILY_FILES = {"persona": "personas.yaml", "goal": "goals.yaml", "scenario": "scenarios.yaml"}
 TEMPLATE_FIELDS = {"family", "version", "system", "user", "themes"}
-KINDS = ("system", "stimulus_completion", "stimulus", "control")
 PARSE_REASONS = ("request_failed", "refusal", "empty", "truncated", "malformed_json", "schema")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
@@ -95,45 +95,48 @@ def sendable_schema(schema: Any) -> Any:
 class CurateParams:
     """Which endpoint writes the data, how much, and how it is filtered."""
 
+    MIX_NAME: ClassVar[str] = "openai"
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     base_url: str = "https://api.openai.com/v1"
     """OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1 for vLLM or llama.cpp)."""
     model: str = "gpt-4o-mini"
     """Model name sent with every request; also names the source (``openai:<model>``)."""
     api_key_env: str = "OPENAI_API_KEY"
     """NAME of the environment variable holding the key ('' for servers without auth)."""
-    families: list[str] = field(default_factory=lambda: list(FAMILY_FILES))
+    families: list[Family] = field(default_factory=lambda: list(FAMILY_FILES))
     """Control families to generate: persona, goal, scenario."""
-    samples_per_family: int = 20
+    samples_per_family: int = bounded(20, minimum=1)
     """Calls (one control each) per family."""
-    dialogs_per_sample: int = 3
+    dialogs_per_sample: int = bounded(3, minimum=1)
     """Dialog turns requested per control (one read dialog per turn and kind)."""
-    qa_per_sample: int = 3
+    qa_per_sample: int = bounded(3, minimum=1)
     """QA pairs requested per control."""
-    kinds: list[str] = field(default_factory=lambda: ["system", "stimulus_completion"])
+    kinds: list[ControlKind] = field(default_factory=lambda: ["system", "stimulus_completion"])
     """Read dialog kinds built from each control: system, stimulus_completion, stimulus, control."""
     temperature: float | None = 1.0
     """Sampling temperature (null omits it, for models that reject it)."""
     top_p: float | None = None
     """Nucleus sampling mass (null omits it)."""
-    max_tokens: int = 1500
+    max_tokens: int = bounded(1500, minimum=1)
     """Output-token limit per call."""
-    max_tokens_field: str = "max_tokens"
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     """Request field carrying the limit: max_tokens, or max_completion_tokens (newer OpenAI)."""
     seed: int | None = 0
     """Per-call seed is seed + sample index (null omits it); part of the cache key."""
-    response_format: str = "json_schema"
+    response_format: ResponseFormat = "json_schema"
     """Strictest format to ask for: json_schema, json_object or none (falls back on 400/422)."""
-    concurrency: int = 8
+    concurrency: int = bounded(8, minimum=1)
     """Requests in flight at once."""
-    timeout_s: float = 120.0
+    timeout_s: float = bounded(120.0, exclusiveMinimum=0)
     """Wall-clock limit of one HTTP attempt, in seconds."""
-    max_attempts: int = 6
+    max_attempts: int = bounded(6, minimum=1)
     """Attempts per call (first try included) on 429, 5xx, timeouts and connection errors."""
-    backoff_base_s: float = 1.0
+    backoff_base_s: float = bounded(1.0, minimum=0)
     """First retry waits about this long; the wait doubles each retry (jittered)."""
-    backoff_max_s: float = 60.0
+    backoff_max_s: float = bounded(60.0, minimum=0)
     """Longest backoff between attempts (a longer Retry-After is still honoured)."""
-    max_failed_requests: int = 0
+    max_failed_requests: int = bounded(0, minimum=0)
     """Calls allowed to fail after all retries before the stage errors (0: rerun retries them)."""
     prices: dict[str, dict[str, float]] | None = None
     """Optional {model: {input: USD per 1M tokens, output: USD per 1M tokens}} for the report."""
@@ -145,23 +148,8 @@ class CurateParams:
     """Filters and split applied to the generated dialogs."""
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.families) - set(FAMILY_FILES)) or sorted(set(self.kinds) - set(KINDS))
-        if bad or not self.families or not self.kinds:
-            raise stage.ParamsError(f"curate: unknown or empty families/kinds: {bad}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise stage.ParamsError(f"curate: response_format must be one of {RESPONSE_FORMATS}")
-        if self.max_tokens_field not in ("max_tokens", "max_completion_tokens"):
-            raise stage.ParamsError("curate: max_tokens_field: max_tokens or max_completion_tokens")
-        for name in (
-            "samples_per_family",
-            "dialogs_per_sample",
-            "qa_per_sample",
-            "concurrency",
-            "max_attempts",
-            "max_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise stage.ParamsError(f"curate: {name} must be at least 1")
+        if not self.families or not self.kinds:
+            raise stage.ParamsError("curate: families and kinds must each name at least one")
         if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
             # Not echoed: a key pasted here by mistake must not reach the log.
             raise stage.ParamsError(
@@ -278,7 +266,7 @@ def item_rows(item: dict[str, Any], label: str, params: CurateParams) -> list[di
             else:
                 head = [{"role": "user", "content": control}, {"role": "assistant", "content": ack}]
                 rows.append((kind, head + [user] + ([reply] if kind != "stimulus" else []), 2))
-    source = f"openai:{params.model}"
+    source = f"{CurateParams.MIX_NAME}:{params.model}"
     return [
         dict(label=label, kind=k, messages=m, n_masked_turns=n, qa=qa, source=source, split="train")
         for k, m, n in rows
@@ -438,7 +426,7 @@ def run(params: CurateParams, inputs: dict[str, Path], workdir: Path, info: dict
     cost = {k: cost_usd(params.model, *v, params.prices) for k, v in tokens.items()}
     report = {
         "model": params.model,
-        "source": f"openai:{params.model}",
+        "source": f"{CurateParams.MIX_NAME}:{params.model}",
         "requests": len(requests),
         "cached_before_run": len(requests) - len(pending),
         "sent": len(pending),

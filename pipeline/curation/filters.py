@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.core.stage import bounded
 from pipeline.data.filter import MAX_EXAMPLES, assign_splits
 from pipeline.data.schema import DataError, validate_record
 
@@ -56,26 +57,18 @@ _SPACE = re.compile(r"\s+")
 class CurationFilters:
     """Filters applied to generated dialogs before they are written."""
 
-    min_chars: int = 2
+    min_chars: int = bounded(2, minimum=0)
     """Shortest message content or QA text kept, in characters (after stripping)."""
-    max_chars: int = 6000
+    max_chars: int = bounded(6000, minimum=1)
     """Longest dialog kept, in characters over all its messages (tokens are the filter stage's)."""
-    near_duplicate_threshold: float = 0.8
+    near_duplicate_threshold: float = bounded(0.8, exclusiveMinimum=0, maximum=1)
     """Jaccard similarity of word-shingle sets at or above which a later text is a duplicate."""
-    shingle_size: int = 3
+    shingle_size: int = bounded(3, minimum=1)
     """Words per shingle for near-duplicate detection."""
-    eval_fraction: float = 0.1
+    eval_fraction: float = bounded(0.1, minimum=0, maximum=1)
     """Share of labels assigned to the eval split (whole labels: splits are label-disjoint)."""
     seed: int = 0
     """Seed of the hash-ranked label split (as in the filter stage)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.near_duplicate_threshold <= 1.0:
-            raise ValueError("near_duplicate_threshold must be in (0, 1]")
-        if not 0.0 <= self.eval_fraction <= 1.0:
-            raise ValueError("eval_fraction must be in [0, 1]")
-        if self.shingle_size < 1 or self.min_chars < 0 or self.max_chars < 1:
-            raise ValueError("shingle_size and max_chars must be positive, min_chars >= 0")
 
 
 def is_refusal(text: str) -> bool:

@@ -16,12 +16,13 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 log = logging.getLogger("pipeline.curation.openai_backend")
 
 # Formats the endpoint is asked for, strictest first; a 400/422 on one falls back to the next.
-RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+ResponseFormat = Literal["json_schema", "json_object", "none"]
+RESPONSE_FORMATS = get_args(ResponseFormat)
 RETRYABLE_STATUS = {408, 409, 429}
 NO_KEY = "no-key"
 # A Retry-After beyond this (a misconfigured proxy asking for a day) is not waited out in full.

@@ -15,9 +15,10 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.schema import as_answer, write_dialogs
 from pipeline.data.texts import read_texts
 
@@ -36,9 +37,12 @@ COMMON = frozenset(
 class ClassificationParams:
     """How the classification questions are drawn."""
 
+    MIX_NAME: ClassVar[str] = SOURCE
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     seed: int = 0
     """Seed of the yes/no draws and of the words asked about."""
-    min_word_length: int = 5
+    min_word_length: int = bounded(5, minimum=1)
     """Words asked about have at least this many letters (content words, not "the")."""
 
 

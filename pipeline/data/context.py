@@ -19,14 +19,17 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.schema import write_dialogs
 from pipeline.data.texts import read_texts
 
 log = logging.getLogger("pipeline.data.context")
 SOURCE = "context"
+Variant = Literal["next", "request", "repeat"]
+"""The context questions, one dialog per text each (:data:`QUESTIONS`)."""
 QUESTIONS = {
     "next": "What are the next words of the text?",
     "request": "What did the user ask for?",
@@ -38,19 +41,19 @@ QUESTIONS = {
 class ContextParams:
     """Which context questions, and how long their answers are."""
 
-    variants: tuple[str, ...] = ("next", "request", "repeat")
+    MIX_NAME: ClassVar[str] = SOURCE
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
+    variants: tuple[Variant, ...] = get_args(Variant)
     """Which of ``next``, ``request``, ``repeat`` to write (one dialog per text each)."""
-    next_words: int = 6
+    next_words: int = bounded(6, minimum=1)
     """Words in a ``next`` answer."""
-    repeat_words: int = 16
+    repeat_words: int = bounded(16, minimum=3)
     """Longest sentence a ``repeat`` dialog reads."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.variants) - set(QUESTIONS))
-        if unknown or not self.variants:
-            raise stage.ParamsError(f"context: variants must be a subset of {list(QUESTIONS)}")
-        if self.next_words < 1 or self.repeat_words < 3:
-            raise stage.ParamsError("context: next_words >= 1 and repeat_words >= 3")
+        if not self.variants:
+            raise stage.ParamsError("context: variants must name at least one question")
 
 
 def first_sentence(text: str, max_words: int) -> str | None:

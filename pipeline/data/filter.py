@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.schema import (
     CONTROL_KINDS,
     SPLITS,
@@ -42,11 +43,11 @@ MAX_EXAMPLES = 5
 class FilterParams:
     """How dialogs are filtered and split."""
 
-    max_tokens: int = 512
+    max_tokens: int = bounded(512, minimum=1)
     """Longest read dialog kept, in target-tokenizer tokens of the chat-template rendering."""
-    eval_fraction: float = 0.1
+    eval_fraction: float = bounded(0.1, minimum=0, maximum=1)
     """Share of the labels not already fixed to eval that go to the eval split."""
-    validation_fraction: float = 0.1
+    validation_fraction: float = bounded(0.1, minimum=0, maximum=1)
     """Share of them that go to the validation split, which training reports its held-out loss
     on and settings are chosen by (never the eval split)."""
     eval_labels: list[str] | None = None
@@ -57,14 +58,11 @@ class FilterParams:
     """Keep ``eval`` where a source already assigned it (e.g. imported eval data), whole labels."""
 
     def __post_init__(self) -> None:
-        fractions = (self.eval_fraction, self.validation_fraction)
-        if not all(0.0 <= f <= 1.0 for f in fractions) or sum(fractions) > 1.0:
+        if self.eval_fraction + self.validation_fraction > 1.0:
             raise stage.ParamsError(
                 f"filter: eval_fraction {self.eval_fraction} and validation_fraction "
-                f"{self.validation_fraction} must lie in [0, 1] and sum to at most 1"
+                f"{self.validation_fraction} must sum to at most 1"
             )
-        if self.max_tokens < 1:
-            raise stage.ParamsError(f"filter: max_tokens {self.max_tokens} must be positive")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

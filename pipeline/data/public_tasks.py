@@ -21,11 +21,12 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.schema import DataError, write_dialogs
 
 log = logging.getLogger("pipeline.data.public_tasks")
@@ -39,26 +40,25 @@ TASKS = "tasks.json"
 class PublicTaskParams:
     """Which public tasks train the decoder and which are held out to measure generalisation."""
 
+    MIX_NAME: ClassVar[str] = SOURCE
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     tasks: list[str] | None = None
     """Tasks trained on (null: every task of tasks.yaml not marked ``held_out``)."""
     held_out: list[str] | None = None
     """Tasks only evaluated, never trained on (null: those marked ``held_out``)."""
-    eval_texts: int = 40
+    eval_texts: int = bounded(40, minimum=0)
     """Texts per task evaluated (a trained task's are left out of its training dialogs)."""
-    train_texts: int | None = 60
+    train_texts: int | None = bounded(60, minimum=0)
     """Texts per trained task that training reads (seeded; null: all the others). Every text
     costs its read in the activation cache; the mix decides how many examples are drawn."""
-    next_words: int = 6
+    next_words: int = bounded(6, minimum=0)
     """Context prediction: a second dialog per trained text reads its first half and is asked
     for its next this-many words (0: none)."""
     seed: int = 0
     """Seed of the question, distractor and evaluation-text choices."""
 
     def __post_init__(self) -> None:
-        if self.eval_texts < 0 or self.next_words < 0 or (self.train_texts or 0) < 0:
-            raise stage.ParamsError(
-                "public_tasks: eval_texts, train_texts and next_words must be >= 0"
-            )
         shared = sorted(set(self.tasks or []) & set(self.held_out or []))
         if shared:
             raise stage.ParamsError(f"public_tasks: {shared} both trained on and held out")

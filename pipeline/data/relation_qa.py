@@ -14,9 +14,10 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.relations import is_echo, load_relations, select
 from pipeline.data.schema import as_answer, write_dialogs
 
@@ -35,9 +36,12 @@ TRAIN_RELATIONS = (
 class RelationQAParams:
     """Which relations train the decoder to read entities, and in how many sentences each."""
 
+    MIX_NAME: ClassVar[str] = SOURCE
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     relations: list[str] = field(default_factory=lambda: list(TRAIN_RELATIONS))
     """Relations of ``data/relations.yaml`` to train on (disjoint from the evaluated ones)."""
-    sentences_per_fact: int = 2
+    sentences_per_fact: int = bounded(2, minimum=1)
     """Read sentences per fact (distinct templates of its relation, seeded)."""
     seed: int = 0
     """Seed of the sentence choice."""
@@ -45,8 +49,6 @@ class RelationQAParams:
     def __post_init__(self) -> None:
         if not self.relations:
             raise stage.ParamsError("relation_qa: relations must name at least one relation")
-        if self.sentences_per_fact < 1:
-            raise stage.ParamsError("relation_qa: sentences_per_fact must be at least 1")
 
 
 def relation_rows(relations, sentences_per_fact: int, seed: int) -> list[dict[str, Any]]:

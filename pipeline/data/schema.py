@@ -12,19 +12,23 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 
 from pipeline.core.errors import InputError
 from pipeline.core.store import canonical_json
 
-CONTROL_KINDS = ("control", "stimulus", "stimulus_completion", "system")
+ControlKind = Literal["control", "stimulus", "stimulus_completion", "system"]
 """Dialogs under a control (persona, goal, scenario) that the questions ask about."""
+CONTROL_KINDS = get_args(ControlKind)
+Family = Literal["persona", "goal", "scenario"]
+"""The families of controls (template and curated dialogs)."""
 KINDS = (*CONTROL_KINDS, "text")
 """``text``: a plain text read for what it says (context, classification, relation facts)."""
-SPLITS = ("train", "validation", "eval")
+Split = Literal["train", "validation", "eval"]
 """Disjoint by label: ``validation`` chooses settings, ``eval`` only reports."""
+SPLITS = get_args(Split)
 ROLES = ("system", "user", "assistant")
 COLUMNS = ("id", "label", "kind", "messages", "n_masked_turns", "qa", "source", "split")
 

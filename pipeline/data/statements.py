@@ -17,9 +17,10 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.core import stage
+from pipeline.core.stage import bounded
 from pipeline.data.matching import names_in
 from pipeline.data.relations import Relation, is_echo, load_relations, select
 from pipeline.data.schema import write_dialogs
@@ -33,13 +34,16 @@ TRUE_ANSWER, FALSE_ANSWER = "Yes.", "No."
 class StatementParams:
     """Which facts become contrast pairs, and how the pairs are split."""
 
+    MIX_NAME: ClassVar[str] = SOURCE
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     relations: list[str] | None = None
     """Relations of ``data/relations.yaml`` to draw facts from (null: all of them)."""
-    max_facts_per_relation: int = 25
+    max_facts_per_relation: int = bounded(25, minimum=2)
     """At most this many facts per relation (seeded choice), one contrast pair each."""
-    validation_fraction: float = 0.2
+    validation_fraction: float = bounded(0.2, minimum=0)
     """Share of the pairs in the validation split (choosing layers and settings)."""
-    eval_fraction: float = 0.3
+    eval_fraction: float = bounded(0.3, minimum=0)
     """Share of the pairs in the eval split (reported only)."""
     question: str = "Is the statement true? Answer yes or no."
     """The question about each statement (the decoder's, and the dialogs' QA pair)."""
@@ -47,14 +51,11 @@ class StatementParams:
     """Seed of the fact, sentence and corruption choices and of the split."""
 
     def __post_init__(self) -> None:
-        fractions = (self.validation_fraction, self.eval_fraction)
-        if min(fractions) < 0 or sum(fractions) >= 1:
+        if self.validation_fraction + self.eval_fraction >= 1:
             raise stage.ParamsError(
                 f"statements: validation_fraction {self.validation_fraction} and eval_fraction "
-                f"{self.eval_fraction} must be >= 0 and leave a train share"
+                f"{self.eval_fraction} must leave a train share"
             )
-        if self.max_facts_per_relation < 2:
-            raise stage.ParamsError("statements: max_facts_per_relation must be at least 2")
         if self.relations is not None and not self.relations:
             raise stage.ParamsError("statements: relations must be null (all) or name some")
 

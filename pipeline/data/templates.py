@@ -14,12 +14,14 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from pipeline.core import stage
-from pipeline.data.schema import DataError, write_dialogs
+from pipeline.core.choices import Dtype
+from pipeline.core.stage import bounded
+from pipeline.data.schema import ControlKind, DataError, Family, write_dialogs
 
 log = logging.getLogger("pipeline.data.templates")
 
@@ -32,37 +34,39 @@ FIRST_QUESTION = {
 }
 ACKNOWLEDGEMENT = "Understood. I will keep that in mind from now on."
 ENTRY_FIELDS = ("label", "name", "system", "qa")
-KINDS = ("system", "stimulus_completion", "stimulus", "control")
 
 
 @dataclass
 class TemplateParams:
     """Settings of the offline template generator."""
 
+    MIX_NAME: ClassVar[str] = "template"
+    """What ``train.mix`` calls this stage's rows (their ``source`` up to any colon)."""
+
     seed: int = 0
     """Seed for choosing the stimuli of each label (and labels, when capped)."""
-    families: list[str] = field(default_factory=lambda: list(FAMILY_FILES))
+    families: list[Family] = field(default_factory=lambda: list(FAMILY_FILES))
     """Which control families to use: persona, goal, scenario."""
     labels_per_family: int | dict[str, int] | None = None
     """Cap on labels per family (one number, or per family); null keeps all."""
-    stimuli_per_label: int = 3
+    stimuli_per_label: int = bounded(3, minimum=1)
     """User stimuli drawn (without replacement) for each label."""
-    kind: str = "system"
+    kind: ControlKind = "system"
     """Read dialog kind: system, stimulus_completion, stimulus (no completion) or control."""
-    completion_tokens: int = 24
+    completion_tokens: int = bounded(24, minimum=0)
     """Tokens the target generates after the stimulus; 0 ends the dialog at the user turn."""
-    batch_size: int = 64
+    batch_size: int = bounded(64, minimum=1)
     """Dialogs per generation batch."""
     templates_dir: str = "data/templates"
     """Folder of the template files; relative paths start at the repository root."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """dtype the target model is loaded in for generation."""
     device: str = "cpu"
     """Device for generation (cpu, cuda, cuda:1, ...)."""
 
     def __post_init__(self):
-        # Checked when the workflow parses the config, not minutes into a run.
-        _check(self)
+        if not self.families:
+            raise stage.ParamsError("templates: families must name at least one family")
 
 
 @dataclass(frozen=True)
@@ -230,22 +234,6 @@ def resolve_dir(path: str) -> Path:
     return REPO_DIR / candidate
 
 
-def _check(params: TemplateParams) -> None:
-    unknown = sorted(set(params.families) - set(FAMILY_FILES))
-    if unknown or not params.families:
-        raise ValueError(
-            f"templates: families must be a non-empty subset of {list(FAMILY_FILES)}, "
-            f"got {params.families}"
-        )
-    if params.kind not in KINDS:
-        raise ValueError(f"templates: kind must be one of {list(KINDS)}, not {params.kind!r}")
-    for name in ("stimuli_per_label", "batch_size"):
-        if getattr(params, name) < 1:
-            raise ValueError(f"templates: {name} must be at least 1")
-    if params.completion_tokens < 0:
-        raise ValueError("templates: completion_tokens must be >= 0")
-
-
 def run(
     params: TemplateParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]
 ) -> None:
@@ -278,7 +266,7 @@ def run(
                 kept.append(row)
         dropped, rows = len(rows) - len(kept), kept
     for row in rows:
-        row.update(source="template", split="train")
+        row.update(source=TemplateParams.MIX_NAME, split="train")
     written = write_dialogs(rows, workdir / "dialogs.parquet")
     families: dict[str, int] = {}
     for template in templates:

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from pipeline.core import stage
+from pipeline.core.choices import Dtype
+from pipeline.core.stage import bounded
 from pipeline.data.schema import DataError
 
 log = logging.getLogger("pipeline.data.texts")
@@ -29,22 +31,18 @@ TEXTS = "texts.parquet"
 class TextParams:
     """How the curriculum's texts are written."""
 
-    max_new_tokens: int = 48
+    max_new_tokens: int = bounded(48, minimum=1)
     """Longest text, in tokens of the target model."""
-    min_words: int = 12
+    min_words: int = bounded(12, minimum=1)
     """Shorter replies are dropped (too little to ask about)."""
-    max_topics: int | None = None
+    max_topics: int | None = bounded(None, minimum=1)
     """Use only the first this many topics (None: all)."""
-    batch_size: int = 64
+    batch_size: int = bounded(64, minimum=1)
     """Prompts per generation batch."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """Compute dtype of the model."""
     device: str = "cpu"
     """``cpu``, ``cuda``, ..."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.min_words < 1:
-            raise stage.ParamsError("texts: max_new_tokens, batch_size, min_words must be >= 1")
 
 
 def load_prompts(path: Path, max_topics: int | None = None) -> list[dict[str, str]]:

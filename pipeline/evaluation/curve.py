@@ -21,9 +21,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pipeline.core import stage
+from pipeline.core.choices import Dtype
+from pipeline.core.stage import bounded
 
 log = logging.getLogger("pipeline.evaluation.curve")
 
@@ -34,8 +36,9 @@ READING_METRICS = (
     "subject_identification",
     "latentqa_recovery",
 )
-CURVE_CONDITIONS = ("true", "shuffled", "text_only")
+CurveCondition = Literal["true", "shuffled", "text_only"]
 """The conditions that change with training (``untrained`` is the base model at every step)."""
+CURVE_CONDITIONS = get_args(CurveCondition)
 
 
 @dataclass
@@ -44,30 +47,26 @@ class CurveParams:
 
     metrics: list[str] = field(default_factory=lambda: list(READING_METRICS))
     """Evaluation metrics scored at each step (those the experiment has; others are skipped)."""
-    max_items: int = 8
+    max_items: int = bounded(8, minimum=2)
     """Items per metric: the first of the evaluation's own seeded items, the same at every step."""
-    conditions: list[str] = field(default_factory=lambda: ["true", "shuffled"])
+    conditions: list[CurveCondition] = field(default_factory=lambda: ["true", "shuffled"])
     """Conditions scored at each step: ``true``, ``shuffled``, ``text_only``."""
     start: bool = True
     """Also score step 0, the base model before training (the adapter off)."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, minimum=1)
     """Decoder prompts per forward pass."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """Compute dtype of the model."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.conditions) - set(CURVE_CONDITIONS))
-        if unknown or "true" not in self.conditions:
+        if "true" not in self.conditions:
             raise stage.ParamsError(
-                f"reading_curve: conditions {self.conditions} must include true and come from "
-                f"{CURVE_CONDITIONS}"
+                f"reading_curve: conditions {self.conditions} must include true"
             )
-        if self.max_items < 2 or self.batch_size < 1 or not self.metrics:
-            raise stage.ParamsError(
-                "reading_curve: max_items >= 2, batch_size >= 1, at least one metric"
-            )
+        if not self.metrics:
+            raise stage.ParamsError("reading_curve: metrics must name at least one metric")
 
 
 def _points(scored: dict[str, list[float]], bootstrap: int, seed: int) -> dict[str, Any]:

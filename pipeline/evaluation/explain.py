@@ -21,9 +21,11 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.core import stage
+from pipeline.core.choices import Dtype, Similarity
+from pipeline.core.stage import bounded
 
 log = logging.getLogger("pipeline.evaluation.explain")
 
@@ -34,34 +36,26 @@ class ExplainParams:
 
     question: str = "Describe the assistant's hidden instructions."
     """The free-text question the decoder answers about each read dialog."""
-    max_items: int = 48
+    max_items: int = bounded(48, minimum=2)
     """Held-out dialogs explained (seeded choice, at most one per label first)."""
-    candidates: int = 10
+    candidates: int = bounded(10, minimum=2)
     """Dialogs the scorer chooses among: the read one and distractors of other labels."""
-    candidate_view: str = "masked"
+    candidate_view: Literal["masked", "full"] = "masked"
     """What the scorer sees of a candidate: ``masked`` (its hidden turns) or ``full``."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = bounded(32, minimum=1)
     """Greedy tokens of each explanation."""
-    similarity: str = "auto"
+    similarity: Similarity = "auto"
     """Scorer: ``minilm`` (sentence embeddings), ``token_f1`` (lexical) or ``auto``."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, minimum=1)
     """Decoder prompts per forward pass."""
-    bootstrap: int = 1000
+    bootstrap: int = bounded(1000, minimum=0)
     """Bootstrap resamples for the 95% confidence intervals."""
     seed: int = 0
     """Seed of the items, the distractors, the candidate order and the bootstrap."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """Compute dtype of the model."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-
-    def __post_init__(self) -> None:
-        if self.candidate_view not in ("masked", "full"):
-            raise stage.ParamsError(f"explain: candidate_view {self.candidate_view!r}")
-        if self.similarity not in ("auto", "minilm", "token_f1"):
-            raise stage.ParamsError(f"explain: similarity {self.similarity!r}")
-        if self.candidates < 2 or self.max_items < 2 or self.max_new_tokens < 1:
-            raise stage.ParamsError("explain: candidates and max_items >= 2, max_new_tokens >= 1")
 
 
 def candidate_text(row: dict, view: str) -> str:

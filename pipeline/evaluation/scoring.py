@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.stage import bounded
+
 log = logging.getLogger("pipeline.evaluation.scoring")
 
 ARTICLES = frozenset({"a", "an", "the"})
@@ -170,9 +172,9 @@ class JudgeParams:
     """The API base URL (None: the client's default, or OPENAI_BASE_URL)."""
     api_key_env: str = "OPENAI_API_KEY"
     """The environment variable holding the API key (the key itself is never a param)."""
-    max_items: int = 64
+    max_items: int = bounded(64, minimum=0)
     """At most this many (item, condition) answers are judged."""
-    timeout_s: float = 30.0
+    timeout_s: float = bounded(30.0, exclusiveMinimum=0)
     """Per-request timeout in seconds."""
 
 

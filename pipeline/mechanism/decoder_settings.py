@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.mechanism.dialogs import INJECT_MODES, ReadAt, parse_positions
+from pipeline.mechanism.dialogs import INJECT_MODES, Inject, ReadAt, parse_positions
 
 
 class UntrainedLayer(ValueError):
@@ -37,7 +37,7 @@ class DecoderSettings:
     """Trained on bf16-cached activations: reads are rounded to bf16 the same way."""
     read_layers: tuple[int, ...] = ()
     """Every target block the decoder was trained to read (default: ``read_layer`` alone)."""
-    inject: str = "replace"
+    inject: Inject = "replace"
     """How activations are written (``dialogs.INJECT_MODES``)."""
     all_layers: bool = False
     """Read every layer of ``read_layers`` at once, one named placeholder group each (a decoder

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal, get_args
 
 ACKNOWLEDGEMENT = "Okay, I have read the activations. What would you like to know?"
 PLACEHOLDER_TEXT = "?"
 _SENTINEL = "\u2063PLACEHOLDER\u2063"  # cannot occur in a template's own text
-INJECT_MODES = ("replace", "add")
+Inject = Literal["replace", "add"]
 """How read activations enter the decoder's residual stream at the placeholders, both scaled to
 the decoder's own norm there: ``replace`` it, or ``add`` to it (Activation Oracles' injection)."""
+INJECT_MODES = get_args(Inject)
 
 
 @dataclass(frozen=True)

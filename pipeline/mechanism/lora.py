@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from torch import nn
+
+LoraBlocks = Literal["all", "from_write"]
+"""Which decoder blocks get adapters: ``all``, or ``from_write``: the write block and above."""
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -63,7 +66,7 @@ def add_lora(
 def adapter_blocks(lora_blocks: str, write_layer: int, n_blocks: int) -> range | None:
     """The blocks that get adapters: every one (None) for ``all``, the write block and above for
     ``from_write`` (the backward then stops at the write block)."""
-    if lora_blocks not in ("all", "from_write"):
+    if lora_blocks not in get_args(LoraBlocks):
         raise ValueError(f"lora_blocks must be 'all' or 'from_write', not {lora_blocks!r}")
     return range(write_layer, n_blocks) if lora_blocks == "from_write" else None
 

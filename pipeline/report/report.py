@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import stage, store
+from pipeline.core.stage import bounded
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.report import examples, headline, learning, reading_curve
 from pipeline.report.html import Section, markdown_body, report_html, report_markdown
@@ -21,7 +22,7 @@ TITLE = "Decoder report"
 class ReportParams:
     """How the report is drawn."""
 
-    smoothing: int = 5
+    smoothing: int = bounded(5, minimum=1)
     """Window (in logged steps) of the moving average drawn over the training loss."""
     compare_with: list[str] = field(default_factory=list)
     """Experiments whose decoders are drawn beside this one: reading metrics against training
@@ -29,14 +30,10 @@ class ReportParams:
     readers: bool = False
     """Show the readers beside the decoder (probes, logit lens, explanation scoring); needs the
     experiment's ``analysis`` section and builds it with the experiment."""
-    examples_per_metric: int = 3
+    examples_per_metric: int = bounded(3, minimum=0)
     """Example reads shown per kind of item (held-out persona, relation fact, subject, LatentQA)."""
     seed: int = 0
     """Seed of the example reads' sample."""
-
-    def __post_init__(self) -> None:
-        if self.examples_per_metric < 0 or self.smoothing < 1:
-            raise stage.ParamsError("report: examples_per_metric >= 0 and smoothing >= 1")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
