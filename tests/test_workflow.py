@@ -6,7 +6,8 @@ unchanged, built configuration schedules no job; (b) an evaluation setting sched
 evaluation and report jobs; (c) a training setting schedules training and its descendants, not
 data, filtering or caching; (d) reverting a built change schedules no job and the view points at
 the old artifacts again; (e) editing a stage's source reruns that stage and its descendants; (f)
-an emptied store is rebuilt; (g) a run killed after a job published its output resumes.
+an emptied store is rebuilt; (g) a run killed after a job published its output resumes; (h) a
+stage added as its module and one declaration in the registry runs (README, "Adding a stage").
 """
 
 from __future__ import annotations
@@ -308,3 +309,70 @@ def test_g_a_run_killed_after_a_job_published_is_resumed_by_the_normal_command(b
     assert built.scheduled() == {}, log.read_text()[-3000:]
     assert "Nothing to be done" in built.snakemake()
     assert (view / "view.json").stat().st_mtime == published
+
+
+TOKEN_COUNT = '''"""Stage `token_count`: the dialogs of one split that the filter kept."""
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.core import stage
+from pipeline.data.schema import read_dialogs
+
+
+@dataclass
+class TokenCountParams:
+    """What to count."""
+
+    split: Literal["train", "validation", "eval"] = "train"
+    """The split whose dialogs are counted."""
+
+
+def run(params, inputs, workdir, info):
+    rows = read_dialogs(inputs["data"] / "dialogs.parquet")
+    rows = [r for r in rows if r["split"] == params.split]
+    counts = {"dialogs": len(rows), "turns": sum(len(r["messages"]) for r in rows)}
+    (workdir / "counts.json").write_text(json.dumps(counts))
+    info.update(counts)
+
+
+if __name__ == "__main__":
+    stage.main("token_count", TokenCountParams, run, needs=("data",))
+'''
+
+DECLARATION = """
+STAGES["token_count"] = StageSpec(
+    "analysis.token_count",
+    "analysis.token_count:TokenCountParams",
+    threads=1,
+    mem_mb=1000,
+    reads={"data": "filter"},
+)
+"""
+
+
+def test_h_a_stage_added_as_its_module_and_one_declaration_runs(built):
+    (built.root / "pipeline" / "analysis" / "token_count.py").write_text(TOKEN_COUNT)
+    registry = built.root / "pipeline" / "core" / "stages.py"
+    registry.write_text(registry.read_text() + DECLARATION)
+    schema = subprocess.run(
+        [sys.executable, "-m", "pipeline.core.config_schema"],
+        cwd=built.root,
+        env=built.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (built.root / "workflow" / "schemas" / "config.schema.yaml").write_text(schema)
+    built.config["experiments"]["tiny"]["token_count"] = {"split": "eval"}
+    built.write_config()
+    assert "token_count" in built.snakemake("--list-rules").split()
+    assert built.scheduled() == {"token_count": 1, "experiment": 1}  # nothing else reruns
+    built.snakemake()
+    counts = json.loads((built.root / built.view()["token_count"] / "counts.json").read_text())
+    assert counts["dialogs"] > 0 and counts["turns"] >= 2 * counts["dialogs"]
+    built.config["experiments"]["tiny"]["token_count"] = {"split": "nonsense"}
+    built.write_config()
+    with pytest.raises(AssertionError, match="token_count.split"):
+        built.snakemake("-n")  # its choices are checked at parse, like any stage's

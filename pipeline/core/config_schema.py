@@ -98,6 +98,9 @@ def experiment_schema() -> dict[str, Any]:
         "reading_curve": dataclass_schema(stages.params_class("reading_curve")),
         "report": dataclass_schema(stages.params_class("report")),
     }
+    for name, spec in stages.STAGES.items():
+        if spec.reads:
+            sections[name] = dataclass_schema(stages.params_class(name))
     data = {}
     for source, stage_name in graph.DATA_SOURCES.items():
         extra = {}

@@ -266,10 +266,34 @@ def experiment_graph(
             report_inputs.update({name: analysis[name] for name in ("probes", "lens", "explain")})
     elif report_params["readers"]:
         raise ValueError(f"{where}.report.readers needs an analysis section (`analysis: {{}}`)")
+    nodes.update(declared_nodes(config, where, nodes))
     nodes["report"] = Node("report", report_params, report_inputs)
     for node in nodes.values():
         _assign_key(node)
     return nodes
+
+
+def declared_nodes(
+    config: Mapping[str, Any], where: str, nodes: Mapping[str, Node]
+) -> dict[str, Node]:
+    """The stages wired by their declaration alone (``StageSpec.reads``) that the experiment has
+    a section for, each reading the nodes its declaration names."""
+    out = {}
+    for stage_name, spec in stages.STAGES.items():
+        if not spec.reads or stage_name not in config:
+            continue
+        missing = sorted(up for up in spec.reads.values() if up not in nodes)
+        if missing:
+            raise ValueError(
+                f"{where}.{stage_name}: the stage reads {missing}, which this experiment does "
+                "not build"
+            )
+        out[stage_name] = Node(
+            stage_name,
+            full_params(stage_name, config[stage_name], f"{where}.{stage_name}"),
+            {name: nodes[up] for name, up in spec.reads.items()},
+        )
+    return out
 
 
 def reading_curve_node(

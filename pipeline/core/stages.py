@@ -9,7 +9,8 @@ from __future__ import annotations
 import ast
 import glob
 import importlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class StageSpec:
     """``python`` (one process) or ``torchrun`` (one process per device, ``resources.nproc``)."""
     report_patterns: tuple[str, ...] = ()
     """Files of its artifact that ``snakemake --report`` shows (Snakemake report patterns)."""
+    reads: Mapping[str, str] = field(default_factory=dict)
+    """A stage wired by this declaration alone: its input names and the nodes they read
+    (``{"data": "filter", "train": "train"}``); an experiment runs it when it has a section of
+    the stage's name. Empty for the stages ``graph.py`` wires itself."""
 
     def __post_init__(self) -> None:
         if self.launcher not in ("python", "torchrun"):
