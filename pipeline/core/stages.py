@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pipeline.core import store
 
@@ -36,7 +37,7 @@ class StageSpec:
     """Memory of its job by default, in MB."""
     runtime: int = 120
     """Wall time of its job by default, in minutes."""
-    launcher: str = "python"
+    launcher: Literal["python", "torchrun"] = "python"
     """``python`` (one process) or ``torchrun`` (one process per device, ``resources.nproc``)."""
     report_patterns: tuple[str, ...] = ()
     """Files of its artifact that ``snakemake --report`` shows (Snakemake report patterns)."""
