@@ -10,6 +10,7 @@ import torch
 from conftest import REPO
 
 from pipeline.core import store
+from pipeline.core.stats import derangement
 from pipeline.data.schema import validate_records, write_dialogs
 from pipeline.evaluation import conditions, evaluate
 from pipeline.evaluation.conditions import CONDITIONS, condition_inputs, text_only_example
@@ -19,7 +20,6 @@ from pipeline.mechanism.decoder_files import load_decoder
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import build_decoder_example, placeholder_id
 from pipeline.mechanism.reading import compute_reads
-from pipeline.training.sampling import derangement
 
 READ_LAYER = 2
 PERSONAS = {

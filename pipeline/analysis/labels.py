@@ -23,7 +23,7 @@ import torch
 
 from pipeline.analysis import readers
 from pipeline.analysis.params import ProbeParams
-from pipeline.evaluation.scoring import summarize
+from pipeline.core.stats import summarize
 
 log = logging.getLogger("pipeline.analysis.labels")
 SPLITS = ("train", "validation", "eval")
@@ -88,7 +88,7 @@ def build_task(rows: list[dict], cached_ids: set[str], params: ProbeParams) -> L
 def label_embeddings(texts: list[str], model, tokenizer) -> tuple[torch.Tensor, str]:
     """(L2-normalised embeddings, the embedder's name): all-MiniLM-L6-v2 when installed, else the
     mean of the model's own input embeddings of each description's tokens."""
-    from pipeline.evaluation.scoring import MiniLMSimilarity, minilm_available
+    from pipeline.mechanism.similarity import MiniLMSimilarity, minilm_available
 
     if minilm_available():
         return MiniLMSimilarity().embed(texts), "all-MiniLM-L6-v2"

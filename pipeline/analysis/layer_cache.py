@@ -105,7 +105,7 @@ def run(
 
     from pipeline.data.schema import CONTROL_KINDS, read_dialogs
     from pipeline.mechanism.dialogs import tokenize_read_dialog
-    from pipeline.mechanism.modeling import decoder_layers, load_model
+    from pipeline.mechanism.modeling import decoder_layers, load_model, resolve_device
 
     for name in ("data", "model"):
         if name not in inputs:
@@ -116,9 +116,7 @@ def run(
     rows = select_rows(read_dialogs(source), kinds, params.max_per_split, params.seed)
     if not rows:
         raise ValueError(f"{source}: no dialogs to cache (items: {params.items})")
-    device = params.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(params.device)
     model, tokenizer = load_model(inputs["model"], params.dtype, device)
     model.eval()
     n_blocks = len(decoder_layers(model))

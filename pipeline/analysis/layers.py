@@ -84,7 +84,7 @@ def validation_accuracies(paths: dict[str, Path], model_dir: Path, params) -> di
         out["labels"] = [None] * len(cache.layers)
         return out
     model = tokenizer = None
-    from pipeline.evaluation.scoring import minilm_available
+    from pipeline.mechanism.similarity import minilm_available
 
     if not minilm_available():
         from pipeline.mechanism.modeling import load_model

@@ -182,7 +182,6 @@ def summarize_lens(records: list[dict], n_layers: int) -> dict[str, Any]:
 
 
 def run(params: LensParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]) -> None:
-    import torch
 
     from pipeline.analysis.plots import plot_lens
     from pipeline.data.relations import load_relations, select
@@ -191,10 +190,7 @@ def run(params: LensParams, inputs: dict[str, Path], workdir: Path, info: dict[s
     for name in ("model", "relations", "translation"):
         if name not in inputs:
             raise SystemExit(f"lens: needs --input {name}=PATH")
-    device = params.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(inputs["model"], params.dtype, device)
+    model, tokenizer = load_model(inputs["model"], params.dtype, params.device)
     model.eval()
     relations = load_relations(inputs["relations"])
     if params.relations is not None:

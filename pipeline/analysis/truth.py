@@ -17,8 +17,8 @@ import torch
 
 from pipeline.analysis import readers
 from pipeline.analysis.params import ProbeParams
+from pipeline.core.stats import summarize
 from pipeline.data.statements import is_true
-from pipeline.evaluation.scoring import summarize
 
 log = logging.getLogger("pipeline.analysis.truth")
 HELD_OUT = ("validation", "eval")

@@ -48,7 +48,7 @@ from pipeline.mechanism.decoder import answer_loss, collate
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import TokenizedRead, build_decoder_example, tokenize_read_dialog
 from pipeline.mechanism.lora import DEFAULT_TARGETS
-from pipeline.mechanism.modeling import decoder_layers, load_model
+from pipeline.mechanism.modeling import decoder_layers, load_model, resolve_device
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
 
 log = logging.getLogger("pipeline.control.control")
@@ -323,9 +323,7 @@ def prepare(params: ControlParams, inputs: dict[str, Path]):
     prompts = load_prompts(inputs["prompts"])
     split = split_prompts(prompts, params.n_prompts, params.n_eval_prompts, params.seed)
     settings = decoder_settings(inputs["train"])
-    device = params.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(params.device)
     torch.manual_seed(params.seed)
     base, tokenizer = load_model(inputs["model"], params.dtype, device)
     settings.check_depth(len(decoder_layers(base)))
@@ -333,7 +331,7 @@ def prepare(params: ControlParams, inputs: dict[str, Path]):
     model = attach_adapters(
         base, adapter, settings.read_layer, params.lora_r, params.lora_alpha, params.seed
     )
-    rig = Rig(model, tokenizer, settings, device=torch.device(device))
+    rig = Rig(model, tokenizer, settings, device=device)
     rig.bf16 = params.dtype == "bfloat16"
     return rig, target, *split
 

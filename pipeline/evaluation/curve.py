@@ -70,7 +70,7 @@ class CurveParams:
 
 
 def _points(scored: dict[str, list[float]], bootstrap: int, seed: int) -> dict[str, Any]:
-    from pipeline.evaluation.scoring import summarize
+    from pipeline.core.stats import summarize
 
     out: dict[str, Any] = {
         "conditions": {c: summarize(v, bootstrap, seed) for c, v in scored.items()}
@@ -132,6 +132,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from pipeline.core.stats import derangement
     from pipeline.data.schema import read_dialogs
     from pipeline.evaluation.concepts import load_synonyms
     from pipeline.evaluation.evaluate import ALL, latentqa_rows_to_score
@@ -143,7 +144,6 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.reading import compute_reads, target_mode
     from pipeline.training.checkpoint_adapters import published
-    from pipeline.training.sampling import derangement
 
     for name in ("model", "train", "evaluate", "data", "relations", "synonyms"):
         if name not in inputs:

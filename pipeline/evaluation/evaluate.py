@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from pipeline.core import stage
+from pipeline.core.stats import derangement, summarize
 from pipeline.data.schema import read_dialogs
 from pipeline.evaluation import items as eval_items
 from pipeline.evaluation.choice_items import task_metrics, truth_metric
@@ -37,13 +38,12 @@ from pipeline.evaluation.concepts import load_synonyms
 from pipeline.evaluation.conditions import CONDITIONS, READING, run_condition, score_rows
 from pipeline.evaluation.items import Metric, build_metrics, dialog_key, training_text
 from pipeline.evaluation.params import EvalParams
-from pipeline.evaluation.scoring import LLMJudge, load_similarity, summarize
+from pipeline.evaluation.scoring import LLMJudge, load_similarity
 from pipeline.evaluation.tables import write_plots, write_tables
 from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_files import load_decoder
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.reading import compute_reads
-from pipeline.training.sampling import derangement
 
 log = logging.getLogger("pipeline.evaluation.evaluate")
 

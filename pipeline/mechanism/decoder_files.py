@@ -12,8 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.core import store
 
 KEY_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -117,11 +115,10 @@ def load_decoder(
     """(PEFT model in eval mode, tokenizer): the one base model, with the adapter loaded."""
     from peft import PeftModel
 
-    from pipeline.mechanism.modeling import load_model
+    from pipeline.mechanism.modeling import load_model, resolve_device
 
     check_base_model(adapter_dir, model_dir, train_manifest)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     base, tokenizer = load_model(model_dir, dtype, device)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))

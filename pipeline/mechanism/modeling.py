@@ -22,6 +22,18 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
 
 
+def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
+    """The device a setting names: ``auto`` is CUDA where there is one, else the CPU; ``cuda`` is
+    this process's GPU (``local_rank`` under torchrun)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
 def attention_implementation(device: str | torch.device) -> str:
     """flash-attn 2 on CUDA when the optional extra is installed, PyTorch SDPA otherwise."""
     on_cuda = torch.device(device).type == "cuda"
@@ -87,7 +99,9 @@ def load_model(
     dtype: str = "float32",
     device: str | torch.device = "cpu",
 ):
-    """Load a prepared model folder (safetensors) and its tokenizer, with no network access."""
+    """Load a prepared model folder (safetensors) and its tokenizer, with no network access, on
+    ``device`` (``auto``: :func:`resolve_device`)."""
+    device = resolve_device(device)
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a prepared model folder (no config.json)")

@@ -138,16 +138,14 @@ def _read_data(folder: Path) -> list[dict]:
 def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]) -> None:
     from tqdm import tqdm
 
-    from pipeline.mechanism.modeling import load_model
+    from pipeline.mechanism.modeling import load_model, resolve_device
 
     if not params.layers or params.batch_size < 1 or params.shard_tokens < 1:
         raise ValueError(
             "activation_cache: layers must be non-empty, batch_size and shard_tokens positive"
         )
     parse_positions(params.positions)
-    device = params.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(params.device)
     dialogs = _read_data(Path(inputs["data"]))
     ids = [d["id"] for d in dialogs]
     if len(set(ids)) != len(ids):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.mechanism.modeling import resolve_device
+
 
 @dataclass
 class Dist:
@@ -23,14 +25,6 @@ class Dist:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
 
 
 def init_distributed(device: str = "auto") -> Dist:

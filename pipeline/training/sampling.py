@@ -113,25 +113,3 @@ class BucketedBatchSampler:
                     f"{mine[name]}: the checkpoint belongs to another configuration"
                 )
         self.position = int(state["position"])
-
-
-def derangement(groups: list[str], seed: int) -> list[int]:
-    """``perm[i] != i`` for all i, and ``groups[perm[i]] != groups[i]`` whenever no group holds
-    more than half the items: items are laid out group by group (groups in seeded order) and each
-    takes the activations of the item ``m`` places on, ``m`` being the largest group's size."""
-    n = len(groups)
-    if n < 2:
-        return list(range(n))
-    rng = random.Random(seed)
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    names = sorted(by_group)
-    rng.shuffle(names)
-    layout = [i for name in names for i in by_group[name]]
-    shift = max(len(v) for v in by_group.values())
-    shift = shift if shift % n else 1
-    perm = [0] * n
-    for p, i in enumerate(layout):
-        perm[i] = layout[(p + shift) % n]
-    return perm

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pipeline.core import store
+from pipeline.core.stats import derangement
 from pipeline.mechanism.decoder import DecoderBatch, collate
 from pipeline.mechanism.dialogs import (
     DecoderExample,
@@ -22,7 +23,6 @@ from pipeline.mechanism.dialogs import (
 )
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
 from pipeline.training.distributed import Dist
-from pipeline.training.sampling import derangement
 
 
 @dataclass
