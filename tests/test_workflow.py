@@ -150,14 +150,7 @@ def test_analysis_has_its_own_target_reusing_the_built_artifacts(built):
     }
     assert all(built.view()[name] == path for name, path in analysis.items())
     assert (built.root / "results" / "tiny_analysis" / "probes.json").exists()
-    layers = subprocess.run(
-        [sys.executable, "-m", "pipeline.analysis.layers", "--experiment", "tiny"],
-        cwd=built.root,
-        env=built.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    layers = built.module("pipeline.analysis.layers", "--experiment", "tiny")
     assert re.search(r"^suggested read layer: [0-3] ", layers, re.M), layers
     assert len(re.findall(r"^\s+[0-3]\s", layers, re.M)) == 4
     # A training setting leaves what needs no decoder alone: only probes and explanations rerun.
@@ -356,14 +349,7 @@ def test_h_a_stage_added_as_its_module_and_one_declaration_runs(built):
     (built.root / "pipeline" / "analysis" / "token_count.py").write_text(TOKEN_COUNT)
     registry = built.root / "pipeline" / "core" / "stages.py"
     registry.write_text(registry.read_text() + DECLARATION)
-    schema = subprocess.run(
-        [sys.executable, "-m", "pipeline.core.config_schema"],
-        cwd=built.root,
-        env=built.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    schema = built.module("pipeline.core.config_schema")
     (built.root / "workflow" / "schemas" / "config.schema.yaml").write_text(schema)
     built.config["experiments"]["tiny"]["token_count"] = {"split": "eval"}
     built.write_config()

@@ -155,6 +155,17 @@ class Workspace:
         assert result.returncode == 0, output[-6000:]
         return output
 
+    def module(self, name: str, *args: str) -> str:
+        """The output of ``python -m <name> <args>`` run in the workspace (it must succeed)."""
+        return subprocess.run(
+            [sys.executable, "-m", name, *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
     def scheduled(self, target: str = "results/tiny") -> dict[str, int]:
         output = self.snakemake("-n", target=target)
         if "Nothing to be done" in output:

@@ -7,6 +7,7 @@ experiment (or a data file of the repository) provides, so that a name that fits
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,25 @@ def check_mix(where: str, mix: Mapping[str, float] | None, data: Iterable[tuple[
         )
 
 
+@functools.cache
+def _relation_names(path: str, mtime_ns: int, size: int) -> frozenset[str] | None:
+    """The relations a file defines, read once per version of the file (every experiment of a
+    config checks the same file, several times each, whenever the workflow parses)."""
+    try:
+        relations = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["relations"]
+        return frozenset(relation["name"] for relation in relations)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
 def check_relations(where: str, names: Iterable[str] | None, relations_file: Path) -> None:
     """Refuse relation names that ``relations_file`` does not define (None: all of them)."""
     try:
-        relations = yaml.safe_load(Path(relations_file).read_text(encoding="utf-8"))["relations"]
-        known = {relation["name"] for relation in relations}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        stat = Path(relations_file).stat()
+    except OSError:
+        return  # a missing file is refused, by name, by the stages reading it
+    known = _relation_names(str(relations_file), stat.st_mtime_ns, stat.st_size)
+    if known is None:
         return  # an unreadable file is refused, with its faults named, by the stages reading it
     missing = [name for name in names or () if name not in known]
     if missing:
