@@ -77,10 +77,14 @@ def test_read_positions_exclude_masked_turns(tokenizer, kind, messages, masked, 
         assert snippet in text
     for snippet in absent:
         assert snippet not in text
-    # Exactly the masked part is left out: the unread tokens decode to the rendered masked turns.
+    # Exactly the masked part is left out: the unread tokens decode to the rendered masked turns
+    # (with none masked, to what every conversation opening with that role starts with).
     unread = tokenizer.decode(read.input_ids[: read.read_positions[0]])
-    rendered = tokenizer.apply_chat_template(messages[:masked], tokenize=False) if masked else ""
-    assert unread == (rendered or tokenizer.bos_token)
+    if masked:
+        assert unread == tokenizer.apply_chat_template(messages[:masked], tokenize=False)
+    else:
+        other = [{"role": messages[0]["role"], "content": "Something else entirely."}]
+        assert tokenizer.apply_chat_template(other, tokenize=False).startswith(unread)
     assert read.read_positions == list(range(read.read_positions[0], len(read.input_ids)))
 
 
@@ -92,11 +96,20 @@ def test_first_read_token_starts_the_first_unmasked_turn(tokenizer):
     assert read_text(tokenizer, read).endswith("<|im_start|>assistant\n")
 
 
-def test_leading_bos_is_not_read(tokenizer):
+def test_what_every_dialog_starts_with_is_not_read(tokenizer):
+    """With nothing masked, reading starts at the first token two dialogs can differ in: the BOS,
+    SmolLM2's default system prompt and the first turn's header give every dialog the same
+    activations, and would each cost a placeholder."""
     _, messages, _, _, _ = CASES[0]
     read = tokenize_read_dialog(tokenizer, messages, 0)
+    other = tokenize_read_dialog(tokenizer, [{"role": "user", "content": "Hi."}], 0)
+    first = read.read_positions[0]
     assert read.input_ids[0] == tokenizer.bos_token_id
-    assert read.read_positions[0] == 1
+    assert "SmolLM" in tokenizer.decode(read.input_ids[:first])
+    assert read.input_ids[:first] == other.input_ids[:first]
+    assert read.input_ids[first] != other.input_ids[first]
+    assert other.read_positions[0] == first
+    assert tokenizer.decode(read.input_ids[first:]).startswith(CONTROL)
 
 
 def test_last_k_positions(tokenizer):
@@ -164,3 +177,15 @@ def test_reading_prompt_ends_with_generation_prompt(tokenizer):
 
 def test_end_of_turn_ids(tokenizer):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_of_turn_ids(tokenizer)
+
+
+def test_the_decoder_prompt_carries_no_default_system_prompt(tokenizer):
+    """SmolLM2's template adds "You are a helpful AI assistant named SmolLM..." to a chat without a
+    system turn; the decoder's chat gives an empty one instead, 18 tokens shorter, the same for
+    training and reading."""
+    ex = build_decoder_example(tokenizer, [3, 4, 5], "Who are you?", "A pirate.")
+    text = tokenizer.decode(ex.input_ids)
+    assert "SmolLM" not in text
+    assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+    default = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert "SmolLM" in default  # the template would have added it

@@ -101,14 +101,34 @@ def _boundary(tokenizer, prefix_text: str, full_text: str, full_ids: list[int]) 
     )
 
 
+@lru_cache(maxsize=32)
+def _constant_prefix(tokenizer, role: str) -> tuple[int, ...]:
+    """The tokens that every conversation opening with a ``role`` turn starts with: the BOS, any
+    default system prompt the template adds, the turn's header. A causal model's activations there
+    are the same for every such conversation, so they carry nothing to read."""
+    try:
+        first, second = (
+            encode(tokenizer, render(tokenizer, [{"role": role, "content": text}]))
+            for text in ("x", "y")
+        )
+    except Exception:  # a template that refuses a conversation of one such turn
+        return ()
+    common = 0
+    while common < min(len(first), len(second)) and first[common] == second[common]:
+        common += 1
+    return tuple(first[:common])
+
+
 def tokenize_read_dialog(
     tokenizer, messages: list[dict], n_masked_turns: int, positions: str = "all"
 ) -> TokenizedRead:
     """The target's ids for a read dialog and the positions the decoder may read.
 
     Read positions are the tokens of the turns after the first ``n_masked_turns`` (with the
-    generation prompt when the dialog ends with a user turn), minus a leading BOS token. With no
-    masked turns that includes any preamble the template adds (a default system prompt).
+    generation prompt when the dialog ends with a user turn). With no masked turns, the tokens
+    every conversation starts with (:func:`_constant_prefix`: BOS, a default system prompt the
+    template adds, the first turn's header) are not read: their activations are the same for every
+    dialog, and each would cost the decoder a placeholder.
     """
     if not messages:
         raise ValueError("a read dialog needs at least one message")
@@ -117,16 +137,14 @@ def tokenize_read_dialog(
     keep_last = parse_positions(positions)
     full_text = render(tokenizer, messages, add_generation_prompt=messages[-1]["role"] == "user")
     input_ids = encode(tokenizer, full_text)
-    start = 0
     if n_masked_turns:
         prefix_text = render(tokenizer, messages[:n_masked_turns])
         start = _boundary(tokenizer, prefix_text, full_text, input_ids)
-    if (
-        start == 0
-        and tokenizer.bos_token_id is not None
-        and input_ids[:1] == [tokenizer.bos_token_id]
-    ):
-        start = 1
+    else:
+        constant = _constant_prefix(tokenizer, messages[0]["role"])
+        start = len(constant) if tuple(input_ids[: len(constant)]) == constant else 0
+        if start == 0 and input_ids[:1] == [tokenizer.bos_token_id]:
+            start = 1
     read = list(range(start, len(input_ids)))
     if not read:
         raise ValueError("the read dialog has no tokens after its masked turns")
@@ -180,6 +198,20 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return list(_end_of_turn_ids(tokenizer))
 
 
+@lru_cache(maxsize=32)
+def _decoder_opening(tokenizer) -> tuple[dict, ...]:
+    """What the decoder's chat opens with: nothing, or an empty system turn where the template
+    would otherwise add a default system prompt of its own (SmolLM2 adds 18 tokens to every
+    decoder prompt; Llama-3's adds none). Whichever renders shorter; no system turn on a tie."""
+    probe = [{"role": "user", "content": "x"}]
+    empty = ({"role": "system", "content": ""},)
+    try:
+        with_empty = len(encode(tokenizer, render(tokenizer, [*empty, *probe])))
+    except Exception:  # a template without a system role
+        return ()
+    return empty if with_empty < len(encode(tokenizer, render(tokenizer, probe))) else ()
+
+
 def build_decoder_example(
     tokenizer,
     read_positions: Sequence[int] | Sequence[Sequence[int]],
@@ -188,7 +220,9 @@ def build_decoder_example(
     align_positions: bool = True,
     at: ReadAt | Sequence[ReadAt] | None = None,
 ) -> DecoderExample:
-    """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any).
+    """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any),
+    after an empty system turn where the template would add a default one
+    (:func:`_decoder_opening`).
 
     ``answer=None`` ends the prompt with the generation prompt (for reading), all labels -100.
     ``at``: the read and write blocks (default: write at block 0, the read block not named); a
@@ -206,6 +240,7 @@ def build_decoder_example(
     if len(spans) != len(groups) or not all(spans):
         raise ValueError("a decoder example needs at least one read position per read layer")
     messages = [
+        *_decoder_opening(tokenizer),
         {"role": "user", "content": " ".join(g.prefix() + _SENTINEL for g in groups)},
         {"role": "assistant", "content": ACKNOWLEDGEMENT},
         {"role": "user", "content": question},
