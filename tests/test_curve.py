@@ -52,14 +52,13 @@ DECODERS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(DECODERS))
-def curve_run(request, tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("curve")
+def _run_curve(root, tiny_model_dir, decoder: dict, evaluation: dict, params):
+    """Train artifact with adapters at steps 1 (the identity) and 2, its evaluation, its curve."""
     (root / "data").mkdir()
     write_dialogs(rows(), root / "data" / "dialogs.parquet")
     relations = root / "relations.yaml"
     relations.write_text(RELATIONS)
-    train = make_train_artifact(root, tiny_model_dir, **DECODERS[request.param])
+    train = make_train_artifact(root, tiny_model_dir, **decoder)
     along = train / "checkpoint_adapters"
     _zero_adapter(train / "adapter", along / step_folder(1))
     shutil.copytree(train / "adapter", along / step_folder(2))
@@ -72,14 +71,21 @@ def curve_run(request, tmp_path_factory, tiny_model_dir):
     }
     evaluated = root / "evaluate"
     evaluated.mkdir()
-    evaluate.run(EvalParams(**EVAL), inputs, evaluated, {})
-    store.write_manifest(evaluated, "2" * 16, "evaluate", EVAL, {})
+    evaluate.run(EvalParams(**evaluation), inputs, evaluated, {})
+    store.write_manifest(evaluated, "2" * 16, "evaluate", evaluation, {})
     out = root / "curve_out"
     out.mkdir()
-    params = curve.CurveParams(max_items=3, conditions=["true", "shuffled", "text_only"])
     info: dict = {}
     curve.run(params, {**inputs, "evaluate": evaluated}, out, info)
     return out, evaluated, info
+
+
+@pytest.fixture(scope="module", params=list(DECODERS))
+def curve_run(request, tmp_path_factory, tiny_model_dir):
+    params = curve.CurveParams(max_items=3, conditions=["true", "shuffled", "text_only"])
+    return _run_curve(
+        tmp_path_factory.mktemp("curve"), tiny_model_dir, DECODERS[request.param], EVAL, params
+    )
 
 
 def test_every_published_step_and_the_start_are_scored(curve_run):
@@ -155,6 +161,43 @@ def test_step_zero_is_the_base_model_and_the_last_step_the_evaluated_decoder(cur
                 assert r["score"] == pytest.approx(own["score"], abs=1e-4)
             compared += 1
     assert compared == sum(1 for r in records if r["step"] == 0 and r["condition"] != "shuffled")
+
+
+def test_the_all_layers_scope_adds_every_other_read_layer(tmp_path, tiny_model_dir):
+    """``layers: all``: each metric at its reported layer under its own name, and at the other
+    read layer as ``<metric>@<layer>`` (true and shuffled; text reads no layer), whose last step
+    scores each item as an all-layer evaluation does at that layer."""
+    params = curve.CurveParams(
+        max_items=3, conditions=["true", "shuffled", "text_only"], layers="all"
+    )
+    evaluation = {**EVAL, "layers": "all"}
+    out, evaluated, _ = _run_curve(
+        tmp_path, tiny_model_dir, DECODERS["two_layers"], evaluation, params
+    )
+    report = json.loads((out / "curve.json").read_text())
+    reported = json.loads((evaluated / "eval.json").read_text())["metrics"]
+    own = [name for name in report["metrics"] if "@" not in name]
+    assert "answer_loglik" in own and "subject_identification" in own
+    for name in own:
+        layer = report["metrics"][name]["layer"]
+        assert layer == reported[name]["layer"], name
+        other = ({1, 2} - {layer}).pop()
+        at_other = report["metrics"][f"{name}@{other}"]
+        assert at_other["layer"] == other and at_other["items"] == report["metrics"][name]["items"]
+        for point in at_other["points"]:
+            assert set(point["conditions"]) == {"true", "shuffled"}
+    assert len(report["metrics"]) == 2 * len(own)
+    final = {
+        (r["metric"], r["item"], r["condition"], r["layer"]): r
+        for r in map(json.loads, (evaluated / "predictions.jsonl").open())
+    }
+    records = [json.loads(line) for line in (out / "curve_predictions.jsonl").open()]
+    at_layers = {(r["metric"], r["layer"]) for r in records if r["condition"] == "true"}
+    assert {layer for _, layer in at_layers} == {1, 2}
+    for r in records:
+        if r["step"] == 2 and r["condition"] == "true" and r["metric"] == "answer_loglik":
+            expected = final[(r["metric"], r["item"], "true", r["layer"])]["score"]
+            assert r["score"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_conditions_are_checked():

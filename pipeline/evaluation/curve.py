@@ -8,8 +8,10 @@ of each of ``metrics`` (the evaluation's own seeded order, so a fixed subset) ar
 the identity, so step 0 is the base model). The target's activations do not depend on the
 adapter: they are read once. A decoder of several read layers is scored at the layer the
 evaluation reported each metric at (``layer`` in ``eval.json``: the one chosen for its family on
-the validation split, ``all`` for a decoder reading every layer at once). Steps, not minutes, so
-two runs of one experiment draw one curve. Outputs ``curve.json`` and ``curve_predictions.jsonl``.
+the validation split, ``all`` for a decoder reading every layer at once); with ``layers: all``,
+at each of its read layers too (``<metric>@<layer>``): how many steps each depth needs. Steps, not
+minutes, so two runs of one experiment draw one curve. Outputs ``curve.json`` and
+``curve_predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class CurveParams:
     """Conditions scored at each step: ``true``, ``shuffled``, ``text_only``."""
     start: bool = True
     """Also score step 0, the base model before training (the adapter off)."""
+    layers: Literal["chosen", "all"] = "chosen"
+    """``chosen``: each metric at the layer its evaluation reported; ``all``: at every read layer
+    of the decoder too (each costs as much again), as ``<metric>@<layer>``."""
     batch_size: int = bounded(16, minimum=1)
     """Decoder prompts per forward pass."""
     dtype: Dtype = "float32"
@@ -84,7 +89,7 @@ def _points(scored: dict[str, list[float]], bootstrap: int, seed: int) -> dict[s
 def metric_layers(metrics, eval_report: dict, settings, choice) -> dict[str, int | str]:
     """Each metric's read layer: where the evaluation reported it (``eval.json``), else the layer
     chosen for its family (``all`` for a decoder that reads every layer at once)."""
-    from pipeline.evaluation.evaluate import ALL
+    from pipeline.evaluation.layer_runs import ALL
 
     layers: dict[str, int | str] = {}
     for metric in metrics:
@@ -100,17 +105,34 @@ def metric_layers(metrics, eval_report: dict, settings, choice) -> dict[str, int
     return layers
 
 
-def score_step(model, tokenizer, metrics, at, perms, params, eval_params, scorers):
-    """Per metric name (one per scorer): condition -> per-item scores; and prediction records.
-    ``at[name]``: the metric's (layer, reads, settings)."""
+def curve_entries(metrics, layers: dict[str, int | str], scope: str, settings) -> list[tuple]:
+    """(name suffix, metric, layer) to score: each metric at its layer, named as the metric; with
+    ``scope == "all"`` also at every other read layer, named ``<metric>@<layer>``."""
+    entries = [("", m, layers[m.name]) for m in metrics]
+    if scope == "all" and not settings.all_layers:
+        entries += [
+            (f"@{layer}", m, layer)
+            for m in metrics
+            for layer in settings.read_layers
+            if layer != layers[m.name]
+        ]
+    return entries
+
+
+def score_step(model, tokenizer, entries, at, perms, params, eval_params, scorers):
+    """Per curve name (one per entry and scorer): condition -> per-item scores; and prediction
+    records. ``entries``: (name suffix, metric, layer) from :func:`curve_entries`; ``at[layer]``:
+    that layer's (reads, settings)."""
     from pipeline.evaluation.conditions import run_condition, score_rows
 
     scored: dict[str, dict[str, list[float]]] = {}
     records: list[dict[str, Any]] = []
-    for metric in metrics:
-        names = [metric.name] + [f"{metric.name}_{s}" for s in metric.scorers[1:]]
-        layer, reads, settings = at[metric.name]
+    for where, metric, layer in entries:
+        names = [metric.name + s + where for s in _suffixes(metric)]
+        reads, settings = at[layer]
         for condition in params.conditions:
+            if condition == "text_only" and where:
+                continue  # text reads no layer: scored once, with the metric's own entry
             rows = run_condition(
                 model, tokenizer, metric, condition, reads, perms[metric.name], settings,
                 eval_params,
@@ -121,10 +143,10 @@ def score_step(model, tokenizer, metrics, at, perms, params, eval_params, scorer
                     row[scorer] = score
             for name, scorer in zip(names, metric.scorers or ("score",), strict=True):
                 scored.setdefault(name, {})[condition] = [r[scorer] for r in rows]
-            where = None if condition == "text_only" else layer  # text reads no layer
+            read_at = None if condition == "text_only" else layer  # text reads no layer
             for item, row in zip(metric.items, rows, strict=True):
                 records.append({"metric": metric.name, "item": item.id, "condition": condition,
-                                "layer": where, **row})  # fmt: skip
+                                "layer": read_at, **row})  # fmt: skip
     return scored, records
 
 
@@ -135,8 +157,9 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     from pipeline.core.stats import derangement
     from pipeline.data.schema import read_dialogs
     from pipeline.evaluation.concepts import load_synonyms
-    from pipeline.evaluation.evaluate import ALL, latentqa_rows_to_score
     from pipeline.evaluation.items import build_metrics
+    from pipeline.evaluation.latentqa_rows import latentqa_rows_to_score
+    from pipeline.evaluation.layer_runs import ALL
     from pipeline.evaluation.params import EvalParams
     from pipeline.evaluation.scoring import load_similarity
     from pipeline.mechanism import layer_choice
@@ -181,11 +204,13 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     )
     perms = {m.name: derangement([it.group for it in m.items], eval_params.seed) for m in metrics}
     layers = metric_layers(metrics, eval_report, settings, choice)
-    at: dict[str, tuple[int | str, dict, Any]] = {}
-    for layer in sorted(set(layers.values()), key=str):
+    entries = curve_entries(metrics, layers, params.layers, settings)
+    at: dict[int | str, tuple[dict, Any]] = {}
+    for layer in sorted({layer for _, _, layer in entries}, key=str):
         there = settings if layer == ALL else settings.with_layer(int(layer))
-        chosen = [m for m in metrics if layers[m.name] == layer]
-        dialogs = sorted({item.dialog for m in chosen for item in m.items})
+        dialogs = sorted(
+            {i.dialog for _, m, at_layer in entries if at_layer == layer for i in m.items}
+        )
         computed = compute_reads(
             model,
             tokenizer,
@@ -194,8 +219,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
             params.batch_size,
             desc=f"reading block {layer}",
         )
-        reads = dict(zip(dialogs, computed, strict=True))
-        at.update({m.name: (layer, reads, there) for m in chosen})
+        at[layer] = (dict(zip(dialogs, computed, strict=True)), there)
     steps = ([(0, None)] if params.start else []) + adapters
     curve: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {"reads": round(time.time() - started, 1)}
@@ -214,7 +238,7 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
                     )
             with target_mode(model) if folder is None else contextlib.nullcontext():
                 scored, records = score_step(
-                    model, tokenizer, metrics, at, perms, params, eval_params, scorers
+                    model, tokenizer, entries, at, perms, params, eval_params, scorers
                 )
             for name, by_condition in scored.items():
                 point = _points(by_condition, eval_params.bootstrap, eval_params.seed)
@@ -223,13 +247,13 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
                 out.write(json.dumps({"step": step, **record}, ensure_ascii=False) + "\n")
             seconds[f"step_{step}"] = round(time.time() - tick, 1)
             log.info("step %d scored in %.0f s", step, time.time() - tick)
-    for metric in metrics:
-        for name in [metric.name] + [f"{metric.name}_{s}" for s in metric.scorers[1:]]:
-            curve[name].update(
-                kind=_kind(metric, name),
+    for where, metric, layer in entries:
+        for suffix in _suffixes(metric):
+            curve[metric.name + suffix + where].update(
+                kind=_kind(metric, metric.name + suffix),
                 n=len(metric.items),
                 items=[i.id for i in metric.items],
-                layer=layers[metric.name],
+                layer=layer,
             )
     seconds["total"] = round(time.time() - started, 1)
     report = {
@@ -244,6 +268,11 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     (workdir / "curve.json").write_text(json.dumps(report, indent=2) + "\n")
     info.update(steps=report["steps"], items=sum(len(m.items) for m in metrics))
     info["seconds"] = seconds["total"]
+
+
+def _suffixes(metric) -> list[str]:
+    """Name suffixes of a metric's scorers: its first scorer gives the metric's own name."""
+    return ["", *(f"_{s}" for s in metric.scorers[1:])]
 
 
 def _kind(metric, name: str) -> str:

@@ -13,8 +13,16 @@ STYLES = {"true": ("o-", "C0"), "shuffled": ("s--", "C7"), "text_only": ("^:", "
 
 
 def shown(curve: dict[str, Any]) -> list[str]:
-    """The curve's reading metrics, in the headline's order."""
-    return [name for name in READING if name in curve["metrics"]]
+    """The curve's reading metrics, in the headline's order, each followed by its other read
+    layers (``<metric>@<layer>``, from ``reading_curve.layers: all``)."""
+    names = []
+    for name in READING:
+        if name in curve["metrics"]:
+            names.append(name)
+            names += sorted(
+                k for k in curve["metrics"] if k.partition("@")[0] == name and k != name
+            )
+    return names
 
 
 def label(curve: dict[str, Any], name: str) -> str:
@@ -24,7 +32,7 @@ def label(curve: dict[str, Any], name: str) -> str:
     where = ""
     if len(curve.get("layers", [])) > 1 and metric.get("layer") is not None:
         where = f", {eval_view.where_read(metric['layer'])}"
-    return f"{name} (n={metric['n']}{where})"
+    return f"{name.partition('@')[0]} (n={metric['n']}{where})"
 
 
 def plot(curve: dict[str, Any], path: Path) -> None:
