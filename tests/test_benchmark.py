@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipeline.bench import benchmark
+from pipeline.bench import benchmark, figures
 
 
 def test_run_writes_figures_and_ratios_from_them(tiny_model_dir, tmp_path, capsys):
@@ -85,7 +85,7 @@ def test_summarize_takes_medians_per_design():
         {"early_stop": {"tokens_per_s": e}, "full_forward": {"tokens_per_s": f}}
         for e, f in ((30, 10), (40, 20), (50, 30))
     ]
-    summary = benchmark.summarize(runs, caching)
+    summary = figures.summarize(runs, caching)
     assert summary["designs"]["a"]["tokens_per_s"] == 20
     assert summary["ratios"]["tokens_per_s_c_over_a"] == pytest.approx(45 / 20)
     assert summary["ratios"]["peak_memory_b_over_a"] == pytest.approx(60 / 200)
@@ -94,7 +94,7 @@ def test_summarize_takes_medians_per_design():
     assert summary["ratios"]["caching_early_over_full"] == pytest.approx(40 / 20)
     assert all(t["met"] for t in summary["targets"].values())
     slow = {**runs, "c": [run(21, 150)] * 3}
-    assert benchmark.summarize(slow, caching)["targets"]["tokens_per_s_c_over_a"]["met"] is False
+    assert figures.summarize(slow, caching)["targets"]["tokens_per_s_c_over_a"]["met"] is False
 
 
 def test_importable_without_polars_or_snakemake():
@@ -106,9 +106,9 @@ def test_importable_without_polars_or_snakemake():
 
 
 def test_median_ignores_missing_figures():
-    assert benchmark._median(
-        [{"mfu": None}, {"mfu": 0.5}, {"mfu": 0.3}], "mfu"
-    ) == statistics.median([0.5, 0.3])
+    assert figures.median([{"mfu": None}, {"mfu": 0.5}, {"mfu": 0.3}], "mfu") == statistics.median(
+        [0.5, 0.3]
+    )
 
 
 def test_live_memory_workers_get_a_fixed_malloc_mmap_threshold(monkeypatch):

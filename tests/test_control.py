@@ -11,21 +11,12 @@ from conftest import build_tiny_model
 from safetensors.torch import load_file
 
 from pipeline.control import control
-from pipeline.control.control import (
-    DECODER,
-    STEER,
-    ControlParams,
-    Rig,
-    attach_adapters,
-    score,
-    steer_parameters,
-    summarize,
-    train_steer,
-    use_adapter,
-)
+from pipeline.control.control import ControlParams, score, summarize, train_steer
 from pipeline.control.inputs import control_target, load_prompts, load_target
+from pipeline.control.rig import DECODER, STEER, Rig, attach_adapters, steer_parameters, use_adapter
 from pipeline.core import store
 from pipeline.data.schema import DataError
+from pipeline.mechanism.decoder import answer_loss, collate
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.lora import add_lora
 
@@ -116,8 +107,8 @@ def test_naive_adapter_switch_would_drop_steer_gradients(setup, tokenizer):
     rig.model.set_adapter(STEER)
     acts = rig.read(reads[:2], [READ_LAYER])[READ_LAYER]
     rig.model.set_adapter(DECODER)
-    batch = control.collate([ex[0] for ex in examples[:2]], acts, tokenizer.pad_token_id)
-    control.answer_loss(rig.model, batch).backward()
+    batch = collate([ex[0] for ex in examples[:2]], acts, tokenizer.pad_token_id)
+    answer_loss(rig.model, batch).backward()
     assert all(p.grad is None for p in steer_parameters(rig.model))
 
 

@@ -11,7 +11,7 @@ from conftest import REPO
 
 from pipeline.core import store
 from pipeline.core.stats import derangement
-from pipeline.data.schema import validate_records, write_dialogs
+from pipeline.data.schema import write_dialogs
 from pipeline.evaluation import conditions, evaluate
 from pipeline.evaluation.conditions import CONDITIONS, condition_inputs, text_only_example
 from pipeline.evaluation.items import Item, Metric, dialog_key
@@ -502,17 +502,3 @@ def test_scorers(scorer, prediction, hit):
     item = Item("i", "g", ((("user", "x"),), 0), "q", reference, case_sensitive=True)
     scores = conditions.score_rows(scorer, [item], [{"prediction": prediction}], None, {})
     assert scores == [float(hit)]
-
-
-def test_latentqa_eval_rows_shared_with_training_stop_the_run():
-    data = validate_records(rows(), "dialogs")
-    imported = [r for r in data if r["source"] == "latentqa-import"]
-    assert evaluate.latentqa_eval_rows(data, imported) == imported
-    train_copy = {**imported[0], "source": "template", "split": "train", "label": "x"}
-    with pytest.raises(SystemExit, match="its dialog also appears in the training data"):
-        evaluate.latentqa_eval_rows([*data, train_copy], imported)
-    shared_pair = {**data[0], "qa": [imported[0]["qa"][1]]}
-    with pytest.raises(SystemExit, match="the QA pair"):
-        evaluate.latentqa_eval_rows([*data, shared_pair], imported)
-    only_train = [{**imported[0], "split": "train"}]
-    assert evaluate.latentqa_eval_rows(data, only_train) == []  # only the eval split is scored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.bench import trainer as bench_trainer
 from pipeline.bench import worker as benchmark_worker
 from pipeline.bench import workload as benchmark_setup
 from pipeline.bench.tensor_memory import live_tensor_bytes, peak_tensor_bytes
@@ -30,7 +31,7 @@ def test_adapter_dropout_follows_the_spec(tiny_model_dir, dropout):
     from torch import nn
 
     spec = BenchSpec(model=str(tiny_model_dir), lora_dropout=dropout)
-    decoder = benchmark_worker.with_adapter(benchmark_setup.load_base(spec)[0], spec)
+    decoder = bench_trainer.with_adapter(benchmark_setup.load_base(spec)[0], spec)
     layers = [m for n, m in decoder.named_modules() if n.endswith("lora_dropout.default")]
     assert layers
     if dropout:
@@ -48,7 +49,7 @@ def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir)
             model=str(tiny_model_dir), examples=4, batch_size=4, read_layer=1, write_layer=2,
             lora_blocks=blocks,
         )  # fmt: skip
-        trainer = benchmark_worker.make_trainer("b", spec, None)
+        trainer = bench_trainer.make_trainer("b", spec, None)
         adapted = {
             int(n.split("layers.")[1].split(".")[0])
             for n, p in trainer.decoder.named_parameters()
@@ -57,16 +58,16 @@ def test_adapters_from_the_write_block_only_shorten_the_backward(tiny_model_dir)
         assert adapted == ({0, 1, 2, 3} if blocks == "all" else {2, 3})
         indices = trainer.work.batches[0]
         trainer.step(indices)
-        steps[blocks] = benchmark_worker.model_flops(trainer, indices)
+        steps[blocks] = bench_trainer.model_flops(trainer, indices)
     assert steps["from_write"] < steps["all"]  # the forward runs all 4 blocks, the backward 2
     with pytest.raises(ValueError, match="lora_blocks"):
         base = benchmark_setup.load_base(spec)[0]
-        benchmark_worker.with_adapter(base, BenchSpec(lora_blocks="below"))
+        bench_trainer.with_adapter(base, BenchSpec(lora_blocks="below"))
 
 
 def test_a_steps_tensor_peak_counts_live_tensors_and_grows_with_the_batch(tiny_model_dir):
     spec = BenchSpec(model=str(tiny_model_dir), examples=8, batch_size=8, read_layer=1)
-    trainer = benchmark_worker.make_trainer("b", spec, None)
+    trainer = bench_trainer.make_trainer("b", spec, None)
     longest = max(range(8), key=lambda i: len(trainer.work.examples[i].input_ids))
     trainer.step([longest])  # the optimizer's state exists from here on
     live = live_tensor_bytes()

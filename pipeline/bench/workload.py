@@ -4,7 +4,7 @@ The workload is read dialogs built from ``data/templates`` in the shape the temp
 (masked system prompt, stimulus, the target's reply) with one QA pair each; the models are a
 prepared folder (read into this process's own memory on CPU) or random weights of a named config;
 the cache is computed through the cache stage's read path and read back as ``ActivationCache``
-does. Nothing here needs polars or snakemake.
+does (`file_cache`). Nothing here needs polars or snakemake.
 """
 
 from __future__ import annotations
@@ -268,62 +268,14 @@ def synchronize(spec: BenchSpec) -> None:
         torch.cuda.synchronize()
 
 
-def _padded(reads, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(reads, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask = pad_batch([r.input_ids for r in reads], pad_id)
     return ids.to(device), mask.to(device)
 
 
 def target_activations(model, reads, layer: int, pad_id: int, spec: BenchSpec, stop_early: bool):
     """Read activations (n_i, D) per dialog through the pipeline's read path, no gradients."""
-    ids, mask = _padded(reads, pad_id, spec.device)
+    ids, mask = padded(reads, pad_id, spec.device)
     with torch.no_grad(), bf16_autocast(spec):
         out = read_activations(model, ids, mask, [layer], stop_early=stop_early)[layer]
     return gather(out, [r.read_positions for r in reads])
-
-
-# --- the cache ---------------------------------------------------------------------------------
-
-
-def compute_cache(model, work: Workload, layers: list[int], pad_id: int, spec, stop_early=True):
-    """bf16 CPU rows per layer and dialog as the cache stage computes them; tokens forwarded."""
-    rows: dict[int, list] = {layer: [None] * len(work.reads) for layer in layers}
-    order = sorted(range(len(work.reads)), key=lambda i: len(work.reads[i].input_ids))
-    forwarded = 0
-    with torch.inference_mode(), bf16_autocast(spec):
-        for start in range(0, len(order), spec.cache_batch_size):
-            chunk = order[start : start + spec.cache_batch_size]
-            ids, mask = _padded([work.reads[i] for i in chunk], pad_id, spec.device)
-            acts = read_activations(model, ids, mask, layers, stop_early=stop_early)
-            forwarded += int(mask.sum())
-            for layer in layers:
-                picked = gather(acts[layer], [work.reads[i].read_positions for i in chunk])
-                for i, value in zip(chunk, picked, strict=True):
-                    rows[layer][i] = value.to("cpu", torch.bfloat16)
-    synchronize(spec)
-    return rows, forwarded
-
-
-def write_cache(path: Path, ids: list[str], rows: dict[int, list]) -> int:
-    """One 2-D bf16 tensor per layer (the shard layout) with its row index; returns bytes."""
-    from safetensors.torch import save_file
-
-    lengths = [int(r.shape[0]) for r in next(iter(rows.values()))]
-    offsets = [sum(lengths[:i]) for i in range(len(lengths))]
-    index = {i: [o, n] for i, o, n in zip(ids, offsets, lengths, strict=True)}
-    tensors = {f"layer_{layer}": torch.cat(chunks).contiguous() for layer, chunks in rows.items()}
-    save_file(tensors, str(path), metadata={"index": json.dumps(index)})
-    return path.stat().st_size
-
-
-class FileCache:
-    """Rows of a written cache, sliced from the file as ``ActivationCache.get`` does."""
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self.handle = safe_open(str(path), "pt")
-        self.index = json.loads(self.handle.metadata()["index"])
-
-    def get(self, dialog_id: str, layer: int) -> torch.Tensor:
-        offset, length = self.index[dialog_id]
-        return self.handle.get_slice(f"layer_{layer}")[offset : offset + length].float()

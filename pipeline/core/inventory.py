@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,16 @@ def view_label(view: View, cwd: Path) -> str:
     """The experiment's name, with its working directory when it is not ``cwd``."""
     workdir = view.path.parent.parent
     return view.experiment if workdir == cwd.resolve() else f"{view.experiment} ({workdir})"
+
+
+def size_text(size: int) -> str:
+    """Bytes for a person: ``4.6 MB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def when_text(stamp: float | None) -> str:
+    """A time stamp for a person, ``-`` if none."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"

@@ -22,18 +22,7 @@ from pathlib import Path
 from pipeline.core import gc, inventory, usage, verify
 from pipeline.core.errors import InputError
 from pipeline.core.experiments import DEFAULT_CONFIG, experiment_graphs, load_config, store_of
-from pipeline.core.inventory import ARTIFACT, STAGING, Entry, View
-
-
-def size_text(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def when_text(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+from pipeline.core.inventory import ARTIFACT, STAGING, Entry, View, size_text, when_text
 
 
 def resolve_store(args: argparse.Namespace) -> Path:

@@ -27,18 +27,26 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.core import stage
-from pipeline.core.stats import derangement, summarize
+from pipeline.core.stats import derangement
 from pipeline.data.schema import read_dialogs
 from pipeline.evaluation import items as eval_items
 from pipeline.evaluation.choice_items import task_metrics, truth_metric
 from pipeline.evaluation.concepts import load_synonyms
-from pipeline.evaluation.conditions import CONDITIONS, READING, run_condition, score_rows
-from pipeline.evaluation.items import Metric, build_metrics, dialog_key, training_text
+from pipeline.evaluation.conditions import CONDITIONS, score_rows
+from pipeline.evaluation.items import Metric, build_metrics, training_text
+from pipeline.evaluation.latentqa_rows import latentqa_rows_to_score
+from pipeline.evaluation.layer_runs import (
+    ALL,
+    by_cond,
+    layer_keys,
+    layer_runs,
+    reads_needed,
+    scored,
+)
 from pipeline.evaluation.params import EvalParams
 from pipeline.evaluation.scoring import LLMJudge, load_similarity
+from pipeline.evaluation.summary import by_part, conditions_summary, judged
 from pipeline.evaluation.tables import write_plots, write_tables
 from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_files import load_decoder
@@ -46,91 +54,6 @@ from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.reading import compute_reads
 
 log = logging.getLogger("pipeline.evaluation.evaluate")
-
-
-def _conditions_summary(rows_by_cond: dict[str, list[dict]], params: EvalParams) -> dict:
-    out: dict[str, Any] = {"conditions": {}}
-    for cond, rows in rows_by_cond.items():
-        out["conditions"][cond] = summarize(
-            [r["score"] for r in rows], params.bootstrap, params.seed
-        )
-        if rows and "nll" in rows[0]:
-            tokens = sum(r["tokens"] for r in rows)
-            nll = sum(r["nll"] for r in rows)
-            out["conditions"][cond]["perplexity"] = float(torch.tensor(nll / max(tokens, 1)).exp())
-    true = [r["score"] for r in rows_by_cond["true"]]
-    for name, other in (("grounding_gap", "shuffled"), ("text_only_gap", "text_only")):
-        diffs = [
-            a - b
-            for a, b in zip(true, [r["score"] for r in rows_by_cond[other]], strict=True)
-            if a is not None and b is not None
-        ]
-        out[name] = summarize(diffs, params.bootstrap, params.seed)
-    return out
-
-
-ALL = "all"
-"""The layer key of a decoder reading every layer at once, reading them all."""
-
-
-def layer_keys(settings, chosen, scope: str) -> list[str]:
-    """The keys of a metric's ``by_layer``. ``scope`` ``chosen``: only ``chosen``, the layer it
-    is reported at; ``all``: each read layer too, and ``all`` first for a decoder reading every
-    layer at once (each layer then alone holds the item's activations, the others the donor's)."""
-    if scope == "chosen":
-        return [str(chosen)]
-    layers = [str(layer) for layer in settings.read_layers]
-    return [ALL, *layers] if settings.all_layers else layers
-
-
-def _runs(model, tokenizer, metric, reads, perm, settings, params, keys) -> dict:
-    """(condition, layer key) -> rows: the reading conditions at each layer key of ``keys``,
-    text-only once (key None)."""
-    first = next(iter(reads.values()))
-    runs = {
-        ("text_only", None): run_condition(
-            model, tokenizer, metric, "text_only", first, perm, settings, params
-        )
-    }
-    for key in keys:
-        if key == ALL:
-            for cond in READING:
-                runs[(cond, ALL)] = run_condition(
-                    model, tokenizer, metric, cond, reads[ALL], perm, settings, params
-                )
-        elif settings.all_layers:
-            # One layer alone of a decoder reading all at once (``ALL`` comes first in ``keys``).
-            layer_reads = {layer: reads[str(layer)] for layer in settings.read_layers}
-            runs[("shuffled", key)] = runs[("shuffled", ALL)]
-            for cond in ("true", "untrained"):
-                runs[(cond, key)] = run_condition(
-                    model, tokenizer, metric, cond, None, perm, settings, params,
-                    keep=int(key), layer_reads=layer_reads,
-                )  # fmt: skip
-        else:
-            there = settings.with_layer(int(key))
-            for cond in READING:
-                runs[(cond, key)] = run_condition(
-                    model, tokenizer, metric, cond, reads[key], perm, there, params
-                )
-    return runs
-
-
-def _reads_needed(settings, keys: set[str]) -> list[str]:
-    """The layer keys whose reads the runs at ``keys`` use: a decoder reading every layer at once
-    needs each layer's own reads too where one layer is scored alone."""
-    if settings.all_layers and keys - {ALL}:
-        keys = keys | {str(layer) for layer in settings.read_layers}
-    return sorted(keys, key=lambda k: (k != ALL, k))
-
-
-def _by_cond(runs: dict, key: str) -> dict[str, list[dict]]:
-    return {c: runs[(c, None if c == "text_only" else key)] for c in CONDITIONS}
-
-
-def _scored(runs: dict, key: str, score: str) -> dict[str, list[dict]]:
-    """The rows of each condition at layer ``key`` with the ``score`` scorer's as ``score``."""
-    return {c: [{**r, "score": r[score]} for r in rows] for c, rows in _by_cond(runs, key).items()}
 
 
 def evaluate(
@@ -167,7 +90,7 @@ def evaluate(
         key: read_all(settings, "reading every block")
         if key == ALL
         else read_all(settings.with_layer(int(key)), f"reading block {key}")
-        for key in _reads_needed(settings, {k for ks in keys.values() for k in ks})
+        for key in reads_needed(settings, {k for ks in keys.values() for k in ks})
     }
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
@@ -184,7 +107,9 @@ def evaluate(
             continue
         started = time.time()
         perm = derangement([it.group for it in metric.items], params.seed)
-        runs = _runs(model, tokenizer, metric, reads, perm, settings, params, keys[metric.name])
+        runs = layer_runs(
+            model, tokenizer, metric, reads, perm, settings, params, keys[metric.name]
+        )
         best, family = placed[metric.name]
         common = {
             "n": len(metric.items),
@@ -214,7 +139,7 @@ def evaluate(
                         row[scorer] = score
             key = "score" if scorer in ("loglik", "choice") else scorer
             by_layer = {
-                k: _conditions_summary(_scored(runs, k, key), params) for k in keys[metric.name]
+                k: conditions_summary(scored(runs, k, key), params) for k in keys[metric.name]
             }
             result = {
                 "description": metric.description,
@@ -229,10 +154,10 @@ def evaluate(
                 result["notes"] = metric.notes
             for part in ("relation", "task"):
                 if any(part in item.meta for item in metric.items):
-                    result[f"by_{part}"] = _by_part(metric, _scored(runs, str(best), key), part)
+                    result[f"by_{part}"] = by_part(metric, scored(runs, str(best), key), part)
             results[name] = result
             if scorer == "similarity" and judge is not None:
-                results[name + "_judge"] = _judge(metric, _by_cond(runs, str(best)), judge, params)
+                results[name + "_judge"] = judged(metric, by_cond(runs, str(best)), judge, params)
         written = set()
         for (cond, layer), rows in runs.items():
             if id(rows) in written:
@@ -252,70 +177,6 @@ def evaluate(
                     }
                 )
     return results, predictions
-
-
-def _by_part(metric: Metric, by_cond, part: str) -> dict[str, dict[str, float]]:
-    """Each condition's mean score per relation (or task) of the items."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for cond, rows in by_cond.items():
-        for item, row in zip(metric.items, rows, strict=True):
-            out.setdefault(item.meta[part], {}).setdefault(cond, []).append(row["score"])
-    return {rel: {c: sum(v) / len(v) for c, v in conds.items()} for rel, conds in out.items()}
-
-
-def _judge(metric: Metric, by_cond, judge, params: EvalParams) -> dict[str, Any]:
-    per_cond = max(1, params.judge.max_items // len(CONDITIONS))
-    items = metric.items[:per_cond]
-    judged = {}
-    for cond, rows in by_cond.items():
-        scores = judge.score(
-            [it.question for it in items],
-            [it.reference for it in items],
-            [r["prediction"] for r in rows[: len(items)]],
-        )
-        judged[cond] = [{"score": s} for s in scores]
-        for row, score in zip(rows, scores, strict=False):
-            row["judge"] = score  # lands in predictions.jsonl beside the similarity score
-    return {
-        "description": f"{metric.description}, judged YES/NO by {params.judge.model}",
-        "n": len(items),
-        "scorer": {"name": params.judge.model, "kind": "llm_judge"},
-        "judge_failures": judge.failures,
-        **_conditions_summary(judged, params),
-    }
-
-
-def latentqa_rows_to_score(inputs: dict[str, Path], rows: list[dict], source: str) -> list[dict]:
-    """The LatentQA rows an evaluation scores: the imported evaluation split (``latentqa``
-    input) if given, else the filtered data's rows of ``source``; eval split only, leak-checked."""
-    if "latentqa" in inputs:
-        latentqa_rows = read_dialogs(inputs["latentqa"] / "dialogs.parquet")
-    else:
-        latentqa_rows = [r for r in rows if r["source"] == source]
-    return latentqa_eval_rows(rows, latentqa_rows)
-
-
-def latentqa_eval_rows(rows, latentqa_rows) -> list[dict]:
-    """The imported LatentQA rows of the eval split, refused if training data shares any of them.
-
-    A shared dialog, or a shared (question, answer) pair, would let the decoder answer from
-    memory; the run stops rather than report such a figure.
-    """
-    train = [r for r in rows if r["split"] == "train"]
-    train_dialogs = {dialog_key(r["messages"], r["n_masked_turns"]) for r in train}
-    train_pairs = {(qa["question"], qa["answer"]) for r in train for qa in r["qa"]}
-    chosen = [r for r in latentqa_rows if r["split"] == "eval"]
-    for row in chosen:
-        shared = dialog_key(row["messages"], row["n_masked_turns"]) in train_dialogs
-        pairs = [(q["question"], q["answer"]) for q in row["qa"]]
-        pair = next((p for p in pairs if p in train_pairs), None)
-        if shared or pair:
-            what = "its dialog" if shared else f"the QA pair {pair!r}"
-            raise SystemExit(
-                f"evaluate: LatentQA eval row {row['id']} ({row['label']}): {what} also "
-                "appears in the training data; evaluating on it would measure memory"
-            )
-    return chosen
 
 
 def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
