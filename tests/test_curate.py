@@ -33,6 +33,8 @@ from pipeline.curation.filters import (
     near_duplicates,
 )
 from pipeline.curation.request_cache import RequestCache
+from pipeline.data.filter import FilterParams
+from pipeline.data.filter import run as filter_run
 from pipeline.data.schema import DataError, read_dialogs, validate_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +55,6 @@ def params(server: FakeOpenAI, tmp_path: Path, **kw) -> CurateParams:
         backoff_base_s=0.01,
         backoff_max_s=0.05,
         cache_dir=str(tmp_path / "cache"),
-        filters={"eval_fraction": 0.25},
     )
     values.update(kw)
     return stage.build_params(CurateParams, values)
@@ -105,9 +106,7 @@ def test_stage_survives_faults_and_a_rerun_sends_nothing(tmp_path):
         ("stimulus_completion", 2),
     }
     assert all(r["label"].split("-")[0] in FAMILY_FILES for r in rows)
-    train = {r["label"] for r in rows if r["split"] == "train"}
-    held = {r["label"] for r in rows if r["split"] == "eval"}
-    assert train and held and not train & held
+    assert {r["split"] for r in rows} == {"train"}  # unsplit: the filter stage splits
     assert report["tokens"]["fresh"]["completion"] == 50 * 24
     # The rerun is served entirely from the cache and writes the same data.
     assert server.calls == calls
@@ -132,6 +131,26 @@ def test_calls_failing_after_retries_fail_the_stage_and_only_they_are_resent(tmp
         rows, report = run_stage(p, tmp_path / "b")
     assert server.calls.total() - before == 1 and report["sent"] == 1
     assert report["cached_before_run"] == 7 and len(rows) == 8 * 2 * 2
+
+
+def test_curated_rows_are_split_once_by_the_filter_stage(tmp_path, tokenizer_dir):
+    with FakeOpenAI() as server:
+        rows, _ = run_stage(params(server, tmp_path), tmp_path / "curated")
+    labels = {r["label"] for r in rows}
+    assert len(labels) == 24 and {r["split"] for r in rows} == {"train"}
+    work = tmp_path / "filter"
+    work.mkdir()
+    inputs = {"data_curated": tmp_path / "curated", "model": tokenizer_dir}
+    filter_run(FilterParams(eval_fraction=0.25, validation_fraction=0.125), inputs, work, {})
+    report = json.loads((work / "filter_report.json").read_text())
+    # Split once: exactly the filter's shares of the 24 labels, none fixed to eval upstream (a
+    # second split upstream would have fixed some labels to eval and added them to the 6).
+    assert report["labels"] == {"train": 15, "validation": 3, "eval": 6, "fixed_eval": 0}
+    by_split = {s: read_dialogs(work / f"{s}.parquet") for s in ("train", "validation", "eval")}
+    assert sum(len(v) for v in by_split.values()) == len(rows)
+    train, held = by_split["train"], by_split["validation"] + by_split["eval"]
+    assert not {r["label"] for r in train} & {r["label"] for r in held}
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
 
 
 def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
@@ -280,7 +299,7 @@ def dialog(label: str, control: str, user: str, reply: str, kind: str = "system"
     }
 
 
-def test_filters_drop_by_reason_and_split_by_label():
+def test_filters_drop_by_reason_and_leave_rows_unsplit():
     words = "amber basalt cedar dune ember fjord garnet harbor indigo juniper kelp lantern".split()
     rows = []
     for i in range(8):
@@ -304,7 +323,7 @@ def test_filters_drop_by_reason_and_split_by_label():
         )
     )
     rows.append({**rows[3], "kind": "sideways"})
-    kept, report = filter_generated(rows, CurationFilters(eval_fraction=0.25))
+    kept, report = filter_generated(rows, CurationFilters())
     assert report["dropped"] == {
         "invalid": 1,
         "duplicate": 1,
@@ -315,9 +334,7 @@ def test_filters_drop_by_reason_and_split_by_label():
         "near_duplicate": 1,
     }
     assert sorted(r["label"] for r in kept) == [f"persona-p{i}" for i in range(8)]
-    assert report["labels"] == {"train": 6, "eval": 2}
-    train = {r["label"] for r in kept if r["split"] == "train"}
-    assert not train & {r["label"] for r in kept if r["split"] == "eval"}
+    assert report["labels"] == 8 and {r["split"] for r in kept} == {"train"}
 
 
 def test_near_duplicates_use_shingle_jaccard():

@@ -8,7 +8,8 @@ completed call is cached on disk (pipeline/curation/request_cache.py) before it 
 rerun or a resumed run repeats no completed call, and a bad response stays dropped rather than
 re-bought.
 
-Output: ``dialogs.parquet`` (source ``openai:<model>``, label-disjoint split), and
+Output: ``dialogs.parquet`` (source ``openai:<model>``, unsplit: every row ``train``, the filter
+stage splits them with the other sources), and
 ``curate_report.json`` / ``curate_report.md`` (calls, cache hits, retries, tokens, cost, drops).
 """
 
@@ -145,7 +146,7 @@ class CurateParams:
     templates_dir: str = "data/curation"
     """Prompt templates; relative paths start at the repository root."""
     filters: CurationFilters = field(default_factory=CurationFilters)
-    """Filters and split applied to the generated dialogs."""
+    """Filters applied to the generated dialogs."""
 
     def __post_init__(self) -> None:
         if not self.families or not self.kinds:
@@ -486,7 +487,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         *[f"| {r} | {n} |" for r, n in report["filters"]["dropped"].items()],
         "",
         f"Wrote {report['rows_written']} of {report['rows_generated']} dialogs; "
-        f"labels {report['filters']['labels']} (disjoint).",
+        f"{report['filters']['labels']} labels (the filter stage splits them).",
         "",
     ]
     return "\n".join(lines)
