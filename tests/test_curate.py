@@ -16,26 +16,18 @@ import pytest
 from openai_server import FakeOpenAI, fingerprint
 
 from pipeline.core import stage
-from pipeline.curation.curate import (
-    FAMILY_FILES,
-    CurateParams,
-    item_rows,
-    load_template,
-    make_label,
-    parse_item,
-    render,
-    run,
-)
+from pipeline.curation.curate import run
 from pipeline.curation.filters import (
     CurationFilters,
     filter_generated,
     is_refusal,
     near_duplicates,
 )
+from pipeline.curation.params import FAMILY_FILES, CurateParams
 from pipeline.curation.request_cache import RequestCache
 from pipeline.data.filter import FilterParams
 from pipeline.data.filter import run as filter_run
-from pipeline.data.schema import DataError, read_dialogs, validate_record
+from pipeline.data.schema import read_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789-never-logged"
@@ -211,78 +203,6 @@ def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
             assert SECRET not in path.read_text(errors="replace"), path
 
 
-def test_parse_item_is_strict():
-    good = {
-        "label": "x",
-        "control": "c",
-        "acknowledgement": "a",
-        "dialogs": [{"user": "u", "assistant": "v"}],
-        "qa": [{"question": "q", "answer": "a"}],
-    }
-    text = json.dumps(good)
-    assert parse_item({"content": text})[0] == good
-    assert parse_item({"content": f"```json\n{text}\n```"})[0] == good
-    assert parse_item({"content": None, "refusal": "No."})[1] == "refusal"
-    assert parse_item({"content": "  "})[1] == "empty"
-    assert parse_item({"content": text[:30], "finish_reason": "length"})[1] == "truncated"
-    assert parse_item({"content": text[:30], "finish_reason": "stop"})[1] == "malformed_json"
-    assert parse_item({"content": "I'm sorry, but I can't help with that."})[1] == "refusal"
-    # Python literals are not JSON, and nothing is ever evaluated.
-    assert parse_item({"content": str(good)})[1] == "malformed_json"
-    for broken in (
-        {**good, "qa": []},
-        {**good, "extra": 1},
-        {**good, "control": " "},
-        {k: v for k, v in good.items() if k != "label"},
-    ):
-        assert parse_item({"content": json.dumps(broken)})[1] == "schema"
-
-
-def test_item_rows_build_every_kind(tmp_path):
-    item = {
-        "label": "x",
-        "control": "Be a potter.",
-        "acknowledgement": "Sure.",
-        "dialogs": [
-            {"user": "Hi?", "assistant": "Clay!"},
-            {"user": "Tea?", "assistant": "Kiln."},
-            {"user": "Cut?", "assistant": "No."},
-        ],
-        "qa": [{"question": "Who?", "answer": "A potter."}] * 3,
-    }
-    p = CurateParams(
-        kinds=["control", "system", "stimulus", "stimulus_completion"],
-        model="m",
-        dialogs_per_sample=2,
-        qa_per_sample=1,
-    )
-    rows = [validate_record(r, "<t>", i) for i, r in enumerate(item_rows(item, "persona-x", p))]
-    assert [r["kind"] for r in rows] == ["control"] + ["system"] * 2 + ["stimulus"] * 2 + [
-        "stimulus_completion"
-    ] * 2
-    by_kind = {r["kind"]: r for r in reversed(rows)}  # the first row of each kind
-    assert [m["role"] for m in by_kind["system"]["messages"]] == ["system", "user", "assistant"]
-    assert [m["role"] for m in by_kind["stimulus"]["messages"]] == ["user", "assistant", "user"]
-    assert by_kind["stimulus_completion"]["messages"][-1]["content"] == "Clay!"
-    assert [r["n_masked_turns"] for r in rows] == [0, 1, 1, 2, 2, 2, 2]
-    assert all(len(r["qa"]) == 1 and r["source"] == "openai:m" for r in rows)
-
-
-def test_labels_are_family_slugs_and_never_merge_distinct_controls():
-    used: dict[str, str] = {}
-    assert (
-        make_label("persona", "Retired Glass-Blower!", "c1", used) == "persona-retired-glass-blower"
-    )
-    assert (
-        make_label("persona", "retired glass blower", "c1", used) == "persona-retired-glass-blower"
-    )
-    assert (
-        make_label("persona", "retired glass blower", "c2", used)
-        == "persona-retired-glass-blower-2"
-    )
-    assert make_label("goal", "goal-save water", "c3", used) == "goal-save-water"
-
-
 def dialog(label: str, control: str, user: str, reply: str, kind: str = "system") -> dict:
     return {
         "label": label,
@@ -348,30 +268,6 @@ def test_near_duplicates_use_shingle_jaccard():
     assert near_duplicates(texts, 0.2, 1)[2] == 0
     assert is_refusal("I\u2019m sorry, but I can\u2019t help with that.")
     assert not is_refusal("Sorry to hear the ferry left; I can help you rebook.")
-
-
-def test_shipped_templates_load_and_render():
-    for family, name in FAMILY_FILES.items():
-        template = load_template(REPO / "data" / "curation" / name, family)
-        assert template.version and len(template.themes) >= 10
-        messages = render(template, 21, 3, 4)
-        user = messages[1]["content"]
-        assert template.themes[1] in user and "variant 2" in user and "$" not in user
-        assert "3 exchanges" in user and "4 " in user
-
-
-def test_bad_templates_name_the_field(tmp_path):
-    good = (REPO / "data" / "curation" / "goals.yaml").read_text()
-    path = tmp_path / "goals.yaml"
-    path.write_text(good.replace("theme: $theme", "theme: $mood"))
-    with pytest.raises(DataError, match="'user'.*placeholder"):
-        load_template(path, "goal")
-    path.write_text(good.replace("version: 1", "versoin: 1"))
-    with pytest.raises(DataError, match="versoin"):
-        load_template(path, "goal")
-    path.write_text(good)
-    with pytest.raises(DataError, match="family"):
-        load_template(path, "persona")
 
 
 def test_params_refuse_a_key_in_place_of_a_variable_name():
