@@ -111,8 +111,9 @@ def params_case(case, source, tmp_path, capsys, prepared):  # noqa: F811
 
 def curate_case(case, source, tmp_path, capsys, prepared):  # noqa: F811
     """Every cached response is prose, not the JSON asked for; the endpoint is never called."""
-    from pipeline.curation.curate import CurateParams, build_requests
     from pipeline.curation.curate import run as curate_run
+    from pipeline.curation.params import CurateParams
+    from pipeline.curation.prompts import build_requests
     from pipeline.curation.request_cache import RequestCache
 
     values = {

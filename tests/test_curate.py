@@ -16,24 +16,18 @@ import pytest
 from openai_server import FakeOpenAI, fingerprint
 
 from pipeline.core import stage
-from pipeline.curation.curate import (
-    FAMILY_FILES,
-    CurateParams,
-    item_rows,
-    load_template,
-    make_label,
-    parse_item,
-    render,
-    run,
-)
+from pipeline.curation.curate import run
 from pipeline.curation.filters import (
     CurationFilters,
     filter_generated,
     is_refusal,
     near_duplicates,
 )
+from pipeline.curation.params import FAMILY_FILES, CurateParams
 from pipeline.curation.request_cache import RequestCache
-from pipeline.data.schema import DataError, read_dialogs, validate_record
+from pipeline.data.filter import FilterParams
+from pipeline.data.filter import run as filter_run
+from pipeline.data.schema import read_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789-never-logged"
@@ -53,7 +47,6 @@ def params(server: FakeOpenAI, tmp_path: Path, **kw) -> CurateParams:
         backoff_base_s=0.01,
         backoff_max_s=0.05,
         cache_dir=str(tmp_path / "cache"),
-        filters={"eval_fraction": 0.25},
     )
     values.update(kw)
     return stage.build_params(CurateParams, values)
@@ -105,9 +98,7 @@ def test_stage_survives_faults_and_a_rerun_sends_nothing(tmp_path):
         ("stimulus_completion", 2),
     }
     assert all(r["label"].split("-")[0] in FAMILY_FILES for r in rows)
-    train = {r["label"] for r in rows if r["split"] == "train"}
-    held = {r["label"] for r in rows if r["split"] == "eval"}
-    assert train and held and not train & held
+    assert {r["split"] for r in rows} == {"train"}  # unsplit: the filter stage splits
     assert report["tokens"]["fresh"]["completion"] == 50 * 24
     # The rerun is served entirely from the cache and writes the same data.
     assert server.calls == calls
@@ -132,6 +123,26 @@ def test_calls_failing_after_retries_fail_the_stage_and_only_they_are_resent(tmp
         rows, report = run_stage(p, tmp_path / "b")
     assert server.calls.total() - before == 1 and report["sent"] == 1
     assert report["cached_before_run"] == 7 and len(rows) == 8 * 2 * 2
+
+
+def test_curated_rows_are_split_once_by_the_filter_stage(tmp_path, tokenizer_dir):
+    with FakeOpenAI() as server:
+        rows, _ = run_stage(params(server, tmp_path), tmp_path / "curated")
+    labels = {r["label"] for r in rows}
+    assert len(labels) == 24 and {r["split"] for r in rows} == {"train"}
+    work = tmp_path / "filter"
+    work.mkdir()
+    inputs = {"data_curated": tmp_path / "curated", "model": tokenizer_dir}
+    filter_run(FilterParams(eval_fraction=0.25, validation_fraction=0.125), inputs, work, {})
+    report = json.loads((work / "filter_report.json").read_text())
+    # Split once: exactly the filter's shares of the 24 labels, none fixed to eval upstream (a
+    # second split upstream would have fixed some labels to eval and added them to the 6).
+    assert report["labels"] == {"train": 15, "validation": 3, "eval": 6, "fixed_eval": 0}
+    by_split = {s: read_dialogs(work / f"{s}.parquet") for s in ("train", "validation", "eval")}
+    assert sum(len(v) for v in by_split.values()) == len(rows)
+    train, held = by_split["train"], by_split["validation"] + by_split["eval"]
+    assert not {r["label"] for r in train} & {r["label"] for r in held}
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
 
 
 def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
@@ -192,78 +203,6 @@ def test_crash_then_rerun_repeats_no_completed_call(tmp_path, monkeypatch):
             assert SECRET not in path.read_text(errors="replace"), path
 
 
-def test_parse_item_is_strict():
-    good = {
-        "label": "x",
-        "control": "c",
-        "acknowledgement": "a",
-        "dialogs": [{"user": "u", "assistant": "v"}],
-        "qa": [{"question": "q", "answer": "a"}],
-    }
-    text = json.dumps(good)
-    assert parse_item({"content": text})[0] == good
-    assert parse_item({"content": f"```json\n{text}\n```"})[0] == good
-    assert parse_item({"content": None, "refusal": "No."})[1] == "refusal"
-    assert parse_item({"content": "  "})[1] == "empty"
-    assert parse_item({"content": text[:30], "finish_reason": "length"})[1] == "truncated"
-    assert parse_item({"content": text[:30], "finish_reason": "stop"})[1] == "malformed_json"
-    assert parse_item({"content": "I'm sorry, but I can't help with that."})[1] == "refusal"
-    # Python literals are not JSON, and nothing is ever evaluated.
-    assert parse_item({"content": str(good)})[1] == "malformed_json"
-    for broken in (
-        {**good, "qa": []},
-        {**good, "extra": 1},
-        {**good, "control": " "},
-        {k: v for k, v in good.items() if k != "label"},
-    ):
-        assert parse_item({"content": json.dumps(broken)})[1] == "schema"
-
-
-def test_item_rows_build_every_kind(tmp_path):
-    item = {
-        "label": "x",
-        "control": "Be a potter.",
-        "acknowledgement": "Sure.",
-        "dialogs": [
-            {"user": "Hi?", "assistant": "Clay!"},
-            {"user": "Tea?", "assistant": "Kiln."},
-            {"user": "Cut?", "assistant": "No."},
-        ],
-        "qa": [{"question": "Who?", "answer": "A potter."}] * 3,
-    }
-    p = CurateParams(
-        kinds=["control", "system", "stimulus", "stimulus_completion"],
-        model="m",
-        dialogs_per_sample=2,
-        qa_per_sample=1,
-    )
-    rows = [validate_record(r, "<t>", i) for i, r in enumerate(item_rows(item, "persona-x", p))]
-    assert [r["kind"] for r in rows] == ["control"] + ["system"] * 2 + ["stimulus"] * 2 + [
-        "stimulus_completion"
-    ] * 2
-    by_kind = {r["kind"]: r for r in reversed(rows)}  # the first row of each kind
-    assert [m["role"] for m in by_kind["system"]["messages"]] == ["system", "user", "assistant"]
-    assert [m["role"] for m in by_kind["stimulus"]["messages"]] == ["user", "assistant", "user"]
-    assert by_kind["stimulus_completion"]["messages"][-1]["content"] == "Clay!"
-    assert [r["n_masked_turns"] for r in rows] == [0, 1, 1, 2, 2, 2, 2]
-    assert all(len(r["qa"]) == 1 and r["source"] == "openai:m" for r in rows)
-
-
-def test_labels_are_family_slugs_and_never_merge_distinct_controls():
-    used: dict[str, str] = {}
-    assert (
-        make_label("persona", "Retired Glass-Blower!", "c1", used) == "persona-retired-glass-blower"
-    )
-    assert (
-        make_label("persona", "retired glass blower", "c1", used) == "persona-retired-glass-blower"
-    )
-    assert (
-        make_label("persona", "retired glass blower", "c2", used)
-        == "persona-retired-glass-blower-2"
-    )
-    assert make_label("goal", "goal-save water", "c3", used) == "goal-save-water"
-
-
 def dialog(label: str, control: str, user: str, reply: str, kind: str = "system") -> dict:
     return {
         "label": label,
@@ -280,7 +219,7 @@ def dialog(label: str, control: str, user: str, reply: str, kind: str = "system"
     }
 
 
-def test_filters_drop_by_reason_and_split_by_label():
+def test_filters_drop_by_reason_and_leave_rows_unsplit():
     words = "amber basalt cedar dune ember fjord garnet harbor indigo juniper kelp lantern".split()
     rows = []
     for i in range(8):
@@ -304,7 +243,7 @@ def test_filters_drop_by_reason_and_split_by_label():
         )
     )
     rows.append({**rows[3], "kind": "sideways"})
-    kept, report = filter_generated(rows, CurationFilters(eval_fraction=0.25))
+    kept, report = filter_generated(rows, CurationFilters())
     assert report["dropped"] == {
         "invalid": 1,
         "duplicate": 1,
@@ -315,9 +254,7 @@ def test_filters_drop_by_reason_and_split_by_label():
         "near_duplicate": 1,
     }
     assert sorted(r["label"] for r in kept) == [f"persona-p{i}" for i in range(8)]
-    assert report["labels"] == {"train": 6, "eval": 2}
-    train = {r["label"] for r in kept if r["split"] == "train"}
-    assert not train & {r["label"] for r in kept if r["split"] == "eval"}
+    assert report["labels"] == 8 and {r["split"] for r in kept} == {"train"}
 
 
 def test_near_duplicates_use_shingle_jaccard():
@@ -331,30 +268,6 @@ def test_near_duplicates_use_shingle_jaccard():
     assert near_duplicates(texts, 0.2, 1)[2] == 0
     assert is_refusal("I\u2019m sorry, but I can\u2019t help with that.")
     assert not is_refusal("Sorry to hear the ferry left; I can help you rebook.")
-
-
-def test_shipped_templates_load_and_render():
-    for family, name in FAMILY_FILES.items():
-        template = load_template(REPO / "data" / "curation" / name, family)
-        assert template.version and len(template.themes) >= 10
-        messages = render(template, 21, 3, 4)
-        user = messages[1]["content"]
-        assert template.themes[1] in user and "variant 2" in user and "$" not in user
-        assert "3 exchanges" in user and "4 " in user
-
-
-def test_bad_templates_name_the_field(tmp_path):
-    good = (REPO / "data" / "curation" / "goals.yaml").read_text()
-    path = tmp_path / "goals.yaml"
-    path.write_text(good.replace("theme: $theme", "theme: $mood"))
-    with pytest.raises(DataError, match="'user'.*placeholder"):
-        load_template(path, "goal")
-    path.write_text(good.replace("version: 1", "versoin: 1"))
-    with pytest.raises(DataError, match="versoin"):
-        load_template(path, "goal")
-    path.write_text(good)
-    with pytest.raises(DataError, match="family"):
-        load_template(path, "persona")
 
 
 def test_params_refuse_a_key_in_place_of_a_variable_name():

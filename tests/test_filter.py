@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipeline.core.stage import ParamsError, build_params
-from pipeline.data.filter import FilterParams, assign_splits, filter_dialogs, run, token_lengths
+from pipeline.data.filter import FilterParams, filter_dialogs, run, token_lengths
 from pipeline.data.schema import POLARS_SCHEMA, read_dialogs, validate_record, write_dialogs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,16 +169,6 @@ def test_texts_are_split_into_train_and_validation_and_keep_an_eval_label(tmp_pa
     assert all(r["split"] == "eval" for r in rows if r["label"] == "text:0")
     # 4 persona labels (2 eval, 1 validation, 1 train) beside the 9 text labels
     assert report["labels"] == {"train": 6, "validation": 3, "eval": 3, "fixed_eval": 0}
-
-
-def test_assign_splits_modes():
-    labels = {f"l{i}" for i in range(10)}
-    split = assign_splits(labels, set(), 0.3, None, seed=0)
-    assert sum(v == "eval" for v in split.values()) == 3
-    split = assign_splits(labels, {"l1"}, 0.0, ["l2", "missing"], seed=0)
-    assert {k for k, v in split.items() if v == "eval"} == {"l1", "l2"}
-    assert set(assign_splits(labels, set(), 0.0, None, 0).values()) == {"train"}
-    assert set(assign_splits({"a", "b"}, set(), 0.01, None, 0).values()) == {"train", "eval"}
 
 
 def test_keep_split_keeps_source_eval_whole_labels(tmp_path, tokenizer_dir):

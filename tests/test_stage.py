@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.analysis.params import LayerCacheParams
 from pipeline.core import stage, store
-from pipeline.curation.curate import CurateParams
+from pipeline.curation.params import CurateParams
 from pipeline.data.templates import TemplateParams
 from pipeline.training.params import TrainParams
 

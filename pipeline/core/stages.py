@@ -74,7 +74,7 @@ STAGES: dict[str, StageSpec] = {
     # rerun after a crash (or with a changed filter) repeats none of them.
     "curate": StageSpec(
         "curation.curate",
-        "curation.curate:CurateParams",
+        "curation.params:CurateParams",
         ("data/curation/*.yaml",),
         **{**_SMALL, "runtime": 240},
     ),

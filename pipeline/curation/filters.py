@@ -1,4 +1,4 @@
-"""Filters for generated dialogs: schema, exact and near duplicates, refusals, length, split.
+"""Filters for generated dialogs: schema, exact and near duplicates, refusals, length.
 
 Near duplicates: texts are normalised (lowercase, punctuation dropped, whitespace collapsed) and
 cut into word n-gram shingles (``shingle_size`` words; a text shorter than that is one shingle).
@@ -10,8 +10,9 @@ close to linear cost on real data, where most texts share few shingles. The earl
 Two passes use it: controls (the first turn of a row, which is the control in every kind), so
 that two labels describing nearly the same persona or goal collapse to the first; and whole
 dialogs, which catches rephrased copies of one stimulus under one control. Exact duplicates
-(equal content hash) and schema checks reuse pipeline/data/schema.py; the label-disjoint split
-reuses the filter stage's seeded ranking (pipeline/data/filter.py ``assign_splits``).
+(equal content hash) and schema checks reuse pipeline/data/schema.py. Kept rows stay unsplit
+(``train``, as written): the filter stage alone splits them (pipeline/data/splits.py), with every
+other source, so a curated label is never drawn into eval twice.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.core.stage import bounded
-from pipeline.data.filter import MAX_EXAMPLES, assign_splits
+from pipeline.data.filter import MAX_EXAMPLES
 from pipeline.data.schema import DataError, validate_record
 
 REASONS = (
@@ -65,10 +66,6 @@ class CurationFilters:
     """Jaccard similarity of word-shingle sets at or above which a later text is a duplicate."""
     shingle_size: int = bounded(3, minimum=1)
     """Words per shingle for near-duplicate detection."""
-    eval_fraction: float = bounded(0.1, minimum=0, maximum=1)
-    """Share of labels assigned to the eval split (whole labels: splits are label-disjoint)."""
-    seed: int = 0
-    """Seed of the hash-ranked label split (as in the filter stage)."""
 
 
 def is_refusal(text: str) -> bool:
@@ -126,7 +123,7 @@ def _texts(row: dict[str, Any]) -> list[str]:
 def filter_generated(
     rows: list[dict[str, Any]], filters: CurationFilters, file: str = "<generated>"
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Kept rows (splits assigned, label-disjoint) and a report of drops by reason."""
+    """Kept rows (unsplit: the filter stage splits them) and a report of drops by reason."""
     dropped: dict[str, int] = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
 
@@ -183,22 +180,13 @@ def filter_generated(
         else:
             drop("near_duplicate", f"{row['id']} ~ {distinct[twin]['id']}")
 
-    splits = assign_splits(
-        {row["label"] for row in kept}, set(), filters.eval_fraction, None, filters.seed
-    )
-    for row in kept:
-        row["split"] = splits[row["label"]]
-    train = {row["label"] for row in kept if row["split"] == "train"}
-    held = {row["label"] for row in kept if row["split"] == "eval"}
-    assert not train & held, "split is not disjoint by label"
     report = {
         "filters": asdict(filters),
         "read": len(rows),
         "kept": len(kept),
         "dropped": {reason: dropped[reason] for reason in REASONS},
         "kept_by_kind": dict(sorted(Counter(r["kind"] for r in kept).items())),
-        "kept_by_split": dict(sorted(Counter(r["split"] for r in kept).items())),
-        "labels": {"train": len(train), "eval": len(held)},
+        "labels": len({r["label"] for r in kept}),
         "examples": dict(examples),
     }
     assert report["read"] == report["kept"] + sum(report["dropped"].values())

@@ -6,13 +6,12 @@ Outputs: ``dialogs.parquet`` (all kept rows, split set), ``train.parquet``,
 ``validation.parquet``, ``eval.parquet``, ``filter_report.json`` and ``filter_report.md``.
 Dialogs under a control are split by label (train / validation / eval); texts read for what they
 say (kind ``text``, the reading curriculum) are split by label into train / validation, except those
-their source put in eval.
+their source put in eval. The split is this stage's alone (pipeline/data/splits.py): data
+stages, curation included, write their rows as train; a source may only fix labels to eval.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import logging
 from collections import Counter, defaultdict
@@ -25,13 +24,13 @@ from tqdm import tqdm
 from pipeline.core import stage
 from pipeline.core.stage import bounded
 from pipeline.data.schema import (
-    CONTROL_KINDS,
     SPLITS,
     DataError,
     read_frame,
     validate_record,
     write_dialogs,
 )
+from pipeline.data.splits import split_rows
 
 log = logging.getLogger("pipeline.data.filter")
 
@@ -84,50 +83,6 @@ def token_lengths(tokenizer, dialogs: list[list[dict[str, str]]]) -> list[int]:
     return lengths
 
 
-def _rank(label: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{label}".encode()).hexdigest()
-
-
-def _share(fraction: float, n: int) -> int:
-    share = round(fraction * n)
-    return 1 if fraction > 0 and share == 0 and n > 1 else share
-
-
-def assign_splits(
-    labels: set[str],
-    fixed_eval: set[str],
-    eval_fraction: float,
-    eval_labels: list[str] | None,
-    seed: int,
-    validation_fraction: float = 0.0,
-) -> dict[str, str]:
-    """label -> split. ``fixed_eval`` labels are eval; the rest by explicit list or by hash rank,
-    then a ``validation_fraction`` share of the remaining labels is validation.
-
-    Ranking labels by a seeded hash and taking the first ``round(fraction * n)`` gives an exact
-    share and a split that depends only on the label set and the seed; the eval labels are the
-    same whatever the validation share.
-    """
-    free = sorted(labels - fixed_eval)
-    ranked = sorted(free, key=lambda label: _rank(label, seed))
-    if eval_labels is not None:
-        chosen = set(eval_labels) & set(free)
-    else:
-        n_eval = _share(eval_fraction, len(free))
-        if eval_fraction < 1 and n_eval == len(free) and len(free) > 1:
-            n_eval -= 1
-        chosen = set(ranked[:n_eval])
-    rest = [label for label in ranked if label not in chosen]
-    n_val = min(_share(validation_fraction, len(free)), max(len(rest) - 1, 0))
-    validation = set(rest[:n_val])
-    return {
-        label: "eval"
-        if label in fixed_eval or label in chosen
-        else ("validation" if label in validation else "train")
-        for label in labels
-    }
-
-
 def _counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(sorted(Counter(row[key] for row in rows).items()))
 
@@ -168,44 +123,15 @@ def filter_dialogs(
             kept.append(row)
             kept_lengths.append(length)
 
-    # Dialogs under a control are split by label into train / validation / eval. Texts read for
-    # what they say (the reading curriculum) are evaluated elsewhere: a label its source put in
-    # eval stays there (with every row of that label, whatever its source: a relation fact held
-    # out of the statements is held out of the relation questions too), the others are split by
-    # label into train / validation, so that every kind of question has validation items to
-    # choose settings (a read layer) on.
-    texts = [row for row in kept if row["kind"] not in CONTROL_KINDS]
-    text_splits = assign_splits(
-        {row["label"] for row in texts},
-        {row["label"] for row in texts if row["split"] == "eval"},
-        0.0,
-        None,
-        params.seed,
-        params.validation_fraction,
-    )
-    for row in texts:
-        row["split"] = text_splits[row["label"]]
-    controlled = [row for row in kept if row["kind"] in CONTROL_KINDS]
-    fixed_eval = (
-        {row["label"] for row in controlled if row["split"] == "eval"}
-        if params.keep_split
-        else set()
-    )
-    splits = assign_splits(
-        {row["label"] for row in controlled},
-        fixed_eval,
+    split = split_rows(
+        kept,
         params.eval_fraction,
+        params.validation_fraction,
         params.eval_labels,
         params.seed,
-        params.validation_fraction,
+        params.keep_split,
     )
-    changed = 0
-    for row in controlled:
-        changed += row["split"] != splits[row["label"]]
-        row["split"] = splits[row["label"]]
-    by_split = {s: {row["label"] for row in kept if row["split"] == s} for s in SPLITS}
-    for a, b in itertools.combinations(SPLITS, 2):
-        assert not by_split[a] & by_split[b], f"splits {a} and {b} share labels"
+    by_split = split.labels
 
     read = sum(len(rows) for rows in sources.values())
     report = {
@@ -226,9 +152,9 @@ def filter_dialogs(
                 Counter((r["source"], r["kind"], r["split"]) for r in kept).items()
             )
         },
-        "labels": {**{s: len(by_split[s]) for s in SPLITS}, "fixed_eval": len(fixed_eval)},
+        "labels": {**{s: len(by_split[s]) for s in SPLITS}, "fixed_eval": len(split.fixed_eval)},
         "eval_labels_not_found": sorted(set(params.eval_labels or []) - by_split["eval"]),
-        "split_changed": changed,
+        "split_changed": split.changed,
         "tokens": {
             "max": max(kept_lengths, default=0),
             "mean": round(sum(kept_lengths) / len(kept_lengths), 1) if kept else 0.0,
