@@ -33,12 +33,29 @@ def test_best_block_is_the_earliest_of_the_top():
 
 
 def test_probes_table_rows():
-    text = "\n".join(probes_table(REPORT, read_layer=1))
+    text = "\n".join(probes_table(REPORT, read_layers=[1]))
     assert "| logistic | 2 | 90% [80, 100] | 80% [70, 90] |" in text
     assert "| random | 0 | 50% [40, 60] | 50% [40, 60] |" in text
-    assert "| decoder | block 2 | 70% [60, 80] | – |" in text
+    assert "| decoder | block 2 (chosen on validation) | 70% [60, 80] | – |" in text
     assert "| zero_shot | output | 60% [50, 70] | – |" in text
     assert "**labels**: skipped (no recovery question shared by enough labels)." in text
+
+
+def test_the_decoder_sits_beside_the_probes_at_each_block_it_reads():
+    truth = {
+        **REPORT["tasks"]["truth"],
+        "decoder": {"eval": s(0.7), "layer": 2},
+        "decoder_by_layer": {"1": s(0.55), "2": s(0.7)},
+    }
+    lines = probes_table({"tasks": {"truth": truth}}, read_layers=[1, 2])
+    at = "| accuracy at block 1 | accuracy at block 2 |"
+    assert "| reader | best block (eval) | accuracy there " + at in lines
+    assert "| logistic | 2 | 90% [80, 100] | 80% [70, 90] | 90% [80, 100] |" in lines
+    decoder = (
+        "| decoder | block 2 (chosen on validation) | 70% [60, 80] | 55% [45, 65] | 70% [60, 80] |"
+    )
+    assert decoder in lines
+    assert "| zero_shot | output | 60% [50, 70] | – | – |" in lines
 
 
 def test_lens_lines_name_the_first_block_in_the_top_ten():

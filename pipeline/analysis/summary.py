@@ -3,6 +3,7 @@ layer-choice command; torch-free."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -24,33 +25,46 @@ def best(per_layer: dict[str, dict], split: str) -> tuple[int, dict] | None:
     return layer, per_layer[str(layer)][split]
 
 
-def probes_table(report: dict[str, Any], read_layer: int | None) -> list[str]:
-    """Per task and reader: best block and accuracy there, and accuracy at the decoder's block."""
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def probes_table(report: dict[str, Any], read_layers: Sequence[int] = ()) -> list[str]:
+    """Per task and reader: best block and accuracy there, and accuracy at each block the decoder
+    reads, where the decoder's own row gives its accuracy reading that block."""
     lines = []
     for name, task in report["tasks"].items():
         if "per_layer" not in task:
             lines += [f"**{name}**: skipped ({task.get('skipped', 'no items')}).", ""]
             continue
         chance = task["chance"]["eval"] if isinstance(task["chance"], dict) else task["chance"]
-        at = f"block {read_layer}" if read_layer is not None else "decoder's block"
+        at = [f"accuracy at block {layer}" for layer in read_layers]
         lines += [
             f"**{name}**: {task['description']} (eval split; chance {100 * chance:.0f}%; "
             f"95% bootstrap CI).",
             "",
-            f"| reader | best block (eval) | accuracy there | accuracy at {at} |",
-            "| --- | --- | --- | --- |",
+            _row(["reader", "best block (eval)", "accuracy there", *at]),
+            _row(["---"] * (3 + len(at))),
         ]
         for method, per_layer in task["per_layer"].items():
             top = best(per_layer, "eval")
-            here = (
-                per_layer.get(str(read_layer), {}).get("eval") if read_layer is not None else None
-            )
             if top:
-                lines.append(f"| {method} | {top[0]} | {_pct(top[1])} | {_pct(here)} |")
-        for method in ("zero_shot", "decoder"):
-            if method in task:
-                where = f"block {task[method]['layer']}" if "layer" in task[method] else "output"
-                lines.append(f"| {method} | {where} | {_pct(task[method]['eval'])} | – |")
+                here = [_pct(per_layer.get(str(layer), {}).get("eval")) for layer in read_layers]
+                lines.append(_row([method, str(top[0]), _pct(top[1]), *here]))
+        if "zero_shot" in task:
+            lines.append(
+                _row(["zero_shot", "output", _pct(task["zero_shot"]["eval"])] + ["–"] * len(at))
+            )
+        if "decoder" in task:
+            decoder = task["decoder"]
+            by_layer = task.get("decoder_by_layer") or (
+                {str(decoder["layer"]): decoder["eval"]} if "layer" in decoder else {}
+            )
+            where = f"block {decoder['layer']}" if "layer" in decoder else "every read block"
+            here = [_pct(by_layer.get(str(layer))) for layer in read_layers]
+            lines.append(
+                _row(["decoder", f"{where} (chosen on validation)", _pct(decoder["eval"]), *here])
+            )
         lines.append("")
     return lines
 

@@ -217,7 +217,7 @@ def sections(
         examples_section(inputs, workdir, params, info),
         learning_section(inputs, workdir, metrics, info),
     ]
-    readers = readers_lines(inputs, settings.read_layer, workdir)
+    readers = readers_lines(inputs, settings.read_layers, workdir)
     if readers:
         found.append(Section("readers", "Readers beside the decoder", readers))
     tables = inputs["evaluate"] / "tables.md"
@@ -232,7 +232,7 @@ def sections(
     return found
 
 
-def readers_lines(inputs: dict[str, Path], read_layer: int, workdir: Path) -> list[str]:
+def readers_lines(inputs: dict[str, Path], read_layers, workdir: Path) -> list[str]:
     """The readers beside the decoder (probes, lens, explanations), where the analysis ran."""
     from pipeline.analysis.summary import lens_lines, probes_table
 
@@ -242,7 +242,7 @@ def readers_lines(inputs: dict[str, Path], read_layer: int, workdir: Path) -> li
     if "probes" in inputs:
         report = json.loads((inputs["probes"] / "probes.json").read_text())
         lines += ["### Probes", "", *_image(workdir, "probes_probes.png", "probes per block")]
-        lines += probes_table(report, read_layer)
+        lines += probes_table(report, read_layers)
     if "lens" in inputs:
         report = json.loads((inputs["lens"] / "lens.json").read_text())
         lines += ["### Logit lens", "", *_image(workdir, "lens_lens.png", "logit lens per block")]
