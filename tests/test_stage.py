@@ -133,3 +133,26 @@ def test_a_dataclass_check_raises_params_error_on_one_line():
     assert str(info.value) == (
         "experiments.x.data.templates: templates: families must name at least one family"
     )
+
+
+def test_the_shared_command_line_parses_inputs_and_refuses_what_it_cannot_read(capsys):
+    argv = ["--out", "o", "--key", "k", "--params", '{"a": 1}', "--input", "model=m=1"]
+    args = stage.parse_stage_args(argv + ["--input", "data=d"])
+    assert args == stage.StageArgs(
+        Path("o"), "k", {"a": 1}, {"model": Path("m=1"), "data": Path("d")}
+    )
+    assert stage.parse_stage_args(["--out", "o", "--key", "k"]).params == {}
+    for params in ("{", "[1]"):
+        with pytest.raises(stage.ParamsError, match="--params is not a JSON object"):
+            stage.parse_stage_args(["--out", "o", "--key", "k", "--params", params])
+    with pytest.raises(SystemExit, match="--input expects NAME=PATH, got 'model'"):
+        stage.parse_stage_args(["--out", "o", "--key", "k", "--input", "model"])
+    with pytest.raises(SystemExit):  # a stage's artifact has a key
+        stage.parse_stage_args(["--out", "o", "--input", "a=b"])
+    assert "--key" in capsys.readouterr().err
+    # Without a key (the view): no --key, no --params.
+    view = stage.parse_stage_args(["--out", "v", "--input", "a=b"], keyed=False)
+    assert view == stage.StageArgs(Path("v"), None, {}, {"a": Path("b")})
+    with pytest.raises(SystemExit):
+        stage.parse_stage_args(["--out", "v", "--key", "k"], keyed=False)
+    assert "unrecognized arguments: --key k" in capsys.readouterr().err

@@ -34,8 +34,8 @@ from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 from pipeline.data.schema import write_dialogs
 from pipeline.training.checkpoint_adapters import published
+from pipeline.training.optimizer import lr_lambda
 from pipeline.training.params import TrainParams
-from pipeline.training.train import lr_lambda
 from pipeline.training.train_data import build_examples, mix_pairs
 
 PERSONAS = [
@@ -280,6 +280,32 @@ def test_single_process_publishes_a_peft_adapter(single_run, tiny_model_dir):
         torch.testing.assert_close(along[-1][name], final[name])
     assert not all(torch.equal(along[0][name], final[name]) for name in final)
     assert not (single_run / "checkpoint_adapters").joinpath(".tmp-step_000006").exists()
+
+
+def test_the_recipe_step_by_step_gives_the_records_the_stage_logs(
+    tmp_path, single_run, tiny_model_dir, data_dir
+):
+    from pipeline.core.stage import build_params
+    from pipeline.training.distributed import Dist
+    from pipeline.training.recipe import DecoderTraining
+
+    params = build_params(TrainParams, {**BASE_PARAMS, "grad_accum": 2})  # single_run's
+    recipe = DecoderTraining(params, {"model": tiny_model_dir, "data": data_dir}, tmp_path, Dist())
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        recipe.setup()
+        assert recipe.resumed_from is None and recipe.state.step == 0
+        logged = metrics(single_run)
+        assert recipe.evaluate() == {k: v for k, v in logged[0].items() if k != "step"}
+        for step in range(2):
+            record, interrupted = recipe.train_step(step)
+            assert not interrupted and record["step"] == step + 1
+            want = {k: v for k, v in logged[step + 1].items() if k != "tokens_per_s"}
+            assert {k: v for k, v in record.items() if k != "tokens_per_s"} == want
+        recipe.save_checkpoint(2)  # checkpoint_every: 2
+        assert (tmp_path / "checkpoints" / "step-000002" / "complete").exists()
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def test_two_processes_match_one(tmp_path, single_run, tiny_model_dir, data_dir):

@@ -23,10 +23,18 @@ import torch
 
 from pipeline.analysis.params import LayerCacheParams
 from pipeline.core import stage, store
+from pipeline.mechanism.shards import (
+    SHARDS,
+    read_batches,
+    shard_complete,
+    shard_folder,
+    shard_name,
+    write_atomic,
+    write_shard,
+)
 
 log = logging.getLogger("pipeline.analysis.layer_cache")
 
-SHARDS = "shards"
 META = "cache.json"
 INDEX_SCHEMA = {
     "id": pl.String,
@@ -56,17 +64,12 @@ def pooled_residuals(
     model, tokenizer, items, layers: list[int], pooling: list[str], batch_size: int, device
 ) -> dict[str, torch.Tensor]:
     """Per pooling, (items x layers x d) float32 on the CPU, from tokenized read dialogs."""
-    from pipeline.mechanism.patching import pad_batch, read_activations
-
     out = {
         pool: torch.zeros(len(items), len(layers), model.config.get_text_config().hidden_size)
         for pool in pooling
     }
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = pad_batch([items[i].input_ids for i in chunk], tokenizer.pad_token_id)
-        acts = read_activations(model, ids.to(device), mask.to(device), layers)
+    batches = read_batches(model, items, layers, batch_size, tokenizer.pad_token_id, device)
+    for chunk, acts, _ in batches:
         stacked = torch.stack([acts[layer] for layer in layers], dim=1).float().cpu()  # B,L,T,D
         for row, i in enumerate(chunk):
             positions = torch.tensor(items[i].read_positions)
@@ -78,31 +81,9 @@ def pooled_residuals(
     return out
 
 
-def shard_name(index: int) -> str:
-    return f"{index:05d}"
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _complete(folder: Path, name: str, ids: list[str]) -> bool:
-    index = folder / f"{name}.index.parquet"
-    if not (index.exists() and (folder / f"{name}.safetensors").exists()):
-        return False
-    try:
-        return pl.read_parquet(index, columns=["id"])["id"].to_list() == ids
-    except Exception:  # an unreadable index is as good as none: recompute the shard
-        return False
-
-
 def run(
     params: LayerCacheParams, inputs: dict[str, Path], workdir: Path, info: dict[str, Any]
 ) -> None:
-    from safetensors.torch import save_file
-
     from pipeline.data.schema import CONTROL_KINDS, read_dialogs
     from pipeline.mechanism.dialogs import tokenize_read_dialog
     from pipeline.mechanism.modeling import decoder_layers, load_model, resolve_device
@@ -133,15 +114,13 @@ def run(
             )
         except ValueError as exc:
             raise ValueError(f"{source}: record {i} ({row['id']}): {exc}") from exc
-    folder = workdir / SHARDS
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = shard_folder(workdir)
     size = params.shard_items
     plan = [list(range(i, min(i + size, len(rows)))) for i in range(0, len(rows), size)]
     resumed = 0
     for s, shard in enumerate(plan):
         name = shard_name(s)
-        ids = [rows[i]["id"] for i in shard]
-        if _complete(folder, name, ids):
+        if shard_complete(folder, name, [rows[i]["id"] for i in shard]):
             resumed += 1
             continue
         pooled = pooled_residuals(
@@ -153,8 +132,6 @@ def run(
             params.batch_size,
             device,
         )
-        tensors = {pool: t.to(torch.bfloat16).contiguous() for pool, t in pooled.items()}
-        _write_atomic(folder / f"{name}.safetensors", lambda p, t=tensors: save_file(t, str(p)))
         index = pl.DataFrame(
             [
                 {
@@ -169,7 +146,8 @@ def run(
             ],
             schema=INDEX_SCHEMA,
         )
-        _write_atomic(folder / f"{name}.index.parquet", lambda p, f=index: f.write_parquet(p))
+        tensors = {pool: t.to(torch.bfloat16).contiguous() for pool, t in pooled.items()}
+        write_shard(folder, name, tensors, index)
         log.info("shard %s: %d items", name, len(shard))
     meta = {
         "layers": layers,
@@ -181,7 +159,7 @@ def run(
         "shards": [shard_name(s) for s in range(len(plan))],
         "n_items": len(rows),
     }
-    (workdir / META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     info.update(n_items=len(rows), n_layers=len(layers), resumed_shards=resumed)
 
 

@@ -140,6 +140,46 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Path]:
     return inputs
 
 
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+    """A stage's command line, parsed (its params not yet checked against the stage's dataclass)."""
+
+    out: Path
+    """The artifact directory to publish (the view folder, for the view)."""
+    key: str | None
+    """The store key of the artifact; None for a command that publishes no artifact."""
+    params: dict[str, Any]
+    """The ``--params`` JSON object, as given."""
+    inputs: dict[str, Path]
+    """The ``--input NAME=PATH`` pairs, by name."""
+
+
+def parse_stage_args(
+    argv: list[str] | None, prog: str | None = None, *, keyed: bool = True
+) -> StageArgs:
+    """The command line every stage shares: ``--out DIR --key KEY --params JSON --input NAME=PATH``
+    (``--input`` repeated). With ``keyed=False`` (a command that publishes no artifact, such as the
+    view) ``--key`` and ``--params`` are not accepted. A missing flag or an ``--input`` without
+    ``=`` ends the process with a usage error; ``--params`` that is not a JSON object raises
+    :class:`ParamsError`."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--out", required=True, type=Path, help="the directory to publish")
+    if keyed:
+        parser.add_argument("--key", required=True, help="the store key of this artifact")
+        parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args(argv)
+    raw: Any = {}
+    if keyed:
+        try:
+            raw = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise ParamsError(f"--params is not a JSON object: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"--params is not a JSON object: {args.params!r}")
+    return StageArgs(args.out, args.key if keyed else None, raw, _parse_inputs(args.input))
+
+
 def input_keys(inputs: Mapping[str, Path]) -> dict[str, str]:
     """The keys recorded in the manifest: a store artifact's key, or a plain file's sha256."""
     keys = {}
@@ -199,22 +239,13 @@ def _main(
     scratch: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
 ) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {_running_module(stage)}")
-    parser.add_argument("--out", required=True, type=Path, help="the artifact directory to publish")
-    parser.add_argument("--key", required=True, help="the store key of this artifact")
-    parser.add_argument("--params", default="{}", help="stage parameters as a JSON object")
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
-    args = parser.parse_args(argv)
+    args = parse_stage_args(argv, prog=f"python -m {_running_module(stage)}")
     die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    try:
-        raw = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        raise ParamsError(f"--params is not a JSON object: {exc}") from None
+    raw, inputs = args.params, args.inputs
     params = build_params(params_cls, raw, where=f"{stage} params")
-    inputs = _parse_inputs(args.input)
     missing = [name for name in needs if name not in inputs]
     if missing:
         raise InputError(f"needs --input {missing[0]}=PATH")

@@ -8,14 +8,13 @@ store (``pipeline.core.usage``), so that ``gc`` keeps what it wants.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.core import store, usage
+from pipeline.core import stage, store, usage
 from pipeline.core.faults import fault_point
 
 SHORTCUTS = {
@@ -73,7 +72,10 @@ def refresh_view(
     view wants the graph's artifacts (``pipeline.core.usage``).
     """
     view_dir = Path(view_dir)
-    artifacts = {name.replace(":", "_"): node.path(store_dir) for name, node in graph.items()}
+    # Spelled as the view command reads its --input paths, so that view.json compares equal.
+    artifacts = {
+        name.replace(":", "_"): str(Path(node.path(store_dir))) for name, node in graph.items()
+    }
     if record:
         # Before the artifacts are looked at: a `gc` under way finishes first, and one that
         # starts later keeps them.
@@ -117,19 +119,16 @@ def _set_mtime(view_dir: Path, when: float | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write results/<experiment>/ as links into the store"
-    )
-    parser.add_argument("--view", required=True, type=Path)
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
-    args = parser.parse_args(argv)
-    artifacts = dict(pair.split("=", 1) for pair in args.input)
-    for store_dir in {Path(path).parent.parent for path in artifacts.values()}:
-        usage.record_view(args.view, artifacts.values(), store_dir)
+    """``python -m pipeline.core.view --out results/<experiment> --input NAME=ARTIFACT ...``:
+    write the view as links to the given artifacts (each must be published)."""
+    args = stage.parse_stage_args(argv, prog="python -m pipeline.core.view", keyed=False)
+    artifacts = {name: str(path) for name, path in args.inputs.items()}
+    for store_dir in {path.parent.parent for path in args.inputs.values()}:
+        usage.record_view(args.out, artifacts.values(), store_dir)
     for path in artifacts.values():
         store.read_manifest(path, verify="fast")
     fault_point("view.start")
-    _write_view(args.view, artifacts, fault="view.swap")
+    _write_view(args.out, artifacts, fault="view.swap")
     fault_point("view.published")
 
 

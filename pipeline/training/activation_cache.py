@@ -24,12 +24,20 @@ import torch
 from pipeline.core import stage, store
 from pipeline.core.faults import fault_point
 from pipeline.mechanism.dialogs import TokenizedRead, parse_positions, tokenize_read_dialog
-from pipeline.mechanism.patching import gather, pad_batch, read_activations
+from pipeline.mechanism.patching import gather
+from pipeline.mechanism.shards import (
+    SHARDS,
+    read_batches,
+    shard_complete,
+    shard_folder,
+    shard_name,
+    write_atomic,
+    write_shard,
+)
 from pipeline.training.params import CacheParams
 
 log = logging.getLogger("pipeline.training.activation_cache")
 
-SHARDS = "shards"
 META = "cache.json"
 INDEX_SCHEMA = {
     "id": pl.String,
@@ -38,10 +46,6 @@ INDEX_SCHEMA = {
     "length": pl.Int64,
     "read_positions": pl.List(pl.Int64),
 }
-
-
-def shard_name(index: int) -> str:
-    return f"{index:05d}"
 
 
 def plan_shards(sizes: list[int], shard_tokens: int) -> list[list[int]]:
@@ -60,24 +64,6 @@ def plan_shards(sizes: list[int], shard_tokens: int) -> list[list[int]]:
     return shards
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _shard_complete(folder: Path, name: str, ids: list[str]) -> bool:
-    index = folder / f"{name}.index.parquet"
-    tensors = folder / f"{name}.safetensors"
-    if not (index.exists() and tensors.exists()):
-        return False
-    try:
-        stored = pl.read_parquet(index, columns=["id"])["id"].unique(maintain_order=True)
-    except Exception:  # an unreadable index is as good as none: recompute the shard
-        return False
-    return stored.to_list() == ids
-
-
 def _compute_shard(
     model,
     items: list[TokenizedRead],
@@ -90,13 +76,8 @@ def _compute_shard(
     """Read activations of ``items`` (bf16, CPU), in item order, and the tokens forwarded
     (``progress`` is told each batch's)."""
     rows: list[dict[int, torch.Tensor] | None] = [None] * len(items)
-    # Similar lengths share a batch so little is spent on padding; order is restored below.
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     forwarded = 0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = pad_batch([items[i].input_ids for i in chunk], pad_id)
-        acts = read_activations(model, ids.to(device), mask.to(device), layers)
+    for chunk, acts, mask in read_batches(model, items, layers, batch_size, pad_id, device):
         forwarded += int(mask.sum())
         progress(int(mask.sum()))
         positions = [items[i].read_positions for i in chunk]
@@ -107,8 +88,6 @@ def _compute_shard(
 
 
 def _write_shard(folder: Path, name: str, ids, items, acts: dict[int, list[torch.Tensor]]):
-    from safetensors.torch import save_file
-
     tensors = {f"layer_{layer}": torch.cat(chunks).contiguous() for layer, chunks in acts.items()}
     records = []
     for layer, chunks in acts.items():
@@ -124,9 +103,7 @@ def _write_shard(folder: Path, name: str, ids, items, acts: dict[int, list[torch
                 }
             )
             offset += chunk.shape[0]
-    _write_atomic(folder / f"{name}.safetensors", lambda p: save_file(tensors, str(p)))
-    frame = pl.DataFrame(records, schema=INDEX_SCHEMA)
-    _write_atomic(folder / f"{name}.index.parquet", lambda p: frame.write_parquet(p))
+    write_shard(folder, name, tensors, pl.DataFrame(records, schema=INDEX_SCHEMA))
 
 
 def _read_data(folder: Path) -> list[dict]:
@@ -163,14 +140,11 @@ def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[
         except ValueError as exc:
             raise ValueError(f"{inputs['data']}: record {i} ({dialog['id']}): {exc}") from exc
     plan = plan_shards([len(item.read_positions) for item in items], params.shard_tokens)
-    folder = workdir / SHARDS
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.tmp"):
-        stale.unlink()
+    folder = shard_folder(workdir)
     layers = sorted(set(params.layers))
     total = sum(len(item.input_ids) for item in items)
     done = [
-        _shard_complete(folder, shard_name(s), [ids[i] for i in shard])
+        shard_complete(folder, shard_name(s), [ids[i] for i in shard])
         for s, shard in enumerate(plan)
     ]
     skipped = sum(len(items[i].input_ids) for s, shard in enumerate(plan) if done[s] for i in shard)
@@ -211,7 +185,7 @@ def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[
         "n_dialogs": len(items),
         "n_read_tokens": sum(len(item.read_positions) for item in items),
     }
-    _write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     info.update(
         n_dialogs=len(items),
         n_shards=len(plan),

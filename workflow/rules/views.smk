@@ -20,7 +20,7 @@ rule experiment:
         python=PYTHON,
         inputs=view_args,
     shell:
-        "{params.python} -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"
+        "{params.python} -m pipeline.core.view --out {output} {params.inputs} > {log} 2>&1"
 
 
 # The readers beside the decoder (README, "Readers beside the decoder") are their own view,
@@ -43,4 +43,4 @@ rule analysis_view:
         python=PYTHON,
         inputs=view_args,
     shell:
-        "{params.python} -m pipeline.core.view --view {output} {params.inputs} > {log} 2>&1"
+        "{params.python} -m pipeline.core.view --out {output} {params.inputs} > {log} 2>&1"
