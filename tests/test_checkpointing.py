@@ -8,6 +8,7 @@ import random
 import torch
 
 from pipeline.training import checkpointing as ck
+from pipeline.training import state_files
 
 
 def optimizer_state() -> dict:
@@ -21,8 +22,8 @@ def optimizer_state() -> dict:
 
 def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
     opt, params = optimizer_state()
-    ck.save_state(tmp_path, "optimizer", opt.state_dict())
-    loaded = ck.load_state(tmp_path, "optimizer")
+    state_files.save_state(tmp_path, "optimizer", opt.state_dict())
+    loaded = state_files.load_state(tmp_path, "optimizer")
     assert loaded["param_groups"][0]["betas"] == (0.8, 0.95)
     assert set(loaded["state"]) == {0, 1}  # integer keys survive JSON
     fresh = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params], lr=1e-2)
@@ -35,11 +36,11 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
 def test_rng_state_restores_the_same_draws(tmp_path):
     random.seed(1)
     torch.manual_seed(1)
-    ck.save_state(tmp_path, "rng", ck.rng_state())
+    state_files.save_state(tmp_path, "rng", ck.rng_state())
     expected = (random.random(), torch.rand(3))
     random.seed(99)
     torch.manual_seed(99)
-    ck.set_rng_state(ck.load_state(tmp_path, "rng"))
+    ck.set_rng_state(state_files.load_state(tmp_path, "rng"))
     got = (random.random(), torch.rand(3))
     assert got[0] == expected[0] and torch.equal(got[1], expected[1])
 
@@ -63,4 +64,4 @@ def test_unknown_types_are_refused(tmp_path):
     import pytest
 
     with pytest.raises(TypeError, match="cannot checkpoint"):
-        ck.save_state(tmp_path, "bad", {"x": object()})
+        state_files.save_state(tmp_path, "bad", {"x": object()})

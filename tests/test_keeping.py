@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import view_mtime
 
-from pipeline.core import keeping, store, usage
+from pipeline.core import keeping, staging, store, usage
 from pipeline.core.gc import PENDING_S
 from pipeline.core.view import OUTDATED, _write_view
 
@@ -27,7 +27,7 @@ def publish(store_dir: Path, name: str, inputs=(), files=None) -> Path:
     stage, key = name.split("/")
     out = store_dir / stage / key
     keys = {f"in{i}": upstream.split("/")[1] for i, upstream in enumerate(inputs)}
-    with store.publishing(out, key, stage, {}, keys) as (work, _):
+    with staging.publishing(out, key, stage, {}, keys) as (work, _):
         for rel, data in (files or {"out.bin": name.encode() * 100}).items():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             (work / rel).write_bytes(data)
@@ -125,7 +125,7 @@ def test_gc_never_touches_a_running_stage_nor_what_it_reads(shared, capsys, tmp_
     out = shared / "evaluate" / ("d" * 16)
     script = (
         "import sys, time; from pipeline.core import store\n"
-        f"with store.publishing({str(out)!r}, 'd' * 16, 'evaluate', {{}}, "
+        f"with staging.publishing({str(out)!r}, 'd' * 16, 'evaluate', {{}}, "
         f"{{'train': {K['a0']!r}}}) as (work, _):\n"
         "    (work / 'part').write_text('x'); print('holding', flush=True); time.sleep(600)"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.analysis.params import LayerCacheParams
-from pipeline.core import stage, store
+from pipeline.core import stage, staging, store
 from pipeline.curation.params import CurateParams
 from pipeline.data.templates import TemplateParams
 from pipeline.training.params import TrainParams
@@ -57,7 +57,7 @@ def run_stage(tmp_path: Path, out: Path, fail: str = "") -> subprocess.Completed
 
 def test_an_artifact_published_meanwhile_is_reused_without_running(tmp_path):
     out = tmp_path / "store" / "demo" / "k"
-    with store.publishing(out, "k", "demo", {}, {}) as (work, _):
+    with staging.publishing(out, "k", "demo", {}, {}) as (work, _):
         (work / "result").write_text("built by another run")
     done = run_stage(tmp_path, out)
     assert done.returncode == 0, done.stderr
@@ -77,7 +77,7 @@ def test_a_full_disk_ends_the_stage_on_one_line_and_keeps_the_staging_folder(tmp
         assert "Traceback" not in done.stderr and "free space and rerun" in last
         assert not out.exists() and (staging / "part").exists()
         assert not (staging / store.HOLDER).exists()
-        assert not store.is_held(staging)  # the lock went with the process
+        assert not staging.is_held(staging)  # the lock went with the process
     done = run_stage(tmp_path, out)  # space freed: the rerun resumes in the same folder
     assert done.returncode == 0, done.stderr
     assert "resuming from ['part']" in done.stderr

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.core import store
+from pipeline.core import staging, store
 
 
 def test_key_is_stable_and_order_independent():
@@ -48,7 +48,7 @@ def test_source_digest_sees_content_and_names(tmp_path):
 
 def test_publish_writes_manifest_last_and_renames(tmp_path):
     out = tmp_path / "store" / "stage" / "abc"
-    with store.publishing(out, "abc", "stage", {"p": 1}, {"in": "k"}) as (work, info):
+    with staging.publishing(out, "abc", "stage", {"p": 1}, {"in": "k"}) as (work, info):
         assert work == store.staging_dir(out) and not out.exists()
         (work / "sub").mkdir()
         (work / "sub" / "x.bin").write_bytes(b"hello")
@@ -65,22 +65,22 @@ def test_publish_writes_manifest_last_and_renames(tmp_path):
 def test_failed_stage_publishes_nothing_and_keeps_staging_for_resume(tmp_path):
     out = tmp_path / "abc"
     with pytest.raises(RuntimeError):
-        with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
             (work / "done-part").write_text("kept")
             raise RuntimeError("killed")
     assert not out.exists()
-    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+    with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
         assert (work / "done-part").read_text() == "kept"
     assert (out / store.MANIFEST).exists()
 
 
 def test_a_second_run_of_the_key_is_refused_while_the_first_holds_the_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.5)
+    monkeypatch.setattr(staging, "LOCK_GRACE_S", 0.5)
     out = tmp_path / "abc"
-    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+    with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
         (work / "first").write_text("mine")
-        with pytest.raises(store.StagingBusy) as refused:
-            with store.publishing(out, "abc", "stage", {}, {}) as (other, _):
+        with pytest.raises(staging.StagingBusy) as refused:
+            with staging.publishing(out, "abc", "stage", {}, {}) as (other, _):
                 (other / "second").write_text("must not happen")
         message = str(refused.value)
         assert str(store.staging_dir(out)) in message and f"pid {os.getpid()}" in message
@@ -91,9 +91,9 @@ def test_a_second_run_of_the_key_is_refused_while_the_first_holds_the_lock(tmp_p
 def test_lock_is_released_when_a_stage_fails(tmp_path):
     out = tmp_path / "abc"
     with pytest.raises(RuntimeError):
-        with store.publishing(out, "abc", "stage", {}, {}):
+        with staging.publishing(out, "abc", "stage", {}, {}):
             raise RuntimeError("killed")
-    os.close(store.lock_staging(store.staging_dir(out)))  # free again
+    os.close(staging.lock_staging(store.staging_dir(out)))  # free again
 
 
 def test_a_stale_staging_folder_keeps_only_what_a_resume_uses(tmp_path):
@@ -103,7 +103,7 @@ def test_a_stale_staging_folder_keeps_only_what_a_resume_uses(tmp_path):
     (stale / "checkpoints" / "step-000002" / "complete").write_text("{}")
     (stale / "half-written.tmp").write_text("x")
     (stale / store.HOLDER).write_text('{"pid": 1}')
-    with store.publishing(out, "abc", "stage", {}, {}, keep=("checkpoints",)) as (work, _):
+    with staging.publishing(out, "abc", "stage", {}, {}, keep=("checkpoints",)) as (work, _):
         assert (work / "checkpoints" / "step-000002" / "complete").exists()
         assert not (work / "half-written.tmp").exists()
     assert "half-written.tmp" not in store.read_manifest(out)["files"]
@@ -113,7 +113,9 @@ def test_scratch_stays_until_publication_and_is_never_published(tmp_path):
     """Checkpoints survive a stage killed after its work (a resume needs them), not publication."""
     out = tmp_path / "abc"
     with pytest.raises(RuntimeError):
-        with store.publishing(out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)) as (
+        with staging.publishing(
+            out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)
+        ) as (
             work,
             _,
         ):
@@ -121,7 +123,7 @@ def test_scratch_stays_until_publication_and_is_never_published(tmp_path):
             (work / "adapter.bin").write_bytes(b"done")
             raise RuntimeError("killed between the work and its publication")
     assert (store.staging_dir(out) / "checkpoints" / "step-000004").is_dir()
-    with store.publishing(out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)) as (
+    with staging.publishing(out, "abc", "train", {}, {}, ("checkpoints",), ("checkpoints",)) as (
         work,
         _,
     ):
@@ -138,7 +140,7 @@ def test_another_process_is_refused_when_told_not_to_wait_and_free_after_it_dies
             sys.executable,
             "-c",
             "import sys, time; from pipeline.core import store\n"
-            f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}):\n"
+            f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}):\n"
             "    print('holding', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
@@ -147,28 +149,28 @@ def test_another_process_is_refused_when_told_not_to_wait_and_free_after_it_dies
     try:
         assert holder.stdout.readline().strip() == "holding"
         # A live holder is waited for (below); wait_s=0 refuses at once after the grace.
-        with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}"):
-            store.lock_staging(store.staging_dir(out), grace_s=0.5, wait_s=0)
+        with pytest.raises(staging.StagingBusy, match=f"pid {holder.pid}"):
+            staging.lock_staging(store.staging_dir(out), grace_s=0.5, wait_s=0)
     finally:
         holder.kill()
         holder.wait()
-    with store.publishing(out, "abc", "stage", {}, {}):
+    with staging.publishing(out, "abc", "stage", {}, {}):
         pass
     assert (out / store.MANIFEST).exists()
 
 
 def test_publish_refuses_to_overwrite(tmp_path):
     out = tmp_path / "abc"
-    with store.publishing(out, "abc", "stage", {}, {}):
+    with staging.publishing(out, "abc", "stage", {}, {}):
         pass
     with pytest.raises(store.StoreError, match="already published"):
-        with store.publishing(out, "abc", "stage", {}, {}):
+        with staging.publishing(out, "abc", "stage", {}, {}):
             pass
 
 
 def test_read_manifest_detects_tampering(tmp_path):
     out = tmp_path / "abc"
-    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+    with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
         (work / "w.txt").write_text("12345")
     (out / "w.txt").write_text("54321")
     store.read_manifest(out, verify="fast")  # same size: only the full check sees it
@@ -212,7 +214,7 @@ def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
             sys.executable,
             "-c",
             "import time; from pipeline.core import store\n"
-            f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}) as (work, _):\n"
+            f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}) as (work, _):\n"
             "    (work / 'part').write_text('x'); print('holding', flush=True); time.sleep(2)\n"
             "    raise SystemExit(3)",
         ],
@@ -222,7 +224,7 @@ def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         start = time.monotonic()
-        fd = store.lock_staging(store.staging_dir(out), grace_s=30)
+        fd = staging.lock_staging(store.staging_dir(out), grace_s=30)
         waited = time.monotonic() - start
         os.close(fd)
         holder.wait(timeout=30)
@@ -235,8 +237,8 @@ def _holder_process(out, body: str) -> subprocess.Popen:
     """A process that holds the staging folder of ``out`` (``publishing``) and runs ``body``."""
     script = (
         "import os, signal, sys, time; from pipeline.core import store\n"
-        "store.HEARTBEAT_S = 0.2\n"
-        f"with store.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{'data': 'k1'}}) as (work, _"
+        "staging.HEARTBEAT_S = 0.2\n"
+        f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{'data': 'k1'}}) as (work, _"
         "):\n"
         "    (work / 'part').write_text('x'); print('holding', flush=True)\n"
         + "".join(f"    {line}\n" for line in body.splitlines())
@@ -249,15 +251,15 @@ def _holder_process(out, body: str) -> subprocess.Popen:
 def test_a_live_holder_is_waited_for_and_what_it_publishes_is_reused(tmp_path, monkeypatch, caplog):
     """Two runs of one key at once: the second waits while the first beats, then finds it
     published (and builds nothing)."""
-    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
+    monkeypatch.setattr(staging, "LOCK_GRACE_S", 0.3)
     out = tmp_path / "abc"
     holder = _holder_process(out, "time.sleep(3)")
     try:
         holder_record = store.read_holder(store.staging_dir(out))
         assert holder_record["pid"] == holder.pid and holder_record["inputs"] == {"data": "k1"}
         start = time.monotonic()
-        with pytest.raises(store.AlreadyPublished):
-            with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        with pytest.raises(staging.AlreadyPublished):
+            with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
                 (work / "second").write_text("must not happen")
         waited = time.monotonic() - start
         assert holder.wait(timeout=30) == 0
@@ -272,11 +274,11 @@ def test_a_live_holder_is_waited_for_and_what_it_publishes_is_reused(tmp_path, m
 def test_a_waiter_resumes_what_a_holder_left_when_it_stops_without_publishing(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
+    monkeypatch.setattr(staging, "LOCK_GRACE_S", 0.3)
     out = tmp_path / "abc"
     holder = _holder_process(out, "time.sleep(2)\nraise SystemExit(3)")
     try:
-        with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+        with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
             assert (work / "part").read_text() == "x"  # resumed from the failed run's folder
             (work / "rest").write_text("y")
         assert holder.wait(timeout=30) == 3
@@ -287,25 +289,25 @@ def test_a_waiter_resumes_what_a_holder_left_when_it_stops_without_publishing(
 
 def test_a_holder_whose_heartbeat_stopped_is_refused(tmp_path, monkeypatch):
     """A stopped run (Ctrl-Z, SIGSTOP) or a hung one: waiting for it could last for ever."""
-    monkeypatch.setattr(store, "LOCK_GRACE_S", 0.3)
-    monkeypatch.setattr(store, "HEARTBEAT_STALE_S", 1.5)
+    monkeypatch.setattr(staging, "LOCK_GRACE_S", 0.3)
+    monkeypatch.setattr(staging, "HEARTBEAT_STALE_S", 1.5)
     out = tmp_path / "abc"
     holder = _holder_process(out, "os.kill(os.getpid(), signal.SIGSTOP)")
     try:
         start = time.monotonic()
-        with pytest.raises(store.StagingBusy, match=f"pid {holder.pid}.*heartbeat stopped"):
-            store.lock_staging(store.staging_dir(out))
+        with pytest.raises(staging.StagingBusy, match=f"pid {holder.pid}.*heartbeat stopped"):
+            staging.lock_staging(store.staging_dir(out))
         assert time.monotonic() - start >= 1.5
     finally:
         holder.kill()
         holder.wait()
-    os.close(store.lock_staging(store.staging_dir(out)))  # free once it is gone
+    os.close(staging.lock_staging(store.staging_dir(out)))  # free once it is gone
 
 
 def test_the_heartbeat_renews_the_holder_file_until_publication(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(staging, "HEARTBEAT_S", 0.05)
     out = tmp_path / "abc"
-    with store.publishing(out, "abc", "stage", {}, {}) as (work, _):
+    with staging.publishing(out, "abc", "stage", {}, {}) as (work, _):
         holder = work / store.HOLDER
         first = holder.stat().st_mtime_ns
         time.sleep(0.5)
@@ -322,11 +324,11 @@ def test_the_other_processes_of_a_launch_follow_their_rank_0(tmp_path, monkeypat
 
     out = tmp_path / "abc"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
-    with store.publishing(out, "abc", "stage", {}, {}):
-        assert store.follows_holder(out, poll_s=0.01)
+    with staging.publishing(out, "abc", "stage", {}, {}):
+        assert staging.follows_holder(out, poll_s=0.01)
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-b")
         answer = []
-        follower = threading.Thread(target=lambda: answer.append(store.follows_holder(out, 0.01)))
+        follower = threading.Thread(target=lambda: answer.append(staging.follows_holder(out, 0.01)))
         follower.start()
         time.sleep(0.3)
         assert follower.is_alive()  # another launch holds it: wait

@@ -21,7 +21,7 @@ import pytest
 from processes import kill_all, tagged_env, tagged_processes, wait_for_mark, wait_until_gone
 from workspace import Workspace
 
-from pipeline.core import store
+from pipeline.core import staging, store
 from pipeline.core.experiments import experiment_graphs
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
@@ -212,7 +212,7 @@ def test_a_full_disk_stops_the_cache_on_one_line_and_it_resumes(built, tmp_path,
     assert last.startswith(f"activation_cache: error: no space left on device in {staging} ("), last
     assert "Traceback" not in log.read_text()
     assert not cache.exists() and not (staging / store.HOLDER).exists()
-    assert not store.is_held(staging)
+    assert not staging.is_held(staging)
     complete = sorted((staging / "shards").glob("*.index.parquet"))
     n_shards = built.reference["manifests"]["activation_cache"]["info"]["n_shards"]
     assert 1 <= len(complete) < n_shards, complete
@@ -354,11 +354,11 @@ def test_gc_keeps_a_run_under_way_then_lists_exactly_the_old_training(built, tmp
         ]
         assert len(new_train) == 1 and (store_dir / new_train[0] / store.MANIFEST).exists()
         running = list((store_dir / "evaluate").glob(f"*{PARTIAL}"))
-        assert len(running) == 1 and store.is_held(running[0])
+        assert len(running) == 1 and staging.is_held(running[0])
         code, result = keeping(built, "gc", "--delete")
         assert code == 0 and removed(result) == orphans
         assert result["kept"][new_train[0]].startswith("wanted by")
-        assert store.is_held(running[0]) and (store_dir / new_train[0] / store.MANIFEST).exists()
+        assert staging.is_held(running[0]) and (store_dir / new_train[0] / store.MANIFEST).exists()
         assert all((store_dir / name / store.MANIFEST).exists() for name in before.values())
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -29,7 +29,7 @@ from processes import (
 )
 from safetensors.torch import load_file
 
-from pipeline.core import store
+from pipeline.core import staging, store
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 from pipeline.data.schema import write_dialogs
@@ -422,7 +422,7 @@ def test_killing_the_job_group_leaves_no_torchrun_worker(tmp_path, tiny_model_di
         kill_all(tagged_processes(tag))
     assert not (out / store.MANIFEST).exists()
     # Nobody holds the staging folder any more.
-    os.close(store.lock_staging(store.staging_dir(out)))
+    os.close(staging.lock_staging(store.staging_dir(out)))
 
 
 @pytest.mark.slow
@@ -619,8 +619,8 @@ def test_training_and_reading_build_the_same_decoder_inputs(
     from pipeline.mechanism.lora import add_lora
     from pipeline.mechanism.modeling import load_model
     from pipeline.mechanism.reading import compute_reads
+    from pipeline.training.batches import make_batch
     from pipeline.training.distributed import Dist
-    from pipeline.training.train_data import make_batch
 
     values = {
         **BASE_PARAMS,

@@ -6,7 +6,7 @@ artifact may start after the first run published it: Snakemake would then delete
 while the first run's next stages read it. And an artifact whose date is older than an input's (a
 reused input is dated anew by the run that reused it) would be deleted and built again although its
 key, which digests everything it was made from, is unchanged. A published artifact is complete and
-immutable, so the job keeps it and its stage finds it published (``store.AlreadyPublished``).
+immutable, so the job keeps it and its stage finds it published (``staging.AlreadyPublished``).
 Only ``latentqa-store gc`` and ``verify --repair`` remove artifacts; to rebuild one, move it away.
 
 :func:`keep_published_outputs` is called by ``workflow/rules/common.smk`` when Snakemake parses.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import store, usage
+from pipeline.core import staging, store, usage
 
 DAMAGED = "_damaged"
 PARTIAL = ".partial"
@@ -97,7 +97,7 @@ def _artifact(path: Path, stage: str) -> Entry:
 
 def _staging(path: Path, stage: str) -> Entry:
     size, newest = disk_size(path)
-    held = store.is_held(path)
+    held = staging.is_held(path)
     holder = store.read_holder(path) if held else None
     inputs = dict((holder or {}).get("inputs") or {})
     return Entry(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.core import disk, store
+from pipeline.core import disk, staging, store
 from pipeline.core.errors import InputError
 from pipeline.core.faults import fault_point
 from pipeline.core.lifeline import die_with_parent
@@ -255,13 +255,13 @@ def _main(
         if path.is_dir() and path.parent.parent.name == "store":
             store.read_manifest(path, verify="fast")
     try:
-        with store.publishing(
+        with staging.publishing(
             args.out, args.key, stage, raw, input_keys(inputs), resumable, scratch
         ) as (workdir, info):
             fault_point(f"stage.{stage}.start")
             run(params, inputs, workdir, info)
             fault_point(f"stage.{stage}.publish")
-    except store.AlreadyPublished:
+    except staging.AlreadyPublished:
         # Another run (another experiment or working directory on this store) built it while
         # this one waited on the staging lock, or before Snakemake started this job.
         store.read_manifest(args.out, verify="fast")
@@ -272,11 +272,11 @@ def _main(
     except (InputError, store.StoreError):
         raise
     except Exception as exc:
-        staging = store.staging_dir(args.out)
-        if not disk.out_of_space(exc, staging):
+        folder = store.staging_dir(args.out)
+        if not disk.out_of_space(exc, folder):
             raise
         raise OutOfSpace(
-            f"no space left on device in {disk.describe(staging)} ({one_line(exc)}); nothing "
+            f"no space left on device in {disk.describe(folder)} ({one_line(exc)}); nothing "
             "was published; free space and rerun: the stage resumes from what that folder keeps"
         ) from exc
     log.info("published %s", args.out)

@@ -42,7 +42,7 @@ def locked(store_dir: str | os.PathLike) -> Iterator[IO[str]]:
     """The usage file, opened for appending and reading under an exclusive lock.
 
     ``gc`` replaces the file when it compacts it; a writer that waited on the old one opens the
-    new one (the lock follows the inode, as in ``store.lock_staging``).
+    new one (the lock follows the inode, as in ``staging.lock_staging``).
     """
     path = Path(store_dir) / LOG
     while True:

@@ -23,13 +23,14 @@ from pipeline.mechanism.decoder import answer_loss
 from pipeline.mechanism.lora import adapter_blocks, add_lora, enable_gradient_checkpointing
 from pipeline.mechanism.modeling import decoder_layers, load_model
 from pipeline.training import checkpoint_adapters, validation
+from pipeline.training.batches import make_batch
 from pipeline.training.checkpointing import TrainState
 from pipeline.training.distributed import Dist, all_reduce_sum, barrier
 from pipeline.training.optimizer import build_optimizer
 from pipeline.training.parallel import autocast, clip_gradients, no_grad_sync, wrap_model
 from pipeline.training.params import TrainParams
 from pipeline.training.sampling import BucketedBatchSampler
-from pipeline.training.train_data import ExampleSet, build_examples, make_batch, read_dialogs_input
+from pipeline.training.train_data import ExampleSet, build_examples, read_dialogs_input
 
 
 class Interrupted(Exception):

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import stage, store
+from pipeline.core import stage, staging, store
 from pipeline.core.errors import InputError
 from pipeline.core.lifeline import die_with_parent
 from pipeline.training import checkpoint_adapters
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-            if store.follows_holder(args.out):  # False: another run published it; rank 0 reuses it
+            if staging.follows_holder(
+                args.out
+            ):  # False: another run published it; rank 0 reuses it
                 run(params, args.inputs, store.staging_dir(args.out), {}, ctx)
     except Interrupted as exc:
         log.warning("rank %d: %s", ctx.rank, exc)

@@ -15,7 +15,7 @@ from pipeline.training.train_data import ExampleSet, layer_choice_examples
 
 BatchOf = Callable[[ExampleSet, list[int]], tuple[DecoderBatch, int]]
 """The decoder batch of some examples of a set, and the target tokens run to read it
-(:func:`pipeline.training.train_data.make_batch` with the run's model and device)."""
+(:func:`pipeline.training.batches.make_batch` with the run's model and device)."""
 
 
 def example_losses(
