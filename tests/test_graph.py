@@ -282,11 +282,10 @@ def test_published_adapters_bring_the_reading_curve_into_the_report(experiment):
 
 
 def test_a_layer_the_model_lacks_is_refused_naming_the_setting(experiment):
-    for section, setting, value in (
-        ("train", "read_layers", [4]),
-        ("train", "write_layer", 4),
-        ("cache", "layers", [1, 7]),
+    for override, named in (
+        ({"train": {"mode": "on_the_fly", "read_layers": [4]}}, "train.read_layers = 4"),
+        ({"train": {"write_layer": 4}}, "train.write_layer = 4"),
+        ({"train": {"read_layers": [3]}, "cache": {"layers": [1, 7]}}, "cache.layers = 7"),
     ):
-        bad = deep_merge(experiment, {section: {setting: value}})
-        with pytest.raises(InputError, match=rf"tiny\.{section}\.{setting} = \d, .* has 4 blocks"):
-            experiment_graph("tiny", bad, REPO)
+        with pytest.raises(InputError, match=rf"^experiments\.tiny\.{named}, .* has 4 blocks"):
+            experiment_graph("tiny", deep_merge(experiment, override), REPO)
