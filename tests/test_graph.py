@@ -255,10 +255,11 @@ def test_the_default_experiment_parses_from_a_fresh_clone(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     assert (tmp_path / "data" / "latentqa_eval" / "SHA256SUMS").is_file()
+    from pipeline.core.experiments import load_experiments
+
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     name = config["default_experiments"][0]
-    experiment = deep_merge(config.get("defaults", {}), config["experiments"][name])
-    graph = experiment_graph(name, experiment, tmp_path)
+    graph = load_experiments(config, tmp_path, [name]).graphs_of([name])[name]
     assert "data:latentqa_eval" not in graph and "report" in graph
 
 
@@ -278,3 +279,13 @@ def test_published_adapters_bring_the_reading_curve_into_the_report(experiment):
     assert changed(before, after) == {"evaluate", "reading_curve", "report"}
     with pytest.raises(ValueError, match=r"tiny.reading_curve needs .*train.adapter_every"):
         experiment_graph("tiny", deep_merge(experiment, {"reading_curve": {}}), REPO)
+
+
+def test_a_layer_the_model_lacks_is_refused_naming_the_setting(experiment):
+    for override, named in (
+        ({"train": {"mode": "on_the_fly", "read_layers": [4]}}, "train.read_layers = 4"),
+        ({"train": {"write_layer": 4}}, "train.write_layer = 4"),
+        ({"train": {"read_layers": [3]}, "cache": {"layers": [1, 7]}}, "cache.layers = 7"),
+    ):
+        with pytest.raises(InputError, match=rf"^experiments\.tiny\.{named}, .* has 4 blocks"):
+            experiment_graph("tiny", deep_merge(experiment, override), REPO)

@@ -169,7 +169,7 @@ def test_gc_keep_protects_an_experiments_current_graph(
     import yaml
     from conftest import REPO
 
-    from pipeline.core.experiments import experiment_graphs
+    from pipeline.core.experiments import load_experiments
 
     config = {
         "store": "results/store",
@@ -184,7 +184,7 @@ def test_gc_keep_protects_an_experiments_current_graph(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    graph = experiment_graphs(config, ["tiny"], REPO)["tiny"]
+    graph = load_experiments(config, REPO, ["tiny"]).graphs_of(["tiny"])["tiny"]
     store_dir = tmp_path / "results" / "store"
     for node in graph.values():
         publish(store_dir, f"{node.stage}/{node.key}")

@@ -136,10 +136,9 @@ def _expected_nodes(root: Path, env: dict) -> dict[str, dict[str, str]]:
     """The graph a local run would build, computed with the workspace's own code."""
     code = (
         "import json, yaml\n"
-        "from pipeline.core.graph import deep_merge, experiment_graph\n"
+        "from pipeline.core.experiments import load_experiments\n"
         "config = yaml.safe_load(open('config/config.yaml'))\n"
-        "values = deep_merge(config.get('defaults', {}), config['experiments']['tiny'])\n"
-        "graph = experiment_graph('tiny', values, root='.')\n"
+        "graph = load_experiments(config, '.', ['tiny']).graphs_of(['tiny'])['tiny']\n"
         "print(json.dumps({n: {'stage': v.stage, 'key': v.key} for n, v in graph.items()}))\n"
     )
     result = subprocess.run(

@@ -52,3 +52,14 @@ def test_the_readers_digest_no_evaluation_code():
         files = [str(p) for p in stages.source_files(STAGES[stage].module)]
         assert not [f for f in files if "/pipeline/evaluation/" in f], stage
         assert not [f for f in files if "/pipeline/training/" in f], stage
+
+
+def test_start_checks_are_found_and_no_part_of_their_stages_digest():
+    """A start check runs when the graph is built; changing it must rerun nothing."""
+    declared = {name: spec for name, spec in STAGES.items() if spec.start_check}
+    assert "import_latentqa" in declared
+    for name, spec in declared.items():
+        assert callable(stages.start_check(name)), name
+        module = spec.start_check.partition(":")[0]
+        assert stages.module_file(module) not in stages.source_files(spec.module), name
+    assert stages.start_check("train") is None

@@ -22,7 +22,7 @@ from processes import kill_all, tagged_env, tagged_processes, wait_for_mark, wai
 from workspace import Workspace
 
 from pipeline.core import staging, store
-from pipeline.core.experiments import experiment_graphs
+from pipeline.core.experiments import load_experiments
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
 from pipeline.core.inventory import PARTIAL
@@ -257,7 +257,7 @@ def test_two_runs_at_once_on_one_store_build_each_shared_artifact_once(built, tm
             workspace.config["experiments"]["tiny"]["evaluate"]["max_new_tokens"] = 5
         workspace.write_config()
         runs[name] = workspace
-    graph = experiment_graphs(runs["y"].config, ["tiny"], runs["y"].root)["tiny"]
+    graph = load_experiments(runs["y"].config, runs["y"].root, ["tiny"]).graphs_of(["tiny"])["tiny"]
     expected = {
         "x": built.reference["view"],
         "y": {n.replace(":", "_"): f"{v.stage}/{v.key}" for n, v in view_nodes(graph).items()},

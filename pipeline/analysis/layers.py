@@ -18,22 +18,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipeline.core import store
-from pipeline.core.graph import BEFORE_TRAINING, deep_merge, experiment_graph
+from pipeline.core.experiments import load_config, load_experiments, store_of
+from pipeline.core.graph import BEFORE_TRAINING
 
 
 def analysis_graph(experiment: str, config_path: Path, root: Path):
-    config = yaml.safe_load(config_path.read_text())
-    if experiment not in config.get("experiments", {}):
+    config = load_config(config_path)
+    if experiment not in (config.get("experiments") or {}):
         raise SystemExit(f"{config_path}: no experiment {experiment!r}")
-    values = deep_merge(config.get("defaults", {}), config["experiments"][experiment])
-    if values.get("analysis") is None:
+    experiments = load_experiments(config, root, [experiment])
+    if experiments.values[experiment].get("analysis") is None:
         raise SystemExit(
             f"{config_path}: experiments.{experiment} has no analysis section; add `analysis: {{}}`"
         )
-    return experiment_graph(experiment, values, root), config.get("store", "results/store")
+    return experiments.graphs_of([experiment], str(config_path))[experiment], store_of(config)
 
 
 def smooth(values: list[float | None], width: int = 1) -> list[float | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.core import gc, inventory, usage, verify
 from pipeline.core.errors import InputError
-from pipeline.core.experiments import DEFAULT_CONFIG, experiment_graphs, load_config, store_of
+from pipeline.core.experiments import DEFAULT_CONFIG, load_config, load_experiments, store_of
 from pipeline.core.inventory import ARTIFACT, STAGING, Entry, View, size_text, when_text
 
 
@@ -37,7 +37,11 @@ def keep_from_config(args: argparse.Namespace, store_dir: Path) -> dict[str, str
     if not args.keep:
         return {}
     config_path = args.config or DEFAULT_CONFIG
-    graphs = experiment_graphs(load_config(config_path), args.keep, args.root, str(config_path))
+    try:
+        experiments = load_experiments(load_config(config_path), args.root, args.keep)
+    except ValueError as exc:  # a setting that fits no stage: an error to print, not a traceback
+        raise InputError(f"{config_path}: {exc}") from exc
+    graphs = experiments.graphs_of(args.keep, str(config_path))
     keep = {}
     for experiment, graph in graphs.items():
         for node in graph.values():

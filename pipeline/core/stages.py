@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import glob
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -44,7 +44,13 @@ class StageSpec:
     reads: Mapping[str, str] = field(default_factory=dict)
     """A stage wired by this declaration alone: its input names and the nodes they read
     (``{"data": "filter", "train": "train"}``); an experiment runs it when it has a section of
-    the stage's name. Empty for the stages ``graph.py`` wires itself."""
+    the stage's name. Empty for the stages the graph package (``pipeline/core/graph/``) wires
+    itself."""
+    start_check: str = ""
+    """``<module>:<function>`` checking the stage's external inputs when the graph is built, as
+    ``check(where, params, inputs)``: a missing or altered file stops ``snakemake -n``, not a job
+    hours into the run. In a module that does not import torch, and that the stage's own module
+    does not import (so that the check is no part of its code digest)."""
 
     def __post_init__(self) -> None:
         if self.launcher not in ("python", "torchrun"):
@@ -68,7 +74,10 @@ STAGES: dict[str, StageSpec] = {
         runtime=60,
     ),
     "import_latentqa": StageSpec(
-        "data.import_latentqa", "data.import_latentqa:ImportParams", **_SMALL
+        "data.import_latentqa",
+        "data.import_latentqa:ImportParams",
+        start_check="data.latentqa_files:check_folder",
+        **_SMALL,
     ),
     # Calls an OpenAI-compatible endpoint; completed calls are cached outside the store, so a
     # rerun after a crash (or with a changed filter) repeats none of them.
@@ -123,6 +132,12 @@ def params_class(stage: str) -> type:
     """The stage's params dataclass; its module is imported, never the stage's own code."""
     module, _, name = STAGES[stage].params.partition(":")
     return getattr(importlib.import_module(f"pipeline.{module}"), name)
+
+
+def start_check(stage: str) -> Callable[[str, dict, dict], None] | None:
+    """The stage's start check (``StageSpec.start_check``), if it declares one."""
+    module, _, name = STAGES[stage].start_check.partition(":")
+    return getattr(importlib.import_module(f"pipeline.{module}"), name) if module else None
 
 
 def module_file(module: str) -> Path:

@@ -11,15 +11,9 @@ sys.path.insert(0, REPO)
 
 from pipeline.core.config_check import check_config
 from pipeline.core.errors import InputError
+from pipeline.core.experiments import load_experiments
+from pipeline.core.graph import ANALYSIS_NODES, Node, view_nodes
 from pipeline.core.immutable import keep_published_outputs
-from pipeline.core.graph import (
-    ANALYSIS_NODES,
-    Node,
-    build_order,
-    deep_merge,
-    experiment_graph,
-    view_nodes,
-)
 from pipeline.core.stages import STAGES
 from pipeline.core.view import refresh_view
 from pipeline.data.latentqa_split import DataLeak, check_disjoint
@@ -50,43 +44,27 @@ PYTHON = _python()
 keep_published_outputs()
 STORE = config.get("store", "results/store")
 LOGS = config.get("logs", "results/logs")
-EXPERIMENTS = {
-    name: deep_merge(config.get("defaults", {}), values)
-    for name, values in config["experiments"].items()
-}
 
 
-def _build_graphs():
-    graphs, errors = {}, {}
-    for name in build_order(EXPERIMENTS):
-        values = EXPERIMENTS[name]
-        broken = [
-            p
-            for p in (values.get("report") or {}).get("compare_with", [])
-            if p in errors
-        ]
-        if broken:
-            errors[name] = (
-                f"it compares with {broken[0]}, which cannot run: {errors[broken[0]]}"
-            )
-            continue
-        try:
-            graphs[name] = experiment_graph(name, values, root=REPO, peers=graphs)
-            sources = values.get("data") or {}
-            if "data:latentqa" in graphs[name] and "data:latentqa_eval" in graphs[name]:
-                check_disjoint(
-                    Path(REPO) / sources["latentqa"]["path"],
-                    Path(REPO) / sources["latentqa_eval"]["path"],
-                )
-        except (FileNotFoundError, DataLeak) as exc:
-            # An experiment whose model or data is not on this machine, or whose training data
-            # holds evaluation rows, cannot run; the others still can.
-            graphs.pop(name, None)
-            errors[name] = str(exc)
-    return graphs, errors
+def _training_rows_not_evaluated(values, graph):
+    """Why an experiment cannot run when its LatentQA training data holds evaluation rows."""
+    if "data:latentqa" not in graph or "data:latentqa_eval" not in graph:
+        return None
+    sources = values["data"]
+    try:
+        check_disjoint(
+            Path(REPO) / sources["latentqa"]["path"],
+            Path(REPO) / sources["latentqa_eval"]["path"],
+        )
+    except DataLeak as exc:
+        return str(exc)
+    return None
 
 
-GRAPHS, GRAPH_ERRORS = _build_graphs()
+# Every experiment's values (defaults merged in) and graph; one whose model or data is not on this
+# machine, or whose training data holds evaluation rows, cannot run, and the others still can.
+_LOADED = load_experiments(config, REPO, check=_training_rows_not_evaluated)
+EXPERIMENTS, GRAPHS, GRAPH_ERRORS = _LOADED.values, _LOADED.graphs, _LOADED.errors
 
 
 def _requested_experiments():
