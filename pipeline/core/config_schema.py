@@ -87,17 +87,12 @@ def dataclass_schema(cls: type, extra: dict[str, Any] | None = None) -> dict[str
 
 
 def experiment_schema() -> dict[str, Any]:
-    sections = {
-        "model": dataclass_schema(stages.params_class("prepare_model")),
-        "texts": dataclass_schema(stages.params_class("texts")),
-        "filter": dataclass_schema(stages.params_class("filter")),
-        "cache": dataclass_schema(stages.params_class("activation_cache")),
-        "train": dataclass_schema(stages.params_class("train")),
-        "evaluate": dataclass_schema(stages.params_class("evaluate")),
-        "control": {"anyOf": [dataclass_schema(stages.params_class("control")), {"type": "null"}]},
-        "reading_curve": dataclass_schema(stages.params_class("reading_curve")),
-        "report": dataclass_schema(stages.params_class("report")),
-    }
+    sections = {}
+    for name in ("prepare_model", "texts", "filter", "activation_cache", "train", "evaluate",
+                 "control", "reading_curve", "report"):  # fmt: skip
+        sections[stages.section(name)] = dataclass_schema(stages.params_class(name))
+    # `control: null` turns the stage off in an experiment whose defaults enable it.
+    sections["control"] = {"anyOf": [sections["control"], {"type": "null"}]}
     for name, spec in stages.STAGES.items():
         if spec.reads:
             sections[name] = dataclass_schema(stages.params_class(name))

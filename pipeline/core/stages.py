@@ -46,6 +46,10 @@ class StageSpec:
     (``{"data": "filter", "train": "train"}``); an experiment runs it when it has a section of
     the stage's name. Empty for the stages the graph package (``pipeline/core/graph/``) wires
     itself."""
+    section: str = ""
+    """The experiment's config section holding its params, where it is not the stage's name
+    (``model`` for ``prepare_model``, ``cache`` for ``activation_cache``): the one place that
+    mapping lives."""
     start_check: str = ""
     """``<module>:<function>`` checking the stage's external inputs when the graph is built, as
     ``check(where, params, inputs)``: a missing or altered file stops ``snakemake -n``, not a job
@@ -64,7 +68,11 @@ class StageSpec:
 _SMALL = {"threads": 1, "mem_mb": 2000, "runtime": 10}
 STAGES: dict[str, StageSpec] = {
     "prepare_model": StageSpec(
-        "mechanism.prepare_model", "core.model_source:ModelSpec", mem_mb=8000, runtime=60
+        "mechanism.prepare_model",
+        "core.model_source:ModelSpec",
+        mem_mb=8000,
+        runtime=60,
+        section="model",
     ),
     "templates": StageSpec(
         "data.templates",
@@ -101,7 +109,9 @@ STAGES: dict[str, StageSpec] = {
     ),
     "filter": StageSpec("data.filter", "data.filter:FilterParams", **{**_SMALL, "mem_mb": 4000}),
     "statements": StageSpec("data.statements", "data.statements:StatementParams", **_SMALL),
-    "activation_cache": StageSpec("training.activation_cache", "training.params:CacheParams"),
+    "activation_cache": StageSpec(
+        "training.activation_cache", "training.params:CacheParams", section="cache"
+    ),
     # One allocation, one node: torchrun's standalone rendezvous starts one process per device.
     "train": StageSpec(
         "training.train", "training.params:TrainParams", runtime=240, launcher="torchrun"
@@ -126,6 +136,11 @@ STAGES: dict[str, StageSpec] = {
         report_patterns=("{name}.png", "{name,headline|examples}.html"),
     ),
 }
+
+
+def section(stage: str) -> str:
+    """The experiment config section holding the stage's params (its name unless declared)."""
+    return STAGES[stage].section or stage
 
 
 def params_class(stage: str) -> type:

@@ -31,7 +31,10 @@ def experiment_graph(
     """
     root = Path(root)
     where = f"experiments.{name}"
-    model = Node("prepare_model", full_params("prepare_model", config["model"], f"{where}.model"))
+    section = stages.section("prepare_model")
+    model = Node(
+        "prepare_model", full_params("prepare_model", config[section], f"{where}.{section}")
+    )
     model.external["model"] = fingerprint(model.params)
     nodes: dict[str, Node] = {"prepare_model": model}
     depth = model_depth(model.params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.core import stages
 from pipeline.core.cross_checks import check_mix
 from pipeline.core.graph.data import training_sources
 from pipeline.core.graph.nodes import Node, full_params
@@ -27,17 +28,18 @@ def train_nodes(
     model_name = model.params["name"]
     if params["mode"] == "cached":
         # The cache holds what training reads: its read layers (unless set) and its positions.
-        cache_values = dict(config.get("cache") or {})
+        section = stages.section("activation_cache")
+        cache_values = dict(config.get(section) or {})
         cache_values.setdefault("layers", list(params["read_layers"]))
         cache_values["positions"] = params["positions"]
         cache = Node(
             "activation_cache",
-            full_params("activation_cache", cache_values, f"{where}.cache"),
+            full_params("activation_cache", cache_values, f"{where}.{section}"),
             {"model": model, "data": filtered},
         )
         nodes["activation_cache"] = cache
         train.inputs["cache"] = cache
-        check_layers(f"{where}.cache.layers", cache.params["layers"], depth, model_name)
+        check_layers(f"{where}.{section}.layers", cache.params["layers"], depth, model_name)
     check_layers(f"{where}.train.read_layers", params["read_layers"], depth, model_name)
     if params["write_layer"] is not None:
         check_layers(f"{where}.train.write_layer", [params["write_layer"]], depth, model_name)
