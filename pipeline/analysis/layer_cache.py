@@ -88,9 +88,6 @@ def run(
     from pipeline.mechanism.dialogs import tokenize_read_dialog
     from pipeline.mechanism.modeling import decoder_layers, load_model, resolve_device
 
-    for name in ("data", "model"):
-        if name not in inputs:
-            raise SystemExit(f"layer_cache: needs --input {name}=PATH")
     data = Path(inputs["data"])
     source = data / "dialogs.parquet" if data.is_dir() else data
     kinds = CONTROL_KINDS if params.items == "controlled" else None
@@ -204,7 +201,9 @@ class LayerCache:
 
 def main(argv: list[str] | None = None) -> None:
     """The stage's command line; a killed run resumes from its complete shards."""
-    stage.main("layer_cache", LayerCacheParams, run, argv, resumable=(SHARDS,))
+    stage.main(
+        "layer_cache", LayerCacheParams, run, argv, resumable=(SHARDS,), needs=("data", "model")
+    )
 
 
 if __name__ == "__main__":

@@ -187,9 +187,6 @@ def run(params: LensParams, inputs: dict[str, Path], workdir: Path, info: dict[s
     from pipeline.data.relations import load_relations, select
     from pipeline.mechanism.modeling import decoder_layers, load_model
 
-    for name in ("model", "relations", "translation"):
-        if name not in inputs:
-            raise SystemExit(f"lens: needs --input {name}=PATH")
     model, tokenizer = load_model(inputs["model"], params.dtype, params.device)
     model.eval()
     relations = load_relations(inputs["relations"])
@@ -214,4 +211,4 @@ def run(params: LensParams, inputs: dict[str, Path], workdir: Path, info: dict[s
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("lens", LensParams, run)
+    stage.main("lens", LensParams, run, needs=("model", "relations", "translation"))

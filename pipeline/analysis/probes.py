@@ -52,9 +52,6 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
     from pipeline.analysis.prompting import load_reader_model
     from pipeline.data.schema import read_dialogs
 
-    missing = [name for name in NEEDS if name not in inputs]
-    if missing:
-        raise SystemExit(f"probes: needs --input {missing[0]}=PATH")
     started = time.time()
     torch.manual_seed(params.seed)
     model, tokenizer, settings = load_reader_model(inputs, params.dtype, params.device)
@@ -139,4 +136,4 @@ def best_layer(result: dict, split: str, method: str = "logistic") -> int | None
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("probes", ProbeParams, run)
+    stage.main("probes", ProbeParams, run, needs=NEEDS)

@@ -94,8 +94,6 @@ def classification_rows(texts: list[dict[str, Any]], params: ClassificationParam
 
 
 def run(params: ClassificationParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    if "texts" not in inputs:
-        raise SystemExit("classification: needs --input texts=DIR (a texts artifact)")
     texts = read_texts(inputs["texts"])
     unknown = sorted({t["mood"] for t in texts} - set(TONES))
     if unknown:
@@ -106,4 +104,4 @@ def run(params: ClassificationParams, inputs: dict[str, Path], workdir: Path, in
 
 
 if __name__ == "__main__":
-    stage.main("classification", ClassificationParams, run)
+    stage.main("classification", ClassificationParams, run, needs=("texts",))

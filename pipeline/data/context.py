@@ -95,8 +95,6 @@ def context_rows(texts: list[dict[str, Any]], params: ContextParams) -> list[dic
 
 
 def run(params: ContextParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    if "texts" not in inputs:
-        raise SystemExit("context: needs --input texts=DIR (a texts artifact)")
     rows = write_dialogs(
         context_rows(read_texts(inputs["texts"]), params), workdir / "dialogs.parquet"
     )
@@ -105,4 +103,4 @@ def run(params: ContextParams, inputs: dict[str, Path], workdir: Path, info: dic
 
 
 if __name__ == "__main__":
-    stage.main("context", ContextParams, run)
+    stage.main("context", ContextParams, run, needs=("texts",))

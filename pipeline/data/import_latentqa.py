@@ -181,8 +181,6 @@ def import_folder(folder: Path, params: ImportParams) -> tuple[list[dict[str, An
 
 
 def run(params: ImportParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    if "source" not in inputs:
-        raise SystemExit("import_latentqa: needs --input source=DIR")
     records, summary = import_folder(Path(inputs["source"]), params)
     rows = write_dialogs(records, workdir / "dialogs.parquet")
     summary["unique_ids"] = len({row["id"] for row in rows})
@@ -196,4 +194,4 @@ def run(params: ImportParams, inputs: dict[str, Path], workdir: Path, info: dict
 
 
 if __name__ == "__main__":
-    stage.main("import_latentqa", ImportParams, run)
+    stage.main("import_latentqa", ImportParams, run, needs=("source",))

@@ -77,8 +77,6 @@ def relation_rows(relations, sentences_per_fact: int, seed: int) -> list[dict[st
 
 
 def run(params: RelationQAParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    if "relations" not in inputs:
-        raise SystemExit("relation_qa: needs --input relations=FILE (data/relations.yaml)")
     relations = select(load_relations(inputs["relations"]), params.relations, "relations")
     rows = write_dialogs(
         relation_rows(relations, params.sentences_per_fact, params.seed),
@@ -89,4 +87,4 @@ def run(params: RelationQAParams, inputs: dict[str, Path], workdir: Path, info: 
 
 
 if __name__ == "__main__":
-    stage.main("relation_qa", RelationQAParams, run)
+    stage.main("relation_qa", RelationQAParams, run, needs=("relations",))

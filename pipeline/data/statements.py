@@ -125,8 +125,6 @@ def is_true(row: dict[str, Any]) -> bool:
 
 
 def run(params: StatementParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    if "relations" not in inputs:
-        raise SystemExit("statements: needs --input relations=FILE (data/relations.yaml)")
     relations = load_relations(inputs["relations"])
     if params.relations is not None:
         relations = select(relations, params.relations, "statements.relations")
@@ -139,4 +137,4 @@ def run(params: StatementParams, inputs: dict[str, Path], workdir: Path, info: d
 
 
 if __name__ == "__main__":
-    stage.main("statements", StatementParams, run)
+    stage.main("statements", StatementParams, run, needs=("relations",))

@@ -92,9 +92,6 @@ def run(params: TextParams, inputs: dict[str, Path], workdir: Path, info: dict) 
     from pipeline.mechanism.completion import generate_completions
     from pipeline.mechanism.modeling import load_model
 
-    for name in ("model", "prompts"):
-        if name not in inputs:
-            raise SystemExit(f"texts: needs --input {name}=PATH")
     prompts = load_prompts(inputs["prompts"], params.max_topics)
     model, tokenizer = load_model(inputs["model"], params.dtype, params.device)
     replies, stats = generate_completions(
@@ -118,4 +115,4 @@ def run(params: TextParams, inputs: dict[str, Path], workdir: Path, info: dict) 
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("texts", TextParams, run)
+    stage.main("texts", TextParams, run, needs=("model", "prompts"))

@@ -168,9 +168,6 @@ def run(params: CurveParams, inputs: dict[str, Path], workdir: Path, info: dict)
     from pipeline.mechanism.reading import compute_reads, target_mode
     from pipeline.training.checkpoint_adapters import published
 
-    for name in ("model", "train", "evaluate", "data", "relations", "synonyms"):
-        if name not in inputs:
-            raise SystemExit(f"reading_curve: needs --input {name}=PATH")
     adapters = published(inputs["train"])
     if not adapters:
         raise SystemExit(
@@ -284,4 +281,9 @@ def _kind(metric, name: str) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("reading_curve", CurveParams, run)
+    stage.main(
+        "reading_curve",
+        CurveParams,
+        run,
+        needs=("model", "train", "evaluate", "data", "relations", "synonyms"),
+    )

@@ -180,9 +180,6 @@ def evaluate(
 
 
 def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) -> None:
-    for name in ("model", "train", "data", "relations", "synonyms"):
-        if name not in inputs:
-            raise SystemExit(f"evaluate: needs --input {name}=PATH")
     started = time.time()
     train_manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
     settings = DecoderSettings.from_manifest(train_manifest)
@@ -248,4 +245,6 @@ def run(params: EvalParams, inputs: dict[str, Path], workdir: Path, info: dict) 
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("evaluate", EvalParams, run)
+    stage.main(
+        "evaluate", EvalParams, run, needs=("model", "train", "data", "relations", "synonyms")
+    )

@@ -137,9 +137,6 @@ def run(params: ExplainParams, inputs: dict[str, Path], workdir: Path, info: dic
     from pipeline.mechanism.decoder_settings import DecoderSettings
     from pipeline.mechanism.reading import compute_reads
 
-    for name in ("model", "train", "data"):
-        if name not in inputs:
-            raise SystemExit(f"explain: needs --input {name}=PATH")
     started = time.time()
     manifest = json.loads((inputs["train"] / "_manifest.json").read_text())
     settings = DecoderSettings.from_manifest(manifest, where=str(inputs["train"]))
@@ -236,4 +233,4 @@ def explain_table(report: dict) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    stage.main("explain", ExplainParams, run)
+    stage.main("explain", ExplainParams, run, needs=("model", "train", "data"))
