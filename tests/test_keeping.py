@@ -124,7 +124,7 @@ def test_gc_never_touches_a_running_stage_nor_what_it_reads(shared, capsys, tmp_
     folder and the decoder it reads stay, although no view names them."""
     out = shared / "evaluate" / ("d" * 16)
     script = (
-        "import sys, time; from pipeline.core import store\n"
+        "import sys, time; from pipeline.core import staging, store\n"
         f"with staging.publishing({str(out)!r}, 'd' * 16, 'evaluate', {{}}, "
         f"{{'train': {K['a0']!r}}}) as (work, _):\n"
         "    (work / 'part').write_text('x'); print('holding', flush=True); time.sleep(600)"

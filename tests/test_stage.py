@@ -68,16 +68,16 @@ def test_an_artifact_published_meanwhile_is_reused_without_running(tmp_path):
 
 def test_a_full_disk_ends_the_stage_on_one_line_and_keeps_the_staging_folder(tmp_path):
     out = tmp_path / "store" / "demo" / "k"
-    staging = store.staging_dir(out)
+    folder = store.staging_dir(out)
     for fail in ("enospc", "wrapped"):
         done = run_stage(tmp_path, out, fail)
         assert done.returncode == 1
         last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"demo: error: no space left on device in {staging} ("), last
+        assert last.startswith(f"demo: error: no space left on device in {folder} ("), last
         assert "Traceback" not in done.stderr and "free space and rerun" in last
-        assert not out.exists() and (staging / "part").exists()
-        assert not (staging / store.HOLDER).exists()
-        assert not staging.is_held(staging)  # the lock went with the process
+        assert not out.exists() and (folder / "part").exists()
+        assert not (folder / store.HOLDER).exists()
+        assert not staging.is_held(folder)  # the lock went with the process
     done = run_stage(tmp_path, out)  # space freed: the rerun resumes in the same folder
     assert done.returncode == 0, done.stderr
     assert "resuming from ['part']" in done.stderr

@@ -139,7 +139,7 @@ def test_another_process_is_refused_when_told_not_to_wait_and_free_after_it_dies
         [
             sys.executable,
             "-c",
-            "import sys, time; from pipeline.core import store\n"
+            "import sys, time; from pipeline.core import staging, store\n"
             f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}):\n"
             "    print('holding', flush=True); time.sleep(600)",
         ],
@@ -213,7 +213,7 @@ def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
         [
             sys.executable,
             "-c",
-            "import time; from pipeline.core import store\n"
+            "import time; from pipeline.core import staging, store\n"
             f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{}}) as (work, _):\n"
             "    (work / 'part').write_text('x'); print('holding', flush=True); time.sleep(2)\n"
             "    raise SystemExit(3)",
@@ -236,7 +236,7 @@ def test_a_holder_that_lets_go_within_the_grace_is_waited_for(tmp_path):
 def _holder_process(out, body: str) -> subprocess.Popen:
     """A process that holds the staging folder of ``out`` (``publishing``) and runs ``body``."""
     script = (
-        "import os, signal, sys, time; from pipeline.core import store\n"
+        "import os, signal, sys, time; from pipeline.core import staging, store\n"
         "staging.HEARTBEAT_S = 0.2\n"
         f"with staging.publishing({str(out)!r}, 'abc', 'stage', {{}}, {{'data': 'k1'}}) as (work, _"
         "):\n"
