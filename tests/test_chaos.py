@@ -88,7 +88,7 @@ def chaos_workspace(root: Path, model_dir: Path) -> Workspace:
     tiny = workspace.config["experiments"]["tiny"]
     tiny["data"].update(context={}, classification={}, relation_qa={"sentences_per_fact": 1})
     tiny["texts"] = {"max_new_tokens": 24, "min_words": 3, "max_topics": 2, "batch_size": 16}
-    tiny["cache"] = {"shard_tokens": 2000}
+    tiny["cache"] = {"shard_tokens": 800}  # at least three shards of its dialogs' read tokens
     tiny["train"].update(
         max_steps=MAX_STEPS,
         checkpoint_every=CHECKPOINT_EVERY,
