@@ -11,7 +11,6 @@ exists (written after its tensors), so a killed run resumes by skipping complete
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -26,16 +25,16 @@ from pipeline.core import stage, store
 from pipeline.mechanism.shards import (
     SHARDS,
     read_batches,
+    read_meta,
     shard_complete,
     shard_folder,
     shard_name,
-    write_atomic,
+    write_meta,
     write_shard,
 )
 
 log = logging.getLogger("pipeline.analysis.layer_cache")
 
-META = "cache.json"
 INDEX_SCHEMA = {
     "id": pl.String,
     "label": pl.String,
@@ -156,7 +155,7 @@ def run(
         "shards": [shard_name(s) for s in range(len(plan))],
         "n_items": len(rows),
     }
-    write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_meta(workdir, meta)
     info.update(n_items=len(rows), n_layers=len(layers), resumed_shards=resumed)
 
 
@@ -168,7 +167,7 @@ class LayerCache:
 
         self.path = Path(path)
         self.manifest = store.read_manifest(self.path, verify=verify)
-        self.meta = json.loads((self.path / META).read_text())
+        self.meta = read_meta(self.path)
         frames, tensors = [], {pool: [] for pool in self.meta["pooling"]}
         for name in self.meta["shards"]:
             frames.append(pl.read_parquet(self.path / SHARDS / f"{name}.index.parquet"))

@@ -9,6 +9,7 @@ and names the shard's items, so a killed run resumes by skipping the complete sh
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,19 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+META = "cache.json"
+"""A cache's description beside its shards, written last (after every shard is complete)."""
+
+
+def write_meta(workdir: Path, meta: dict) -> None:
+    """Write the cache's ``cache.json`` atomically."""
+    write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((path / META).read_text())
 
 
 def shard_folder(workdir: Path) -> Path:

@@ -11,7 +11,6 @@ bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,17 +27,17 @@ from pipeline.mechanism.patching import gather
 from pipeline.mechanism.shards import (
     SHARDS,
     read_batches,
+    read_meta,
     shard_complete,
     shard_folder,
     shard_name,
-    write_atomic,
+    write_meta,
     write_shard,
 )
 from pipeline.training.params import CacheParams
 
 log = logging.getLogger("pipeline.training.activation_cache")
 
-META = "cache.json"
 INDEX_SCHEMA = {
     "id": pl.String,
     "layer": pl.Int64,
@@ -185,7 +184,7 @@ def run(params: CacheParams, inputs: dict[str, Path], workdir: Path, info: dict[
         "n_dialogs": len(items),
         "n_read_tokens": sum(len(item.read_positions) for item in items),
     }
-    write_atomic(workdir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_meta(workdir, meta)
     info.update(
         n_dialogs=len(items),
         n_shards=len(plan),
@@ -203,7 +202,7 @@ class ActivationCache:
     def __init__(self, path: str | os.PathLike, verify: str = "fast"):
         self.path = Path(path)
         self.manifest = store.read_manifest(self.path, verify=verify)
-        self.meta = json.loads((self.path / META).read_text())
+        self.meta = read_meta(self.path)
         self._where: dict[tuple[str, int], tuple[str, int, int]] = {}
         self._positions: dict[str, list[int]] = {}
         self._order: list[str] = []
