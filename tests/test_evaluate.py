@@ -200,10 +200,25 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     recovery = {f"recovery_{s}{x}" for s in ("heldout", "seen") for x in ("", "_concept")}
     recovery |= {"recovery_heldout_similarity", "recovery_seen_similarity"}
     expected = {"answer_loglik", "latentqa_loglik", "latentqa_recovery", *recovery}
-    expected |= {"feature_extraction", "subject_identification", "truth"}
+    expected |= {"feature_extraction", "subject_identification", "truth", "truth_debiased"}
     assert set(report["metrics"]) == expected
     truth = report["metrics"]["truth"]
     assert truth["kind"] == "choice" and truth["chance"] == 0.5 and truth["n"] % 2 == 0
+    debiased = report["metrics"]["truth_debiased"]
+    assert debiased["kind"] == "debiased" and debiased["n"] == truth["n"]
+    rows = [
+        json.loads(line)
+        for line in (workdir / "predictions.jsonl").read_text().splitlines()
+        if '"metric": "truth"' in line
+    ]
+    # Each condition's debiased picks split at its own median preference: half each way.
+    for cond in CONDITIONS:
+        these = [r for r in rows if r["condition"] == cond]
+        assert len(these) == truth["n"]
+        if len({r["margin"] for r in these}) < len(these):
+            continue  # ties score 0.5 each
+        picked_yes = [(r["debiased"] == 1.0) == (r["reference"] == "Yes.") for r in these]
+        assert sum(picked_yes) == len(these) // 2, cond
     assert report["metrics"]["recovery_heldout"]["kind"] == "match"
     assert report["metrics"]["recovery_heldout_concept"]["kind"] == "concept"
     assert report["metrics"]["feature_extraction"]["kind"] == "entity"

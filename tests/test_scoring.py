@@ -157,3 +157,44 @@ def test_llm_judge_needs_key_from_environment(monkeypatch):
     monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
     with pytest.raises(RuntimeError, match="NO_SUCH_JUDGE_KEY"):
         LLMJudge(JudgeParams(enabled=True, api_key_env="NO_SUCH_JUDGE_KEY"))
+
+
+def _choice_item(i: int, reference: str, choices=("Yes.", "No.")):
+    from pipeline.evaluation.items import Item
+
+    return Item(
+        f"i{i}", f"i{i}", ((("user", f"text {i}"),), 0), "True?", reference, choices=choices
+    )
+
+
+def test_debiased_scores_a_decoder_that_always_says_one_answer_at_chance():
+    items = [_choice_item(i, "Yes." if i % 2 else "No.") for i in range(6)]
+    rows = [{"margin": 3.0} for _ in items]  # always prefers "Yes." by the same amount
+    assert scoring.debiased_scores(items, rows) == [0.5] * 6
+
+
+def test_debiased_scores_credit_a_ranking_hidden_under_a_bias():
+    items = [_choice_item(i, "Yes." if i % 2 else "No.") for i in range(6)]
+    # Always prefers "Yes." (plain choice: 50%), but more so for the true statements.
+    rows = [{"margin": 5.0 + (2.0 if i % 2 else 0.0) + 0.1 * i} for i in range(6)]
+    assert scoring.debiased_scores(items, rows) == [1.0] * 6
+    reversed_rows = [{"margin": 5.0 + (0.0 if i % 2 else 2.0) + 0.1 * i} for i in range(6)]
+    assert scoring.debiased_scores(items, reversed_rows) == [0.0] * 6
+
+
+def test_debiased_scores_orient_each_item_by_its_own_answer_order():
+    # The same preference for "Positive." written with the choices in either order.
+    items = [
+        _choice_item(0, "Positive.", ("Positive.", "Negative.")),
+        _choice_item(1, "Negative.", ("Negative.", "Positive.")),
+        _choice_item(2, "Positive.", ("Negative.", "Positive.")),
+        _choice_item(3, "Negative.", ("Positive.", "Negative.")),
+    ]
+    rows = [{"margin": 2.0}, {"margin": 1.0}, {"margin": -3.0}, {"margin": -1.0}]
+    assert scoring.debiased_scores(items, rows) == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_debiased_scores_refuse_rows_without_a_two_answer_margin():
+    items = [_choice_item(0, "A.", ("A.", "B.", "C.")), _choice_item(1, "A.", ("A.", "B.", "C."))]
+    with pytest.raises(ValueError, match="item i0: the debiased scorer needs a two-answer choice"):
+        scoring.debiased_scores(items, [{"prediction": "A."}, {"prediction": "B."}])

@@ -206,14 +206,14 @@ def test_a_full_disk_stops_the_cache_on_one_line_and_it_resumes(built, tmp_path,
     )
     assert failed.returncode != 0
     cache = store_dir / view["activation_cache"]
-    staging = store.staging_dir(cache)
+    staged = store.staging_dir(cache)
     log = workspace.root / "results" / "logs" / "activation_cache" / f"{cache.name}.log"
     last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith(f"activation_cache: error: no space left on device in {staging} ("), last
+    assert last.startswith(f"activation_cache: error: no space left on device in {staged} ("), last
     assert "Traceback" not in log.read_text()
-    assert not cache.exists() and not (staging / store.HOLDER).exists()
-    assert not staging.is_held(staging)
-    complete = sorted((staging / "shards").glob("*.index.parquet"))
+    assert not cache.exists() and not (staged / store.HOLDER).exists()
+    assert not staging.is_held(staged)
+    complete = sorted((staged / "shards").glob("*.index.parquet"))
     n_shards = built.reference["manifests"]["activation_cache"]["info"]["n_shards"]
     assert 1 <= len(complete) < n_shards, complete
 

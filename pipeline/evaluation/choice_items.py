@@ -4,7 +4,9 @@ Each item offers two candidate answers, exactly one right (chance 0.5); the deco
 candidate whose token it prefers at the first position where the two answers differ
 (``reading.choice_scores``: one forward of their shared prefix; answers that never differ in one
 token are compared by their whole log-likelihood per token). ``choice`` metrics are scored under
-the four conditions like every other metric.
+the four conditions like every other metric. A decoder that always prefers one answer scores
+exactly chance on the balanced truth items whatever it reads, so truth is also reported
+``debiased`` (``scoring.debiased_scores``): each condition's own preference for "Yes" removed.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def truth_metric(params: EvalParams, relations_file, seen: TextIndex) -> Metric:
         notes,
         families=TRUTH_FAMILIES,
         chance=0.5,
+        scorers=("choice", "debiased"),
     )
 
 

@@ -15,7 +15,7 @@ from pipeline.data.matching import names_in
 from pipeline.evaluation.concepts import concept_hit
 from pipeline.evaluation.items import Item, Metric
 from pipeline.evaluation.params import EvalParams
-from pipeline.evaluation.scoring import normalized_match
+from pipeline.evaluation.scoring import debiased_scores, normalized_match
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import DecoderExample, build_decoder_example
 from pipeline.mechanism.reading import (
@@ -200,6 +200,9 @@ def _choose(model, tokenizer, items, inputs, desc, params, inject) -> list[dict[
         rows.append(
             {"donor": donor, "prediction": picked, "score": float(picked == item.reference)}
         )
+        if len(row) == 2:
+            # How much the first answer is preferred: the ``debiased`` scorer's input.
+            rows[-1]["margin"] = row[0] - row[1]
     return rows
 
 
@@ -213,7 +216,10 @@ _MATCHERS = {
 
 
 def score_rows(scorer: str, items: list[Item], rows: list[dict], similarity, synonyms) -> list:
-    """One scorer's score of each generated answer (1.0 or 0.0 for the matching scorers)."""
+    """One scorer's score of each generated answer (1.0 or 0.0 for the matching scorers), or of
+    each choice without the condition's bias (``debiased``)."""
+    if scorer == "debiased":
+        return debiased_scores(items, rows)
     texts = [r["prediction"] for r in rows]
     if scorer == "similarity":
         return similarity.score(texts, [it.reference for it in items])

@@ -74,23 +74,30 @@ def evaluate(
     ``by_layer``.
     """
     choice = choice or layer_choice.LayerChoice(layers=list(settings.read_layers))
-    dialogs = sorted({item.dialog for m in metrics for item in m.items})
-    messages = [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs]
-
-    def read_all(at, label):
-        computed = compute_reads(model, tokenizer, messages, at, params.batch_size, desc=label)
-        return dict(zip(dialogs, computed, strict=True))
-
     placed = {
         m.name: (ALL, None) if settings.all_layers else choice.for_families(m.families)
         for m in metrics
     }
     keys = {m.name: layer_keys(settings, placed[m.name][0], params.layers) for m in metrics}
+
+    def read_at(key):
+        # Only the dialogs of the metrics scored at ``key``: each block's read costs a forward.
+        dialogs = sorted(
+            {
+                item.dialog
+                for m in metrics
+                if key in reads_needed(settings, set(keys[m.name]))
+                for item in m.items
+            }
+        )
+        at = settings if key == ALL else settings.with_layer(int(key))
+        label = "reading every block" if key == ALL else f"reading block {key}"
+        messages = [([{"role": r, "content": c} for r, c in msgs], k) for msgs, k in dialogs]
+        computed = compute_reads(model, tokenizer, messages, at, params.batch_size, desc=label)
+        return dict(zip(dialogs, computed, strict=True))
+
     reads = {
-        key: read_all(settings, "reading every block")
-        if key == ALL
-        else read_all(settings.with_layer(int(key)), f"reading block {key}")
-        for key in reads_needed(settings, {k for ks in keys.values() for k in ks})
+        key: read_at(key) for key in reads_needed(settings, {k for ks in keys.values() for k in ks})
     }
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []

@@ -26,10 +26,10 @@ def layer_keys(settings, chosen, scope: str) -> list[str]:
 def layer_runs(model, tokenizer, metric, reads, perm, settings, params, keys) -> dict:
     """(condition, layer key) -> rows: the reading conditions at each layer key of ``keys``,
     text-only once (key None)."""
-    first = next(iter(reads.values()))
+    # Text-only needs a read only for the dialog's tokens: any of the metric's own layers has it.
     runs = {
         ("text_only", None): run_condition(
-            model, tokenizer, metric, "text_only", first, perm, settings, params
+            model, tokenizer, metric, "text_only", reads[keys[0]], perm, settings, params
         )
     }
     for key in keys:

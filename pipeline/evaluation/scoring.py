@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import statistics
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -168,3 +169,30 @@ class LLMJudge:
         return [
             self.judge(q, r, p) for q, r, p in zip(questions, references, predictions, strict=True)
         ]
+
+
+def debiased_scores(items: list, rows: list[dict]) -> list[float]:
+    """Two-answer choices scored without the condition's bias: among the items offering the same
+    two answers, an item counts as picking the first (in sorted order) where its preference for it
+    (``margin``) is above the median preference, the second where below; 0.5 on the median.
+
+    Label-free (the median is of the decoder's own preferences under this condition), so it
+    applies to every condition alike; it assumes each pair of answers is right equally often, as
+    the truth metric's contrast pairs are by construction."""
+    oriented, groups = [], {}
+    for item, row in zip(items, rows, strict=True):
+        if len(item.choices) != 2 or "margin" not in row:
+            raise ValueError(f"item {item.id}: the debiased scorer needs a two-answer choice")
+        first, second = sorted(item.choices)
+        m = row["margin"] if item.choices[0] == first else -row["margin"]
+        oriented.append((first, second, m))
+        groups.setdefault((first, second), []).append(m)
+    medians = {pair: statistics.median(ms) for pair, ms in groups.items()}
+    scores = []
+    for item, (first, second, m) in zip(items, oriented, strict=True):
+        median = medians[(first, second)]
+        if m == median:
+            scores.append(0.5)
+        else:
+            scores.append(float((first if m > median else second) == item.reference))
+    return scores
