@@ -24,7 +24,8 @@ READING = {
 """The reading metrics of the headline, in order, and what each says the decoder reads. The
 seen-label metrics measure fitting and stay in the tables."""
 BINARY = ("match", "concept", "entity", "choice", "debiased")
-"""Scorers that score an item 0 or 1 (``debiased``: 0.5 on a tie): their means are shares of items, their gaps points."""
+"""Scorers that score an item 0 or 1 (``debiased``: 0.5 on a tie): their means are shares of
+items, their gaps points."""
 
 
 def _number(value: float, kind: str, signed: bool = False) -> str:
