@@ -46,6 +46,7 @@ from pipeline.control.rig import (
     use_adapter,
 )
 from pipeline.core import stage
+from pipeline.mechanism.lora import save_adapter
 from pipeline.mechanism.modeling import decoder_layers, load_model, resolve_device
 
 log = logging.getLogger("pipeline.control.control")
@@ -265,7 +266,7 @@ def run(params: ControlParams, inputs: dict[str, Path], workdir: Path, info: dic
         result[f"{mode}_minus_unsteered_loglik"] = gain
     (workdir / "control.json").write_text(json.dumps(result, indent=2) + "\n")
     (workdir / "control.md").write_text(_markdown(result, workdir / "control_generations.jsonl"))
-    rig.model.save_pretrained(str(workdir / "adapter"), selected_adapters=[STEER])
+    save_adapter(rig.model, workdir / "adapter", selected_adapters=[STEER])
     metadata = {"layer": str(rig.settings.read_layer), "scale": str(params.mean_diff_scale)}
     save_file({"vector": vector.contiguous()}, str(workdir / "mean_diff.safetensors"), metadata)
     log.info("answer log-lik: %s", {m: round(scores[m]["answer_loglik_mean"], 2) for m in MODES})

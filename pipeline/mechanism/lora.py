@@ -7,8 +7,10 @@ must not load torch) take their defaults and checks from here.
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
@@ -61,6 +63,19 @@ def add_lora(
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
         torch.manual_seed(seed)
         return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def save_adapter(model, path: Path, **kwargs) -> None:
+    """``save_pretrained`` into ``path``, each ``adapter_config.json`` with its module lists
+    sorted: PEFT keeps ``target_modules`` as a set and writes it in the interpreter's hash order,
+    so the same training would otherwise publish a different file from run to run."""
+    model.save_pretrained(str(path), **kwargs)
+    for config_file in sorted(Path(path).rglob("adapter_config.json")):
+        config = json.loads(config_file.read_text())
+        for key in ("target_modules", "modules_to_save", "layers_to_transform"):
+            if isinstance(config.get(key), list):
+                config[key] = sorted(config[key])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def adapter_blocks(lora_blocks: str, write_layer: int, n_blocks: int) -> range | None:

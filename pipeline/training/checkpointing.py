@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.mechanism.lora import save_adapter
 from pipeline.training.state_files import load_state, save_state
 
 COMPLETE = "complete"
@@ -244,7 +245,7 @@ class TrainState:
         if self.fsdp:
             adapter, _ = self._gather()
         if self.rank == 0:
-            self.model.save_pretrained(str(path), state_dict=adapter)
+            save_adapter(self.model, path, state_dict=adapter)
         self.barrier()
 
     def append_metrics(self, record: dict[str, Any], wandb_run=None) -> None:
