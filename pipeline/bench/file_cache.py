@@ -9,20 +9,20 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.workload import Workload, bf16_autocast, padded, synchronize
-from pipeline.mechanism.patching import gather, read_activations
+from pipeline.bench.workload import Workload, bf16_autocast, synchronize
+from pipeline.mechanism.patching import gather
+from pipeline.mechanism.shards import read_batches
 
 
 def compute_cache(model, work: Workload, layers: list[int], pad_id: int, spec, stop_early=True):
     """bf16 CPU rows per layer and dialog as the cache stage computes them; tokens forwarded."""
     rows: dict[int, list] = {layer: [None] * len(work.reads) for layer in layers}
-    order = sorted(range(len(work.reads)), key=lambda i: len(work.reads[i].input_ids))
     forwarded = 0
     with torch.inference_mode(), bf16_autocast(spec):
-        for start in range(0, len(order), spec.cache_batch_size):
-            chunk = order[start : start + spec.cache_batch_size]
-            ids, mask = padded([work.reads[i] for i in chunk], pad_id, spec.device)
-            acts = read_activations(model, ids, mask, layers, stop_early=stop_early)
+        batches = read_batches(
+            model, work.reads, layers, spec.cache_batch_size, pad_id, spec.device, stop_early
+        )
+        for chunk, acts, mask in batches:
             forwarded += int(mask.sum())
             for layer in layers:
                 picked = gather(acts[layer], [work.reads[i].read_positions for i in chunk])

@@ -13,12 +13,15 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
 import torch
 
 from pipeline.mechanism.dialogs import TokenizedRead
 from pipeline.mechanism.patching import pad_batch, read_activations
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SHARDS = "shards"
 """The folder of a cache that holds its shards."""
@@ -62,6 +65,8 @@ def shard_complete(folder: Path, name: str, ids: list[str]) -> bool:
     index = folder / f"{name}.index.parquet"
     if not (index.exists() and (folder / f"{name}.safetensors").exists()):
         return False
+    import polars as pl  # here: the benchmark reads through this module on nodes without polars
+
     try:
         stored = pl.read_parquet(index, columns=["id"])["id"].unique(maintain_order=True)
     except Exception:  # an unreadable index is as good as none: recompute the shard
@@ -87,15 +92,17 @@ def read_batches(
     batch_size: int,
     pad_id: int,
     device,
+    stop_early: bool = True,
 ) -> Iterator[tuple[list[int], dict[int, torch.Tensor], torch.Tensor]]:
     """The target's residuals at ``layers`` for ``items``, ``batch_size`` dialogs a forward.
 
     Yields (the items' indices, {layer: (B, T, D) activations}, the (B, T) attention mask).
     Similar lengths share a batch so little is spent on padding; the caller puts each item back
-    in its place by its index.
+    in its place by its index. ``stop_early``: as ``read_activations``.
     """
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask = pad_batch([items[i].input_ids for i in chunk], pad_id)
-        yield chunk, read_activations(model, ids.to(device), mask.to(device), layers), mask
+        ids, mask = ids.to(device), mask.to(device)
+        yield chunk, read_activations(model, ids, mask, layers, stop_early=stop_early), mask
