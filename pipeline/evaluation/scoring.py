@@ -1,4 +1,4 @@
-"""Scorers of generated answers: normalised match, sentence similarity, an optional LLM judge.
+"""Scorers of answers: normalised match, sentence similarity, an optional LLM judge.
 
 - :func:`normalized_match`: the reference's key phrase (lowercased, punctuation and articles
   removed) appears as a contiguous run of words in the prediction. For template answers such as
@@ -12,6 +12,8 @@
 - :class:`LLMJudge`: an OpenAI-compatible chat model asked whether a prediction conveys the
   reference answer. Off by default; the API key is read from the environment variable the
   params name and never enters params, manifests or logs.
+- :func:`debiased_scores`: two-answer forced choices scored without the decoder's preference
+  for one of the answers (each condition's median preference removed).
 """
 
 from __future__ import annotations
