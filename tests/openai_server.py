@@ -130,18 +130,21 @@ class FakeOpenAI:
                             auth=self.headers.get("authorization", ""),
                         )
                     )
+                # In flight from its arrival until just before its answer is written: a client
+                # that gets the answer may send its next request before this thread runs again.
                 with fake.lock:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
                     if fake.delay_s:
                         time.sleep(fake.delay_s)
-                    self._act(action, body, fp, fmt)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout); nothing to answer
                 finally:
                     with fake.lock:
                         fake.in_flight -= 1
+                try:
+                    self._act(action, body, fp, fmt)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout); nothing to answer
 
             def _act(self, action: str, body: dict, fp: str, fmt: str) -> None:
                 if action == "reject_schema" and fmt == "json_schema":
