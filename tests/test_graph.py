@@ -197,6 +197,10 @@ def test_a_mix_share_for_a_source_no_data_section_produces_is_refused(experiment
         "experiments.tiny.train.mix: context is not a source of this experiment's data "
         "sections, which produce relation_qa, template"
     )
+    layers = {"read_layers": [1, 2], "write_layer": None}
+    bad = deep_merge(config, {"train": {**layers, "family_layers": {"context": [2]}}})
+    with pytest.raises(InputError, match=r"tiny.train.family_layers: context is not a source"):
+        experiment_graph("tiny", bad, REPO)
 
 
 def test_relations_the_relations_file_lacks_are_refused(experiment):

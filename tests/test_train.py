@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from pipeline.core import staging, store
 from pipeline.core.faults import ENV as FAULT
 from pipeline.core.faults import MARKS_ENV as MARKS
+from pipeline.core.stage import ParamsError
 from pipeline.data.schema import write_dialogs
 from pipeline.training.checkpoint_adapters import published
 from pipeline.training.optimizer import lr_lambda
@@ -521,12 +522,36 @@ def test_layers_are_assigned_balanced_within_each_family():
     from pipeline.training.train_data import assign_layers
 
     families = ["template"] * 7 + ["relation_qa"] * 4
-    layers = assign_layers(families, [5, 9], seed=1)
-    assert layers == assign_layers(families, [5, 9], seed=1)
+
+    def both(family):
+        return [5, 9]
+
+    layers = assign_layers(families, both, seed=1)
+    assert layers == assign_layers(families, both, seed=1)
     for family, size in (("template", 7), ("relation_qa", 4)):
         mine = [layer for f, layer in zip(families, layers, strict=True) if f == family]
         assert sorted(mine.count(layer) for layer in (5, 9)) == [size // 2, size - size // 2]
-    assert assign_layers(families, [5, 9], seed=2) != layers  # the seed shuffles, not a pattern
+    assert assign_layers(families, both, seed=2) != layers  # the seed shuffles, not a pattern
+
+
+def test_family_layers_keep_a_family_at_its_layers():
+    from pipeline.training.train_data import assign_layers
+
+    params = TrainParams(
+        **{**BASE_PARAMS, "read_layers": [5, 9], "family_layers": {"template": [9]}}
+    )
+    families = ["template"] * 7 + ["relation_qa"] * 4
+    layers = assign_layers(families, params.layers_of, seed=1)
+    assert layers[:7] == [9] * 7
+    assert sorted(layers[7:]) == [5, 5, 9, 9]
+    for bad in ({"template": [7]}, {"template": []}):
+        with pytest.raises(ParamsError, match="family_layers.template"):
+            TrainParams(**{**BASE_PARAMS, "read_layers": [5, 9], "family_layers": bad})
+    with pytest.raises(ParamsError, match="read_all_layers reads all"):
+        TrainParams(
+            **{**BASE_PARAMS, "read_layers": [5, 9], "family_layers": {"template": [9]}},
+            read_all_layers=True,
+        )
 
 
 def test_examples_of_two_layers_name_their_layer_and_write_where_they_read(tokenizer, data_dir):

@@ -25,16 +25,19 @@ def mix_name(stage_name: str, params: Mapping[str, Any]) -> str:
     return source.split(":", 1)[0]
 
 
-def check_mix(where: str, mix: Mapping[str, float] | None, data: Iterable[tuple[str, Any]]) -> None:
-    """Refuse a ``train.mix`` share for a source that none of the experiment's training data
-    sections produces. ``data``: (stage name, params) of each training data section."""
+def check_mix(
+    where: str, mix: Mapping[str, Any] | None, data: Iterable[tuple[str, Any]], setting="mix"
+) -> None:
+    """Refuse a ``train.mix`` share (or another per-source ``train`` ``setting``) for a source
+    that none of the experiment's training data sections produces. ``data``: (stage name,
+    params) of each training data section."""
     if not mix:
         return
     produced = sorted({mix_name(stage_name, params) for stage_name, params in data})
     unknown = sorted(set(mix) - set(produced))
     if unknown:
         raise InputError(
-            f"{where}.train.mix: {', '.join(unknown)} is not a source of this experiment's "
+            f"{where}.train.{setting}: {', '.join(unknown)} is not a source of this experiment's "
             f"data sections, which produce {', '.join(produced)}"
         )
 

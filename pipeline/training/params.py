@@ -43,6 +43,9 @@ class TrainParams:
     read_all_layers: bool = False
     """Each example reads every layer of ``read_layers`` at once, one named group of
     placeholders per layer, instead of one layer drawn per example."""
+    family_layers: dict[str, list[int]] | None = None
+    """Per data family (as ``mix`` names them), the read layers its examples are drawn from
+    (some of ``read_layers``); unnamed families: all of them."""
     write_layer: int | None = bounded(0, minimum=0)
     """The decoder block written at the placeholders; null: the block read (the same depth)."""
     inject: Inject = "replace"
@@ -120,6 +123,16 @@ class TrainParams:
             parse_positions(self.positions)
         except ValueError as exc:
             raise ParamsError(str(exc)) from None
+        if self.family_layers and self.read_all_layers:
+            raise ParamsError(
+                "family_layers draws one layer per example; read_all_layers reads all"
+            )
+        for family, layers in (self.family_layers or {}).items():
+            if not layers or not set(layers) <= set(self.read_layers):
+                raise ParamsError(
+                    f"family_layers.{family}: {layers} must be some of read_layers "
+                    f"{self.read_layers}"
+                )
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ParamsError(f"mix must give every named source a positive share, not {self.mix}")
 
@@ -131,3 +144,7 @@ class TrainParams:
     def write_block(self, read_layer: int) -> int:
         """The decoder block an example read at ``read_layer`` is written at."""
         return read_layer if self.write_layer is None else self.write_layer
+
+    def layers_of(self, family: str) -> list[int]:
+        """The read layers examples of ``family`` are drawn from."""
+        return sorted((self.family_layers or {}).get(family, self.read_layers))

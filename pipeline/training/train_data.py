@@ -93,18 +93,19 @@ def example_layers(params, layer: int) -> list[int]:
     return list(params.read_layers) if layer == ALL_LAYERS else [layer]
 
 
-def assign_layers(families: list[str], layers: list[int], seed: int) -> list[int]:
-    """One read layer per example: within each family, as many at each layer as can be (seeded).
+def assign_layers(families: list[str], layers_of, seed: int) -> list[int]:
+    """One read layer per example: within each family, as many at each of its layers
+    (``layers_of(family)``) as can be (seeded).
 
     Balanced per family, so that no kind of question is read mostly at one depth.
     """
-    out = [layers[0]] * len(families)
+    out = [0] * len(families)
     rng = random.Random(seed)
     by_family: dict[str, list[int]] = {}
     for i, family in enumerate(families):
         by_family.setdefault(family, []).append(i)
     for family in sorted(by_family):
-        members = by_family[family]
+        members, layers = by_family[family], layers_of(family)
         cycle = [layers[j % len(layers)] for j in range(len(members))]
         rng.shuffle(cycle)
         for i, layer in zip(members, cycle, strict=True):
@@ -168,7 +169,6 @@ def build_examples(
     gap. The eval split is never read here: settings chosen by the held-out loss are chosen on
     validation labels."""
     cache = _open_cache(cache_dir, params) if params.mode == "cached" else None
-    layers = list(params.read_layers)
     sets = {}
     for split in ("train", "validation"):
         build = _Builder(
@@ -185,7 +185,7 @@ def build_examples(
         at = (
             [ALL_LAYERS] * len(pairs)
             if params.read_all_layers
-            else assign_layers(families, layers, params.seed)
+            else assign_layers(families, params.layers_of, params.seed)
         )
         examples = [
             build.example(d, qa, layer, family)

@@ -22,7 +22,9 @@ def train_nodes(
     """
     params = full_params("train", config.get("train"), f"{where}.train")
     sources = training_sources(filtered).values()
-    check_mix(where, params["mix"], [(node.stage, node.params) for node in sources])
+    produced = [(node.stage, node.params) for node in sources]
+    check_mix(where, params["mix"], produced)
+    check_mix(where, params["family_layers"], produced, setting="family_layers")
     nodes: dict[str, Node] = {}
     train = Node("train", params, {"model": model, "data": filtered})
     model_name = model.params["name"]
