@@ -25,16 +25,16 @@ def mix_name(stage_name: str, params: Mapping[str, Any]) -> str:
     return source.split(":", 1)[0]
 
 
-def check_mix(
-    where: str, mix: Mapping[str, Any] | None, data: Iterable[tuple[str, Any]], setting="mix"
+def check_sources(
+    where: str, setting: str, by_source: Mapping[str, Any] | None, data: Iterable[tuple[str, Any]]
 ) -> None:
-    """Refuse a ``train.mix`` share (or another per-source ``train`` ``setting``) for a source
-    that none of the experiment's training data sections produces. ``data``: (stage name,
-    params) of each training data section."""
-    if not mix:
+    """Refuse a per-source ``train`` setting (``mix``, ``family_layers``) that names a source
+    none of the experiment's training data sections produces. ``data``: (stage name, params) of
+    each training data section."""
+    if not by_source:
         return
     produced = sorted({mix_name(stage_name, params) for stage_name, params in data})
-    unknown = sorted(set(mix) - set(produced))
+    unknown = sorted(set(by_source) - set(produced))
     if unknown:
         raise InputError(
             f"{where}.train.{setting}: {', '.join(unknown)} is not a source of this experiment's "

@@ -5,6 +5,7 @@ target on the fly."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,9 @@ def example_layers(params, layer: int) -> list[int]:
     return list(params.read_layers) if layer == ALL_LAYERS else [layer]
 
 
-def assign_layers(families: list[str], layers_of, seed: int) -> list[int]:
+def assign_layers(
+    families: list[str], layers_of: Callable[[str], list[int]], seed: int
+) -> list[int]:
     """One read layer per example: within each family, as many at each of its layers
     (``layers_of(family)``) as can be (seeded).
 

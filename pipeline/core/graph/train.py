@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.core import stages
-from pipeline.core.cross_checks import check_mix
+from pipeline.core.cross_checks import check_sources
 from pipeline.core.graph.data import training_sources
 from pipeline.core.graph.nodes import Node, full_params
 from pipeline.core.layer_range import check_layers
@@ -23,8 +23,8 @@ def train_nodes(
     params = full_params("train", config.get("train"), f"{where}.train")
     sources = training_sources(filtered).values()
     produced = [(node.stage, node.params) for node in sources]
-    check_mix(where, params["mix"], produced)
-    check_mix(where, params["family_layers"], produced, setting="family_layers")
+    for setting in ("mix", "family_layers"):
+        check_sources(where, setting, params[setting], produced)
     nodes: dict[str, Node] = {}
     train = Node("train", params, {"model": model, "data": filtered})
     model_name = model.params["name"]
