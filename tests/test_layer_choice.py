@@ -70,3 +70,17 @@ def test_the_recorded_choice_is_kept_and_a_partial_file_refused(tmp_path):
     (tmp_path / layer_choice.FILE).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="family template lacks a loss"):
         layer_choice.read(tmp_path, [15, 23])
+
+
+def test_a_family_kept_to_some_layers_is_chosen_only_among_them(tmp_path):
+    c = choice()
+    c.trained = {"relation_qa": [23]}  # its loss is lower at 15, where it never trained
+    assert c.chosen("relation_qa") == 23 and c.chosen("template") == 23
+    layer_choice.write(c, tmp_path)
+    data = json.loads((tmp_path / layer_choice.FILE).read_text())
+    assert data["chosen"]["relation_qa"] == 23 and data["trained"] == {"relation_qa": [23]}
+    assert layer_choice.read(tmp_path, [15, 23]).trained == {"relation_qa": [23]}
+    data["trained"] = {"relation_qa": [7]}
+    (tmp_path / layer_choice.FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="trained layers"):
+        layer_choice.read(tmp_path, [15, 23])

@@ -544,7 +544,7 @@ def test_family_layers_keep_a_family_at_its_layers():
     layers = assign_layers(families, params.layers_of, seed=1)
     assert layers[:7] == [9] * 7
     assert sorted(layers[7:]) == [5, 5, 9, 9]
-    for bad in ({"template": [7]}, {"template": []}):
+    for bad in ({"template": [7]}, {"template": []}, {"template": [9, 9]}):
         with pytest.raises(ParamsError, match="family_layers.template"):
             TrainParams(**{**BASE_PARAMS, "read_layers": [5, 9], "family_layers": bad})
     with pytest.raises(ParamsError, match="read_all_layers reads all"):
@@ -611,6 +611,26 @@ def test_two_read_layers_train_one_adapter_and_keep_a_layer_choice(
     assert set(choice.losses) == {"test"} and set(choice.losses["test"]) == {1, 2}
     assert choice.counts == {"test": 3}
     assert manifest["info"]["layer_choice"] == {"test": choice.chosen("test")}
+
+
+def test_a_family_kept_to_one_layer_is_scored_at_both_and_chosen_at_its_own(
+    tmp_path, tiny_model_dir, data_dir
+):
+    from pipeline.mechanism import layer_choice
+
+    out = tmp_path / "train"
+    params = {
+        **BASE_PARAMS,
+        "read_layers": [1, 2],
+        "family_layers": {"test": [1]},
+        "write_layer": None,
+        "max_steps": 2,
+        "layer_choice_examples": 3,
+    }
+    manifest = train(out, tiny_model_dir, data_dir, params)
+    choice = layer_choice.read(out / "adapter", [1, 2])
+    assert set(choice.losses["test"]) == {1, 2} and choice.trained == {"test": [1]}
+    assert choice.chosen("test") == 1 and manifest["info"]["layer_choice"] == {"test": 1}
 
 
 def test_reading_every_layer_at_once_trains_without_a_layer_choice(

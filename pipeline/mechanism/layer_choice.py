@@ -4,9 +4,10 @@ adapter (``layer_choice.json``).
 A decoder trained on several read layers reads some kinds of content better at one depth than at
 another (in SmolLM2, entities mid-depth, a masked persona late). The train stage scores every
 validation item of every data family at every layer and records, per family, the layer with the
-lowest answer loss. Evaluate reports each metric at the layer of its family besides every layer;
-``pipeline.read --read-layer auto`` reads a question at the layer of the family whose validation
-questions it resembles most. Eval items never enter the choice.
+lowest answer loss among those the family trained at. Evaluate reports each metric at the layer
+of its family besides every layer; ``pipeline.read --read-layer auto`` reads a question at the
+layer of the family whose validation questions it resembles most. Eval items never enter the
+choice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class LayerChoice:
     """family -> some of its validation questions."""
     layers: list[int] = field(default_factory=list)
     """Every read layer the decoder was trained on."""
+    trained: dict[str, list[int]] = field(default_factory=dict)
+    """family -> the read layers its examples were trained at, where not all of ``layers``
+    (``train.family_layers``): it is scored at every layer but chosen only among these."""
     recorded: dict[str, int] = field(default_factory=dict)
     """family -> layer as the train stage chose it (read back from the file, so that a near tie
     of the rounded losses cannot change the choice)."""
@@ -45,7 +49,10 @@ class LayerChoice:
         by_layer = self.losses.get(family)
         if not by_layer:
             return self.default()
-        return min(by_layer, key=lambda layer: (by_layer[layer], layer))
+        # A layer the family never trained at can score well by chance on a few items; the
+        # decoder never learned to answer its questions there.
+        allowed = self.trained.get(family, by_layer)
+        return min(allowed, key=lambda layer: (by_layer[layer], layer))
 
     def for_families(self, families) -> tuple[int, str | None]:
         """(layer, family) of the first of ``families`` that has validation items, else
@@ -87,6 +94,7 @@ class LayerChoice:
                 for family, by_layer in sorted(self.losses.items())
             },
             "counts": dict(sorted(self.counts.items())),
+            "trained": {family: sorted(layers) for family, layers in sorted(self.trained.items())},
             "questions": {family: qs for family, qs in sorted(self.questions.items())},
         }
 
@@ -101,6 +109,9 @@ class LayerChoice:
                 counts={k: int(v) for k, v in data.get("counts", {}).items()},
                 questions={k: [str(q) for q in v] for k, v in data.get("questions", {}).items()},
                 layers=[int(layer) for layer in data["layers"]],
+                trained={
+                    k: [int(layer) for layer in v] for k, v in data.get("trained", {}).items()
+                },
                 recorded={k: int(v) for k, v in data.get("chosen", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -110,6 +121,13 @@ class LayerChoice:
                 raise ValueError(
                     f"{where}: family {family} lacks a loss for some of {choice.layers}"
                 )
+        bad = {
+            f: layers
+            for f, layers in choice.trained.items()
+            if not layers or not set(layers) <= set(choice.layers)
+        }
+        if bad:
+            raise ValueError(f"{where}: trained layers {bad} are not among {choice.layers}")
         bad = {f: layer for f, layer in choice.recorded.items() if layer not in choice.layers}
         if bad:
             raise ValueError(f"{where}: chosen layers {bad} are not among {choice.layers}")

@@ -128,10 +128,12 @@ class TrainParams:
                 "family_layers draws one layer per example; read_all_layers reads all"
             )
         for family, layers in (self.family_layers or {}).items():
-            if not layers or not set(layers) <= set(self.read_layers):
+            # A repeated layer would silently double its share of the family's draw.
+            repeated = len(set(layers)) < len(layers)
+            if not layers or repeated or not set(layers) <= set(self.read_layers):
                 raise ParamsError(
                     f"family_layers.{family}: {layers} must be some of read_layers "
-                    f"{self.read_layers}"
+                    f"{self.read_layers}, each once"
                 )
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ParamsError(f"mix must give every named source a positive share, not {self.mix}")

@@ -79,4 +79,9 @@ def choose_layers(
         },
         questions=questions,
         layers=list(layers),
+        trained={
+            family: params.layers_of(family)
+            for family in sums
+            if params.layers_of(family) != sorted(layers)
+        },
     )
