@@ -201,11 +201,14 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
     recovery |= {"recovery_heldout_similarity", "recovery_seen_similarity"}
     expected = {"answer_loglik", "latentqa_loglik", "latentqa_recovery", *recovery}
     expected |= {"feature_extraction", "subject_identification", "truth", "truth_debiased"}
+    expected |= {"truth_pairwise"}
     assert set(report["metrics"]) == expected
     truth = report["metrics"]["truth"]
     assert truth["kind"] == "choice" and truth["chance"] == 0.5 and truth["n"] % 2 == 0
     debiased = report["metrics"]["truth_debiased"]
     assert debiased["kind"] == "debiased" and debiased["n"] == truth["n"]
+    pairwise = report["metrics"]["truth_pairwise"]
+    assert pairwise["kind"] == "pairwise" and pairwise["n"] == truth["n"] // 2
     rows = [
         json.loads(line)
         for line in (workdir / "predictions.jsonl").read_text().splitlines()
@@ -219,6 +222,14 @@ def test_eval_json_has_every_metric_under_every_condition(evaluated):
             continue  # ties score 0.5 each
         picked_yes = [(r["debiased"] == 1.0) == (r["reference"] == "Yes.") for r in these]
         assert sum(picked_yes) == len(these) // 2, cond
+        # One pairwise score per contrast pair, from its two margins.
+        by_pair: dict[str, dict[str, float]] = {}
+        for r in these:
+            by_pair.setdefault(r["item"].rsplit(":", 1)[0], {})[r["reference"]] = r["margin"]
+        expected_pairs = sorted(
+            0.5 if m["Yes."] == m["No."] else float(m["Yes."] > m["No."]) for m in by_pair.values()
+        )
+        assert sorted(r["pairwise"] for r in these if r["pairwise"] is not None) == expected_pairs
     assert report["metrics"]["recovery_heldout"]["kind"] == "match"
     assert report["metrics"]["recovery_heldout_concept"]["kind"] == "concept"
     assert report["metrics"]["feature_extraction"]["kind"] == "entity"

@@ -198,3 +198,45 @@ def test_debiased_scores_refuse_rows_without_a_two_answer_margin():
     items = [_choice_item(0, "A.", ("A.", "B.", "C.")), _choice_item(1, "A.", ("A.", "B.", "C."))]
     with pytest.raises(ValueError, match="item i0: the debiased scorer needs a two-answer choice"):
         scoring.debiased_scores(items, [{"prediction": "A."}, {"prediction": "B."}])
+
+
+def _pairs(n_pairs: int):
+    """Items of ``n_pairs`` contrast pairs, the true statement first in each."""
+    items = []
+    for p in range(n_pairs):
+        for k, reference in enumerate(("Yes.", "No.")):
+            item = _choice_item(2 * p + k, reference)
+            item.meta["pair"] = f"pair{p}"
+            items.append(item)
+    return items
+
+
+def test_pairwise_scores_each_pair_once_whatever_the_bias():
+    items = _pairs(3)
+    # Always prefers "Yes." (plain choice: 50%); more so for the true member in pairs 0 and 2.
+    margins = [6.0, 5.0, 5.0, 5.0, 7.0, 2.0]
+    rows = [{"margin": m} for m in margins]
+    assert scoring.pairwise_scores(items, rows) == [1.0, None, 0.5, None, 1.0, None]
+    # The same preferences with every pair's members swapped: wrong where they were right.
+    swapped = [{"margin": m} for m in (5.0, 6.0, 5.0, 5.0, 2.0, 7.0)]
+    assert scoring.pairwise_scores(items, swapped) == [0.0, None, 0.5, None, 0.0, None]
+
+
+def test_pairwise_scores_orient_by_each_items_answer_order():
+    items = _pairs(1)
+    items[1].choices = ("No.", "Yes.")  # margins are for the first choice: "No." here
+    assert scoring.pairwise_scores(items, [{"margin": 1.0}, {"margin": 2.0}]) == [1.0, None]
+    assert scoring.pairwise_scores(items, [{"margin": 1.0}, {"margin": -2.0}]) == [0.0, None]
+
+
+def test_pairwise_scores_refuse_what_is_not_a_contrast_pair():
+    items = _pairs(1)
+    items[1].reference = "Yes."
+    with pytest.raises(ValueError, match="pair pair0: the pairwise scorer needs two items"):
+        scoring.pairwise_scores(items, [{"margin": 1.0}, {"margin": 2.0}])
+    lone = _pairs(1)[:1]
+    with pytest.raises(ValueError, match="pair pair0: the pairwise scorer needs two items"):
+        scoring.pairwise_scores(lone, [{"margin": 1.0}])
+    bare = [_choice_item(0, "Yes."), _choice_item(1, "No.")]
+    with pytest.raises(ValueError, match="item i0: the pairwise scorer needs a two-answer choice"):
+        scoring.pairwise_scores(bare, [{"margin": 1.0}, {"margin": 2.0}])

@@ -6,7 +6,9 @@ candidate whose token it prefers at the first position where the two answers dif
 token are compared by their whole log-likelihood per token). ``choice`` metrics are scored under
 the four conditions like every other metric. A decoder that always prefers one answer scores
 exactly chance on the balanced truth items whatever it reads, so truth is also reported
-``debiased`` (``scoring.debiased_scores``): each condition's own preference for "Yes" removed.
+``debiased`` (``scoring.debiased_scores``): each condition's own preference for "Yes" removed;
+and ``pairwise`` (``scoring.pairwise_scores``), as the probes score truth: of a contrast pair, is
+"Yes" preferred more for its true statement than for its false one.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ def truth_metric(params: EvalParams, relations_file, seen: TextIndex) -> Metric:
                     dialog_key(row["messages"], 0),
                     row["qa"][0]["question"],
                     answer,
-                    meta={"relation": row["label"].split(":", 1)[0], "subject": subject},
+                    meta={
+                        "relation": row["label"].split(":", 1)[0],
+                        "subject": subject,
+                        "pair": row["label"],
+                    },
                     choices=(TRUE_ANSWER, FALSE_ANSWER),
                 )
             )
@@ -70,7 +76,7 @@ def truth_metric(params: EvalParams, relations_file, seen: TextIndex) -> Metric:
         notes,
         families=TRUTH_FAMILIES,
         chance=0.5,
-        scorers=("choice", "debiased"),
+        scorers=("choice", "debiased", "pairwise"),
     )
 
 

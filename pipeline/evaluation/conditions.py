@@ -15,7 +15,7 @@ from pipeline.data.matching import names_in
 from pipeline.evaluation.concepts import concept_hit
 from pipeline.evaluation.items import Item, Metric
 from pipeline.evaluation.params import EvalParams
-from pipeline.evaluation.scoring import debiased_scores, normalized_match
+from pipeline.evaluation.scoring import debiased_scores, normalized_match, pairwise_scores
 from pipeline.mechanism.decoder_settings import DecoderSettings
 from pipeline.mechanism.dialogs import DecoderExample, build_decoder_example
 from pipeline.mechanism.reading import (
@@ -217,9 +217,12 @@ _MATCHERS = {
 
 def score_rows(scorer: str, items: list[Item], rows: list[dict], similarity, synonyms) -> list:
     """One scorer's score of each generated answer (1.0 or 0.0 for the matching scorers), or of
-    each choice without the condition's bias (``debiased``)."""
+    each choice without the condition's bias (``debiased``), or of each contrast pair
+    (``pairwise``: None on its second item)."""
     if scorer == "debiased":
         return debiased_scores(items, rows)
+    if scorer == "pairwise":
+        return pairwise_scores(items, rows)
     texts = [r["prediction"] for r in rows]
     if scorer == "similarity":
         return similarity.score(texts, [it.reference for it in items])

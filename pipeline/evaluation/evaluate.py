@@ -155,6 +155,8 @@ def evaluate(
                 **by_layer[str(best)],
                 "by_layer": by_layer,
             }
+            # Items scored, not asked: a ``pairwise`` score counts each contrast pair once.
+            result["n"] = result["conditions"]["true"]["n"]
             if scorer == "similarity":
                 result["scorer"] = {"name": similarity.name, "kind": similarity.kind}
             if metric.notes:

@@ -198,3 +198,31 @@ def debiased_scores(items: list, rows: list[dict]) -> list[float]:
         else:
             scores.append(float((first if m > median else second) == item.reference))
     return scores
+
+
+def pairwise_scores(items: list, rows: list[dict]) -> list[float | None]:
+    """Contrast pairs scored as a probe scores them: of the two items of a pair (the same
+    ``meta["pair"]``, different references), is each member's own reference preferred more, taken
+    together, than the other answer? For a true and a false statement that is "Yes" preferred
+    more for the true one than for the false one, whatever the condition's bias. 1, 0, or 0.5 on
+    a tie, given to the pair's first item; None for its second, so that the mean and its interval
+    count pairs, not statements."""
+    members: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if len(item.choices) != 2 or "margin" not in rows[i] or "pair" not in item.meta:
+            raise ValueError(
+                f"item {item.id}: the pairwise scorer needs a two-answer choice in a pair"
+            )
+        members.setdefault(item.meta["pair"], []).append(i)
+    scores: list[float | None] = [None] * len(items)
+    for pair, (a, *rest) in members.items():
+        if len(rest) != 1 or items[a].reference == items[rest[0]].reference:
+            raise ValueError(
+                f"pair {pair}: the pairwise scorer needs two items of different answers"
+            )
+        own = sum(
+            rows[i]["margin"] if items[i].reference == items[i].choices[0] else -rows[i]["margin"]
+            for i in (a, rest[0])
+        )
+        scores[a] = 0.5 if own == 0 else float(own > 0)
+    return scores

@@ -41,7 +41,8 @@ def by_part(metric: Metric, by_cond, part: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, list[float]]] = {}
     for cond, rows in by_cond.items():
         for item, row in zip(metric.items, rows, strict=True):
-            out.setdefault(item.meta[part], {}).setdefault(cond, []).append(row["score"])
+            if row["score"] is not None:  # a pair's second item (``pairwise``)
+                out.setdefault(item.meta[part], {}).setdefault(cond, []).append(row["score"])
     return {rel: {c: sum(v) / len(v) for c, v in conds.items()} for rel, conds in out.items()}
 
 

@@ -18,14 +18,15 @@ READING = {
     "latentqa_recovery": "LatentQA's evaluation split (similarity of the answer)",
     "truth": "whether a read statement is true (the likelier of Yes and No)",
     "truth_debiased": "whether a read statement is true (Yes or No, its own bias removed)",
+    "truth_pairwise": "which statement of a true/false pair is true (as the probes score it)",
     "heldout_tasks": "the label of a text, on classification tasks never trained on",
     "trained_tasks": "the label of an unseen text of a classification task trained on",
 }
 """The reading metrics of the headline, in order, and what each says the decoder reads. The
 seen-label metrics measure fitting and stay in the tables."""
-BINARY = ("match", "concept", "entity", "choice", "debiased")
-"""Scorers that score an item 0 or 1 (``debiased``: 0.5 on a tie): their means are shares of
-items, their gaps points."""
+BINARY = ("match", "concept", "entity", "choice", "debiased", "pairwise")
+"""Scorers that score an item 0 or 1 (``debiased``, ``pairwise``: 0.5 on a tie): their means are
+shares of items (of pairs), their gaps points."""
 
 
 def _number(value: float, kind: str, signed: bool = False) -> str:
