@@ -154,6 +154,45 @@ def test_decoder_example_structure(tokenizer, n):
     assert len(ex.position_ids) == len(ex.input_ids) == len(ex.labels)
 
 
+def test_follow_up_questions_label_every_answer_and_no_question(tokenizer):
+    one = build_decoder_example(tokenizer, [5, 6, 7], "Who are you?", "A pirate.")
+    ex = build_decoder_example(
+        tokenizer,
+        [5, 6, 7],
+        "Who are you?",
+        "A pirate.",
+        follow_ups=[("Where are you?", "At sea."), ("Is it windy?", "Yes.")],
+    )
+    # The first question's example is the start of the longer one, labels and all.
+    assert ex.input_ids[: len(one.input_ids)] == one.input_ids
+    assert ex.labels[: len(one.labels)] == one.labels
+    assert ex.placeholder_positions == one.placeholder_positions
+    text = tokenizer.decode(ex.input_ids)
+    assert text.endswith(
+        "A pirate.<|im_end|>\n<|im_start|>user\nWhere are you?<|im_end|>\n<|im_start|>assistant\n"
+        "At sea.<|im_end|>\n<|im_start|>user\nIs it windy?<|im_end|>\n<|im_start|>assistant\n"
+        "Yes.<|im_end|>\n"
+    )
+    spans, current = [], []
+    for token, label in zip(ex.input_ids, ex.labels, strict=True):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    assert spans + ([tokenizer.decode(current)] if current else []) == [
+        "A pirate.<|im_end|>",
+        "At sea.<|im_end|>",
+        "Yes.<|im_end|>",
+    ]
+    assert ex.position_ids[len(one.input_ids) :] == list(
+        range(ex.position_ids[len(one.input_ids) - 1] + 1, ex.position_ids[-1] + 1)
+    )
+    with pytest.raises(ValueError, match="follow-up questions need the first question's answer"):
+        build_decoder_example(tokenizer, [1], "Q?", None, follow_ups=[("Q2?", "A2.")])
+
+
 def test_aligned_position_ids(tokenizer):
     read_positions = [3, 4, 5, 90, 91]
     ex = build_decoder_example(tokenizer, read_positions, "Q?", "A.", align_positions=True)

@@ -252,6 +252,28 @@ def test_examples_one_per_qa_pair_and_validation_split_held_out(tokenizer, data_
     assert ex.decoder.position_ids[ex.decoder.placeholder_positions[0]] == read.read_positions[0]
 
 
+def test_questions_per_example_asks_a_dialogs_questions_together(tokenizer, data_dir):
+    from pipeline.data.schema import read_dialogs
+
+    dialogs = read_dialogs(data_dir / "dialogs.parquet")
+    single, eval_one, _ = build_examples(dialogs, tokenizer, TrainParams(**BASE_PARAMS))
+    params = TrainParams(**{**BASE_PARAMS, "questions_per_example": 2})
+    packed, eval_two, _ = build_examples(dialogs, tokenizer, params)
+    # Two QA pairs per dialog: one example each, asking both, every answer labelled.
+    assert len(packed.examples) == 9 * 3 and len(single.examples) == 9 * 3 * 2
+    assert sum(e.n_answer for e in packed.examples) == sum(e.n_answer for e in single.examples)
+    reads = {e.dialog: len(e.decoder.placeholder_positions) for e in single.examples}
+    for example in packed.examples:
+        text = tokenizer.decode(example.decoder.input_ids)
+        assert "Who is the assistant?" in text and "Is the assistant a person?" in text
+        assert len(example.decoder.placeholder_positions) == reads[example.dialog]
+    assert sorted(e.dialog for e in packed.examples) == sorted(reads)
+    # Validation still asks one question per example.
+    assert [e.decoder.input_ids for e in eval_two.examples] == [
+        e.decoder.input_ids for e in eval_one.examples
+    ]
+
+
 def test_single_process_publishes_a_peft_adapter(single_run, tiny_model_dir):
     from peft import PeftModel
 

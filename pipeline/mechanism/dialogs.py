@@ -212,6 +212,31 @@ def _decoder_opening(tokenizer) -> tuple[dict, ...]:
     return empty if with_empty < len(encode(tokenizer, render(tokenizer, probe))) else ()
 
 
+def _answer_turns(
+    tokenizer, messages: list[dict], prompt_text: str, turns: list[tuple[str | None, str]]
+) -> tuple[list[int], list[int]]:
+    """The ids after the prompt and their labels: each answer labelled up to the end of its turn,
+    each follow-up question (the first is already in the prompt: None) unlabelled."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done, messages = prompt_text, list(messages)
+    for question, answer in turns:
+        if question is not None:
+            messages.append({"role": "user", "content": question})
+            asked = render(tokenizer, messages, add_generation_prompt=True)
+            if not asked.startswith(done):
+                raise ValueError("the chat template does not render a follow-up after the answer")
+            part = encode(tokenizer, asked[len(done) :])
+            ids, labels, done = ids + part, labels + [-100] * len(part), asked
+        messages.append({"role": "assistant", "content": answer})
+        full = render(tokenizer, messages)
+        if not full.startswith(done):
+            raise ValueError("the chat template does not render the answer after the prompt")
+        part = encode(tokenizer, full[len(done) :])
+        ids, labels, done = ids + part, labels + _answer_labels(tokenizer, part), full
+    return ids, labels
+
+
 def build_decoder_example(
     tokenizer,
     read_positions: Sequence[int] | Sequence[Sequence[int]],
@@ -219,6 +244,7 @@ def build_decoder_example(
     answer: str | None,
     align_positions: bool = True,
     at: ReadAt | Sequence[ReadAt] | None = None,
+    follow_ups: Sequence[tuple[str, str]] = (),
 ) -> DecoderExample:
     """The decoder's chat: placeholders, acknowledgement, question, then the answer (if any),
     after an empty system turn where the template would add a default one
@@ -227,8 +253,12 @@ def build_decoder_example(
     ``answer=None`` ends the prompt with the generation prompt (for reading), all labels -100.
     ``at``: the read and write blocks (default: write at block 0, the read block not named); a
     sequence of them gives one group of placeholders per read layer, each after its own name,
-    with ``read_positions`` one list per group (or one list shared by all).
+    with ``read_positions`` one list per group (or one list shared by all). ``follow_ups``:
+    (question, answer) turns after the answer, each answer labelled too: several questions about
+    one read for the price of one set of placeholders.
     """
+    if follow_ups and answer is None:
+        raise ValueError("follow-up questions need the first question's answer")
     groups = [at or ReadAt(read=0, write=0)] if not isinstance(at, Sequence) else list(at)
     if not groups:
         raise ValueError("a decoder example needs at least one read layer")
@@ -249,13 +279,11 @@ def build_decoder_example(
     if prompt_text.count(_SENTINEL) != len(groups):
         raise ValueError("the chat template does not keep the user's text verbatim")
     parts = [encode(tokenizer, part) for part in prompt_text.split(_SENTINEL)]
-    if answer is not None:
-        full_text = render(tokenizer, [*messages, {"role": "assistant", "content": answer}])
-        if not full_text.startswith(prompt_text):
-            raise ValueError("the chat template does not render the answer after the prompt")
-        answer_ids = encode(tokenizer, full_text[len(prompt_text) :])
-    else:
-        answer_ids = []
+    answer_ids, answer_labels = (
+        _answer_turns(tokenizer, messages, prompt_text, [(None, answer), *follow_ups])
+        if answer is not None
+        else ([], [])
+    )
     input_ids, labels, position_ids, placeholders, write_layers = [], [], [], [], []
     # Text takes the next positions; with align_positions, placeholders sit where the target saw
     # those tokens, and what follows them continues after the furthest of them.
@@ -277,7 +305,7 @@ def build_decoder_example(
             else:
                 position_ids += list(range(counter, counter + len(span)))
                 counter += len(span)
-    labels = [-100] * (len(input_ids) - len(answer_ids)) + _answer_labels(tokenizer, answer_ids)
+    labels = [-100] * (len(input_ids) - len(answer_ids)) + answer_labels
     return DecoderExample(
         input_ids=input_ids,
         placeholder_positions=placeholders,

@@ -57,6 +57,10 @@ class TrainParams:
     """Read positions: ``all`` or ``last:K``; must match the cache in cached mode."""
     align_positions: bool = True
     """Give the placeholders the target's position ids."""
+    questions_per_example: int = bounded(1, minimum=1)
+    """A training dialog's QA pairs asked this many at a time, one after another in one example
+    (every answer in the loss): its placeholders paid once for several answers. Validation and
+    evaluation ask one question per read."""
     lora_r: int = bounded(16, minimum=1)
     """LoRA rank."""
     lora_alpha: int = bounded(32, exclusiveMinimum=0)

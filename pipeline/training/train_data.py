@@ -138,7 +138,9 @@ class _Builder:
             self.positions.append(read_positions)
         self.cache = cache
 
-    def example(self, dialog: int, qa: dict, layer: int, family: str) -> Example:
+    def example(
+        self, dialog: int, qa: dict, layer: int, family: str, follow_ups: list[dict] = ()
+    ) -> Example:
         ex = build_decoder_example(
             self.tokenizer,
             self.positions[dialog],
@@ -146,6 +148,7 @@ class _Builder:
             qa["answer"],
             self.params.align_positions,
             read_at(self.params, layer),
+            [(f["question"], f["answer"]) for f in follow_ups],
         )
         n_answer = sum(label != -100 for label in ex.labels[1:])
         read = self.reads[dialog]
@@ -158,6 +161,18 @@ class _Builder:
     def pairs(self) -> list[tuple[int, dict]]:
         return [(d, qa) for d, row in enumerate(self.rows) for qa in row["qa"]]
 
+    def grouped(self, per_example: int, seed: int) -> list[tuple[int, dict, list[dict]]]:
+        """(dialog, question, follow-up questions) of each example: a dialog's QA pairs in groups
+        of ``per_example``, in a seeded order where there are several."""
+        if per_example == 1:
+            return [(d, qa, []) for d, qa in self.pairs()]
+        rng, out = random.Random(seed), []
+        for d, row in enumerate(self.rows):
+            qa = list(row["qa"])
+            rng.shuffle(qa)
+            out += [(d, qa[i], qa[i + 1 : i + per_example]) for i in range(0, len(qa), per_example)]
+        return out
+
     def set(self, examples: list[Example]) -> ExampleSet:
         return ExampleSet(examples, self.ids, self.reads, self.cache)
 
@@ -166,7 +181,8 @@ def build_examples(
     dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
 ) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
     """One example per (dialog, qa pair), each at one read layer (:func:`assign_layers`): split
-    ``train`` (mixed by source, ``params.mix``); a fixed sample of ``validation``; and that sample
+    ``train`` (``params.questions_per_example`` QA pairs of one dialog per example, mixed by
+    source, ``params.mix``); a fixed sample of ``validation`` (one question each); and that sample
     again with each question put to another dialog's activations at the same layer (a
     derangement avoiding the dialog's own label), whose loss minus the true one is the grounding
     gap. The eval split is never read here: settings chosen by the held-out loss are chosen on
@@ -177,22 +193,23 @@ def build_examples(
         build = _Builder(
             [d for d in dialogs if d["split"] == split], tokenizer, params, cache, split
         )
-        pairs = build.pairs()
+        per_example = params.questions_per_example if split == "train" else 1
+        pairs = build.grouped(per_example, params.seed)
         if split == "train" and params.mix:
             sources = [row["source"] for row in build.rows]
             pairs = mix_pairs(pairs, sources, params.mix, params.seed)
         if split == "validation" and len(pairs) > params.eval_examples:
             chosen = random.Random(params.seed).sample(range(len(pairs)), params.eval_examples)
             pairs = [pairs[i] for i in sorted(chosen)]
-        families = [build.family(d) for d, _ in pairs]
+        families = [build.family(d) for d, *_ in pairs]
         at = (
             [ALL_LAYERS] * len(pairs)
             if params.read_all_layers
             else assign_layers(families, params.layers_of, params.seed)
         )
         examples = [
-            build.example(d, qa, layer, family)
-            for (d, qa), layer, family in zip(pairs, at, families, strict=True)
+            build.example(d, qa, layer, family, rest)
+            for (d, qa, rest), layer, family in zip(pairs, at, families, strict=True)
         ]
         if split == "validation":  # neighbours of similar length pad little; item i pairs with i
             order = sorted(range(len(pairs)), key=lambda i: examples[i].length)
