@@ -32,8 +32,8 @@ from pipeline.data.dialog_input import check_dialogs_fit, complete_dialogs, pars
 from pipeline.evaluation import conditions
 from pipeline.mechanism import layer_choice
 from pipeline.mechanism.decoder_files import experiment_paths, load_decoder, read_manifest_or_none
+from pipeline.mechanism.decoder_prompt import build_decoder_example
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import build_decoder_example
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.reading import compute_reads, generate_batched, target_mode
 from pipeline.mechanism.readings import (

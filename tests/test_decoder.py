@@ -8,12 +8,8 @@ import torch.nn.functional as F
 from conftest import build_tiny_model
 
 from pipeline.mechanism.decoder import answer_loss, collate, decoder_logits, generate, generate_ids
-from pipeline.mechanism.dialogs import (
-    ReadAt,
-    build_decoder_example,
-    end_of_turn_ids,
-    tokenize_read_dialog,
-)
+from pipeline.mechanism.decoder_prompt import ReadAt, build_decoder_example, end_of_turn_ids
+from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.patching import gather, patch_layer, read_activations
 

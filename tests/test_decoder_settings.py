@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.mechanism.decoder_prompt import ReadAt
 from pipeline.mechanism.decoder_settings import DecoderSettings, UntrainedLayer
-from pipeline.mechanism.dialogs import ReadAt
 
 
 def test_several_layers_read_the_deepest_by_default_and_write_where_they_read():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.mechanism.dialogs import (
+from pipeline.mechanism.decoder_prompt import (
     ACKNOWLEDGEMENT,
     build_decoder_example,
     end_of_turn_ids,
-    parse_positions,
     placeholder_id,
-    tokenize_read_dialog,
 )
+from pipeline.mechanism.dialogs import parse_positions, tokenize_read_dialog
 
 CONTROL = "Pretend you are a pirate captain looking for treasure."
 CONTROL_REPLY = "Arr, I be the captain of this ship!"

@@ -17,8 +17,8 @@ from pipeline.evaluation.conditions import CONDITIONS, condition_inputs, text_on
 from pipeline.evaluation.items import Item, Metric, dialog_key
 from pipeline.evaluation.params import EvalParams
 from pipeline.mechanism.decoder_files import load_decoder
+from pipeline.mechanism.decoder_prompt import build_decoder_example, placeholder_id
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import build_decoder_example, placeholder_id
 from pipeline.mechanism.reading import compute_reads
 
 READ_LAYER = 2

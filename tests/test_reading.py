@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from pipeline.mechanism.decoder import collate, decoder_logits
-from pipeline.mechanism.dialogs import build_decoder_example, tokenize_read_dialog
+from pipeline.mechanism.decoder_prompt import build_decoder_example
+from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.reading import choice_scores, loglik_batched
 
 

@@ -54,6 +54,18 @@ def test_the_readers_digest_no_evaluation_code():
         assert not [f for f in files if "/pipeline/training/" in f], stage
 
 
+def test_the_activation_cache_digests_no_decoder_code():
+    """Changing how the decoder trains or is prompted must not rerun the activation cache (hours
+    of target forwards on a large model): only how dialogs are read and cached is its code."""
+    files = {
+        p.relative_to(stages.REPO_DIR).as_posix()
+        for p in stages.source_files(STAGES["activation_cache"].module)
+    }
+    assert {"pipeline/mechanism/dialogs.py", "pipeline/training/cache_params.py"} <= files
+    for decoder_side in ("training/params.py", "mechanism/decoder_prompt.py", "mechanism/lora.py"):
+        assert f"pipeline/{decoder_side}" not in files, decoder_side
+
+
 def test_start_checks_are_found_and_no_part_of_their_stages_digest():
     """A start check runs when the graph is built; changing it must rerun nothing."""
     declared = {name: spec for name, spec in STAGES.items() if spec.start_check}

@@ -681,8 +681,8 @@ def test_training_and_reading_build_the_same_decoder_inputs(
     compute_reads) is what it was trained on (train_data): the same ids, positions, write blocks
     and activations, in the same order."""
     from pipeline.data.schema import read_dialogs
+    from pipeline.mechanism.decoder_prompt import build_decoder_example
     from pipeline.mechanism.decoder_settings import DecoderSettings
-    from pipeline.mechanism.dialogs import build_decoder_example
     from pipeline.mechanism.lora import add_lora
     from pipeline.mechanism.modeling import load_model
     from pipeline.mechanism.reading import compute_reads

@@ -82,7 +82,7 @@ def decoder_logliks(
 ) -> list[float]:
     """Mean log-likelihood per token of each (dialog index, question, answer), the decoder
     reading that dialog's activations (the evaluation's "true" condition)."""
-    from pipeline.mechanism.dialogs import build_decoder_example
+    from pipeline.mechanism.decoder_prompt import build_decoder_example
     from pipeline.mechanism.reading import compute_reads, loglik_batched
 
     reads = compute_reads(model, tokenizer, dialogs, settings, batch_size, desc=f"{desc}: reading")
@@ -117,7 +117,7 @@ def decoder_yes_minus_no(
     """The decoder's logit of "Yes" minus "No" as its first answer token, reading each dialog's
     activations and asked ``question`` (one forward per dialog)."""
     from pipeline.mechanism.decoder import collate, decoder_logits
-    from pipeline.mechanism.dialogs import build_decoder_example
+    from pipeline.mechanism.decoder_prompt import build_decoder_example
     from pipeline.mechanism.reading import compute_reads
 
     yes, no = first_token(tokenizer, "Yes"), first_token(tokenizer, "No")

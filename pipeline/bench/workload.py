@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from pipeline.mechanism.dialogs import ReadAt, build_decoder_example, tokenize_read_dialog
+from pipeline.mechanism.decoder_prompt import ReadAt, build_decoder_example
+from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.modeling import (
     attention_implementation,
     load_model,

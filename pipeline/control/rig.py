@@ -19,8 +19,9 @@ import torch
 
 from pipeline.control import steering
 from pipeline.mechanism.decoder import answer_loss, collate
+from pipeline.mechanism.decoder_prompt import build_decoder_example
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import TokenizedRead, build_decoder_example, tokenize_read_dialog
+from pipeline.mechanism.dialogs import TokenizedRead, tokenize_read_dialog
 from pipeline.mechanism.lora import DEFAULT_TARGETS
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.patching import gather, pad_batch, read_activations

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.mechanism.dialogs import encode, end_of_turn_ids, render, tokenize_read_dialog
+from pipeline.mechanism.decoder_prompt import end_of_turn_ids
+from pipeline.mechanism.dialogs import encode, render, tokenize_read_dialog
 from pipeline.mechanism.modeling import decoder_layers
 from pipeline.mechanism.patching import pad_batch, read_activations
 

@@ -110,7 +110,7 @@ STAGES: dict[str, StageSpec] = {
     "filter": StageSpec("data.filter", "data.filter:FilterParams", **{**_SMALL, "mem_mb": 4000}),
     "statements": StageSpec("data.statements", "data.statements:StatementParams", **_SMALL),
     "activation_cache": StageSpec(
-        "training.activation_cache", "training.params:CacheParams", section="cache"
+        "training.activation_cache", "training.cache_params:CacheParams", section="cache"
     ),
     # One allocation, one node: torchrun's standalone rendezvous starts one process per device.
     "train": StageSpec(

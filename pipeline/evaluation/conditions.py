@@ -16,8 +16,8 @@ from pipeline.evaluation.concepts import concept_hit
 from pipeline.evaluation.items import Item, Metric
 from pipeline.evaluation.params import EvalParams
 from pipeline.evaluation.scoring import debiased_scores, normalized_match, pairwise_scores
+from pipeline.mechanism.decoder_prompt import DecoderExample, build_decoder_example
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import DecoderExample, build_decoder_example
 from pipeline.mechanism.reading import (
     Read,
     choice_scores,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from pipeline.mechanism.dialogs import DecoderExample, end_of_turn_ids
+from pipeline.mechanism.decoder_prompt import DecoderExample, end_of_turn_ids
 from pipeline.mechanism.modeling import cache_argument
 from pipeline.mechanism.patching import patch_rows
 

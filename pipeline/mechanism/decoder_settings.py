@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.mechanism.dialogs import INJECT_MODES, Inject, ReadAt, parse_positions
+from pipeline.mechanism.decoder_prompt import ReadAt
+from pipeline.mechanism.dialogs import INJECT_MODES, Inject, parse_positions
 
 
 class UntrainedLayer(ValueError):

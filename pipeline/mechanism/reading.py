@@ -14,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline.mechanism.decoder import answer_loss, collate, decoder_logits, generate
+from pipeline.mechanism.decoder_prompt import DecoderExample
 from pipeline.mechanism.decoder_settings import DecoderSettings
-from pipeline.mechanism.dialogs import DecoderExample, tokenize_read_dialog
+from pipeline.mechanism.dialogs import tokenize_read_dialog
 from pipeline.mechanism.patching import gather, pad_batch, read_activations
 
 

@@ -34,7 +34,7 @@ from pipeline.mechanism.shards import (
     write_meta,
     write_shard,
 )
-from pipeline.training.params import CacheParams
+from pipeline.training.cache_params import CacheParams
 
 log = logging.getLogger("pipeline.training.activation_cache")
 

@@ -1,4 +1,5 @@
-"""The params of the training stages (activation cache, train), importable without torch.
+"""The params of the train stage, importable without torch (the activation cache's are in
+``cache_params``, so that a change here never reruns the cache).
 
 The workflow builds every stage's params at parse time (``pipeline.core.graph``); keeping them
 apart from the stage code keeps ``snakemake -n`` free of torch.
@@ -9,28 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.core.choices import Dtype, MixedDtype
+from pipeline.core.choices import MixedDtype
 from pipeline.core.stage import ParamsError, bounded
 from pipeline.mechanism.dialogs import Inject, parse_positions
 from pipeline.mechanism.lora import DEFAULT_TARGETS, LoraBlocks
-
-
-@dataclass
-class CacheParams:
-    """What to cache and how."""
-
-    layers: list[int] = field(default_factory=lambda: [15])
-    """Blocks whose outputs are cached (``hidden_states[layer + 1]``)."""
-    positions: str = "all"
-    """Read positions kept per dialog: ``all`` or ``last:K``."""
-    batch_size: int = bounded(8, minimum=1)
-    """Dialogs per forward pass."""
-    shard_tokens: int = bounded(65536, minimum=1)
-    """Read tokens per shard; a shard closes at the first dialog that reaches it."""
-    dtype: Dtype = "float32"
-    """The model's compute dtype (the cache itself is always bfloat16)."""
-    device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ..."""
 
 
 @dataclass

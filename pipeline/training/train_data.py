@@ -12,13 +12,8 @@ from typing import Any
 
 from pipeline.core import store
 from pipeline.core.stats import derangement
-from pipeline.mechanism.dialogs import (
-    DecoderExample,
-    ReadAt,
-    TokenizedRead,
-    build_decoder_example,
-    tokenize_read_dialog,
-)
+from pipeline.mechanism.decoder_prompt import DecoderExample, ReadAt, build_decoder_example
+from pipeline.mechanism.dialogs import TokenizedRead, tokenize_read_dialog
 
 
 @dataclass
