@@ -229,14 +229,22 @@ def test_pairwise_scores_orient_by_each_items_answer_order():
     assert scoring.pairwise_scores(items, [{"margin": 1.0}, {"margin": -2.0}]) == [0.0, None]
 
 
+def test_pairwise_scores_leave_a_pair_cut_in_two_unscored():
+    # The first three items of two pairs (a reading curve's first max_items): one pair scored.
+    items = _pairs(2)[:3]
+    rows = [{"margin": m} for m in (2.0, 1.0, 5.0)]
+    assert scoring.pairwise_scores(items, rows) == [1.0, None, None]
+
+
 def test_pairwise_scores_refuse_what_is_not_a_contrast_pair():
     items = _pairs(1)
     items[1].reference = "Yes."
     with pytest.raises(ValueError, match="pair pair0: the pairwise scorer needs two items"):
         scoring.pairwise_scores(items, [{"margin": 1.0}, {"margin": 2.0}])
-    lone = _pairs(1)[:1]
+    triple = _pairs(2)
+    triple[2].meta["pair"] = "pair0"
     with pytest.raises(ValueError, match="pair pair0: the pairwise scorer needs two items"):
-        scoring.pairwise_scores(lone, [{"margin": 1.0}])
+        scoring.pairwise_scores(triple, [{"margin": m} for m in (1.0, 2.0, 3.0, 4.0)])
     bare = [_choice_item(0, "Yes."), _choice_item(1, "No.")]
     with pytest.raises(ValueError, match="item i0: the pairwise scorer needs a two-answer choice"):
         scoring.pairwise_scores(bare, [{"margin": 1.0}, {"margin": 2.0}])

@@ -206,7 +206,8 @@ def pairwise_scores(items: list, rows: list[dict]) -> list[float | None]:
     together, than the other answer? For a true and a false statement that is "Yes" preferred
     more for the true one than for the false one, whatever the condition's bias. 1, 0, or 0.5 on
     a tie, given to the pair's first item; None for its second, so that the mean and its interval
-    count pairs, not statements."""
+    count pairs, not statements. An item whose twin is not among ``items`` (a subset cut through
+    a pair) is not scored either."""
     members: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         if len(item.choices) != 2 or "margin" not in rows[i] or "pair" not in item.meta:
@@ -216,6 +217,8 @@ def pairwise_scores(items: list, rows: list[dict]) -> list[float | None]:
         members.setdefault(item.meta["pair"], []).append(i)
     scores: list[float | None] = [None] * len(items)
     for pair, (a, *rest) in members.items():
+        if not rest:
+            continue
         if len(rest) != 1 or items[a].reference == items[rest[0]].reference:
             raise ValueError(
                 f"pair {pair}: the pairwise scorer needs two items of different answers"
