@@ -212,10 +212,3 @@ def test_a_train_artifact_without_published_adapters_is_refused(tmp_path, tiny_m
     inputs = {name: tmp_path for name in ("model", "evaluate", "data", "relations", "synonyms")}
     with pytest.raises(SystemExit, match="adapter_every"):
         curve.run(curve.CurveParams(), {**inputs, "train": train}, tmp_path, {})
-
-
-def test_a_points_gap_skips_what_a_pairwise_scorer_leaves_unscored():
-    scored = {"true": [1.0, None, 0.0, None], "shuffled": [0.0, None, 0.0, None]}
-    points = curve._points(scored, bootstrap=10, seed=0)
-    assert points["conditions"]["true"]["n"] == 2 and points["conditions"]["true"]["mean"] == 0.5
-    assert points["grounding_gap"]["n"] == 2 and points["grounding_gap"]["mean"] == 0.5

@@ -226,8 +226,10 @@ def test_d_reverting_a_built_change_schedules_nothing(built):
             {"evaluate", "reading_curve", "report", "experiment", "explain"},
         ),
         ("training/train", DOWNSTREAM_OF_TRAIN),
-        # The params module is imported by both training stages, not by evaluate's own code.
-        ("training/params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),
+        # Training's params are not the activation cache's: editing them retrains, and the
+        # target's forwards stay cached; the cache's own params rerun it and what follows.
+        ("training/params", DOWNSTREAM_OF_TRAIN),
+        ("training/cache_params", {"activation_cache"} | DOWNSTREAM_OF_TRAIN),
     ],
 )
 def test_e_editing_a_stage_source_reruns_it_and_descendants(built, module, expected):

@@ -81,11 +81,7 @@ def _points(scored: dict[str, list[float]], bootstrap: int, seed: int) -> dict[s
         "conditions": {c: summarize(v, bootstrap, seed) for c, v in scored.items()}
     }
     if "shuffled" in scored:
-        diffs = [
-            a - b
-            for a, b in zip(scored["true"], scored["shuffled"], strict=True)
-            if a is not None and b is not None  # a contrast pair's second item (``pairwise``)
-        ]
+        diffs = [a - b for a, b in zip(scored["true"], scored["shuffled"], strict=True)]
         out["grounding_gap"] = summarize(diffs, bootstrap, seed)
     return out
 

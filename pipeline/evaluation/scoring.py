@@ -14,6 +14,8 @@
   params name and never enters params, manifests or logs.
 - :func:`debiased_scores`: two-answer forced choices scored without the decoder's preference
   for one of the answers (each condition's median preference removed).
+- :func:`pairwise_scores`: contrast pairs of forced choices scored once each, as a probe scores
+  them (the true member preferred more than the false one).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ class TrainParams:
     """Give the placeholders the target's position ids."""
     questions_per_example: int = bounded(1, minimum=1)
     """A training dialog's QA pairs asked this many at a time, one after another in one example
-    (every answer in the loss): its placeholders paid once for several answers. Validation and
-    evaluation ask one question per read."""
+    (every answer in the loss): its placeholders paid once for several answers; ``mix`` shares
+    count examples. Validation and evaluation ask one question per read."""
     lora_r: int = bounded(16, minimum=1)
     """LoRA rank."""
     lora_alpha: int = bounded(32, exclusiveMinimum=0)

@@ -5,7 +5,7 @@ target on the fly."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ class _Builder:
         self.cache = cache
 
     def example(
-        self, dialog: int, qa: dict, layer: int, family: str, follow_ups: list[dict] = ()
+        self, dialog: int, qa: dict, layer: int, family: str, follow_ups: Sequence[dict] = ()
     ) -> Example:
         ex = build_decoder_example(
             self.tokenizer,
@@ -175,10 +175,10 @@ class _Builder:
 def build_examples(
     dialogs: list[dict], tokenizer, params, cache_dir: Path | None = None
 ) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
-    """One example per (dialog, qa pair), each at one read layer (:func:`assign_layers`): split
-    ``train`` (``params.questions_per_example`` QA pairs of one dialog per example, mixed by
-    source, ``params.mix``); a fixed sample of ``validation`` (one question each); and that sample
-    again with each question put to another dialog's activations at the same layer (a
+    """Examples of (dialog, qa pair), each at one read layer (:func:`assign_layers`): split
+    ``train`` (``params.questions_per_example`` QA pairs of one dialog per example, the examples
+    mixed by source, ``params.mix``); a fixed sample of ``validation`` (one question each); and
+    that sample again with each question put to another dialog's activations at the same layer (a
     derangement avoiding the dialog's own label), whose loss minus the true one is the grounding
     gap. The eval split is never read here: settings chosen by the held-out loss are chosen on
     validation labels."""
@@ -246,7 +246,8 @@ def source_family(source: str) -> str:
 
 
 def mix_pairs(pairs: list, sources: list[str], mix: dict[str, float], seed: int) -> list:
-    """The train pairs resampled so that each source family makes up its share of ``mix``.
+    """The train pairs (or examples of several pairs: ``questions_per_example``) resampled so that
+    each source family makes up its share of ``mix``, counted in examples.
 
     The total stays the number of pairs; a family with fewer pairs than its share repeats them
     (each pair once before any twice), a larger one is subsampled, both seeded.
