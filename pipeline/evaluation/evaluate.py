@@ -119,7 +119,6 @@ def evaluate(
         )
         best, family = placed[metric.name]
         common = {
-            "n": len(metric.items),
             "shuffled_same_group": sum(
                 metric.items[p].group == it.group for it, p in zip(metric.items, perm, strict=True)
             ),
@@ -151,12 +150,12 @@ def evaluate(
             result = {
                 "description": metric.description,
                 "kind": scorer,
+                # Items scored, not asked: a ``pairwise`` score counts each contrast pair once.
+                "n": by_layer[str(best)]["conditions"]["true"]["n"],
                 **common,
                 **by_layer[str(best)],
                 "by_layer": by_layer,
             }
-            # Items scored, not asked: a ``pairwise`` score counts each contrast pair once.
-            result["n"] = result["conditions"]["true"]["n"]
             if scorer == "similarity":
                 result["scorer"] = {"name": similarity.name, "kind": similarity.kind}
             if metric.notes:
