@@ -23,8 +23,11 @@ setup: $(BIN)/.installed
 run: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all results/$(EXPERIMENT)
 
+# One test worker per core (pytest-xdist); a file's tests stay on one worker, where its module
+# fixtures are built once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
 test: setup
-	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	PATH=$(abspath $(BIN)):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m slow
