@@ -15,6 +15,8 @@ from test_layer_cache import build
 from pipeline.analysis import labels, truth
 from pipeline.analysis.params import LayerCacheParams, ProbeParams
 from pipeline.analysis.probes import best_layer, run
+from pipeline.analysis.prompting import decoder_yes_minus_no, load_reader_model
+from pipeline.analysis.summary import probes_table
 from pipeline.data.relations import load_relations
 from pipeline.data.schema import write_dialogs
 from pipeline.data.statements import StatementParams, contrast_pairs
@@ -134,6 +136,11 @@ def test_every_reader_for_every_block_with_intervals(probed):
     assert {"zero_shot", "decoder"} <= set(truth_task)
     assert truth_task["decoder"]["eval"]["n"] == truth_task["n_pairs"]["eval"]
     assert truth_task["decoder"]["layer"] == 2
+    answer_state = truth_task["decoder"]["answer_state"]["eval"]
+    assert answer_state["n"] == truth_task["n_pairs"]["eval"]
+    assert 0 <= answer_state["ci95"][0] <= answer_state["mean"] <= answer_state["ci95"][1] <= 1
+    table = "\n".join(probes_table(report, [2]))
+    assert "| probe of the decoder's answer state | block 2 |" in table
     assert info["best_layer"].keys() == {"truth", "labels"}
 
 
@@ -171,3 +178,21 @@ def test_held_out_candidates_are_capped_and_hold_the_target():
     for item in task.items["eval"]:
         assert len(item["options"]) == 3 and item["target"] in item["options"]
     assert labels.chance(task, "eval") == pytest.approx(1 / 3)
+
+
+def test_the_answer_state_is_what_the_yes_no_margin_is_projected_from(tmp_path, tiny_model_dir):
+    # The probe of the answer state is the decoder's answer bar its readout: the Yes - No margin
+    # must be that state times the two tokens' unembedding difference, row by row.
+    train = make_train_artifact(tmp_path, tiny_model_dir)
+    model, tokenizer, settings = load_reader_model(
+        {"model": tiny_model_dir, "train": train}, "float32", "cpu"
+    )
+    dialogs = [([{"role": "user", "content": text}], 0) for text in
+               ("Paris is in France.", "Paris is in Peru.", "The sky is green today.")]  # fmt: skip
+    margins, states = decoder_yes_minus_no(model, tokenizer, settings, dialogs, "True?", 2)
+    head = model.get_output_embeddings().weight.detach().float()
+    yes, no = (tokenizer("Yes", add_special_tokens=False)["input_ids"][0],
+               tokenizer("No", add_special_tokens=False)["input_ids"][0])  # fmt: skip
+    assert states.shape == (3, head.shape[1])
+    assert torch.allclose(states @ (head[yes] - head[no]), torch.tensor(margins), atol=1e-4)
+    assert not torch.allclose(states[0], states[1])  # each row its own dialog's state

@@ -38,6 +38,10 @@ def _at_layers(reader, settings, choice, families) -> dict[str, Any]:
     out: dict[str, Any] = {"decoder": by_layer[chosen]}
     if len(by_layer) > 1:
         out["decoder_by_layer"] = {str(layer): r["eval"] for layer, r in by_layer.items()}
+        if "answer_state" in by_layer[chosen]:
+            out["answer_state_by_layer"] = {
+                str(layer): r["answer_state"]["eval"] for layer, r in by_layer.items()
+            }
     return out
 
 
@@ -74,12 +78,12 @@ def run(params: ProbeParams, inputs: dict[str, Path], workdir: Path, info: dict[
         "pooling": params.statements_pooling,
         "n_pairs": {split: len(p.ids_a) for split, p in pairs.items()},
         "per_layer": truth.layer_readers(statements_cache, pairs, params),
-        **truth.prompted_readers(model, tokenizer, None, pairs["eval"], params),
+        **truth.prompted_readers(model, tokenizer, pairs["eval"], params),
     }
     if settings is not None:
         truth_result.update(
             _at_layers(
-                lambda at: truth.decoder_truth(model, tokenizer, at, pairs["eval"], params),
+                lambda at: truth.decoder_truth(model, tokenizer, at, pairs, params),
                 settings,
                 choice,
                 TRUTH_FAMILIES,

@@ -113,9 +113,14 @@ def decoder_yes_minus_no(
     dialogs: list[tuple[list[dict], int]],
     question: str,
     batch_size: int,
-) -> list[float]:
+) -> tuple[list[float], torch.Tensor]:
     """The decoder's logit of "Yes" minus "No" as its first answer token, reading each dialog's
-    activations and asked ``question`` (one forward per dialog)."""
+    activations and asked ``question`` (one forward per dialog); and the state those logits are
+    read from, the input of the vocabulary projection at that position: (dialogs x d) float32.
+
+    The answer is a linear function of that state, so a probe fitted on it says whether the
+    decoder's answer could name what it reads, apart from whether it does.
+    """
     from pipeline.mechanism.decoder import collate, decoder_logits
     from pipeline.mechanism.decoder_prompt import build_decoder_example
     from pipeline.mechanism.reading import compute_reads
@@ -123,17 +128,23 @@ def decoder_yes_minus_no(
     yes, no = first_token(tokenizer, "Yes"), first_token(tokenizer, "No")
     reads = compute_reads(model, tokenizer, dialogs, settings, batch_size, desc="reading")
     device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0][:, -1]))
     out: list[float] = []
-    for start in range(0, len(reads), batch_size):
-        chunk = reads[start : start + batch_size]
-        examples = [
-            build_decoder_example(tokenizer, r.read_positions, question, None,
-                                  settings.align_positions, settings.at())
-            for r in chunk
-        ]  # fmt: skip
-        batch = collate(
-            examples, [r.acts for r in chunk], tokenizer.pad_token_id, padding_side="left"
-        ).to(device)
-        logits = decoder_logits(model, batch, inject=settings.inject, logits_to_keep=1)[:, -1]
-        out += (logits[:, yes] - logits[:, no]).float().tolist()
-    return out
+    try:
+        for start in range(0, len(reads), batch_size):
+            chunk = reads[start : start + batch_size]
+            examples = [
+                build_decoder_example(tokenizer, r.read_positions, question, None,
+                                      settings.align_positions, settings.at())
+                for r in chunk
+            ]  # fmt: skip
+            batch = collate(
+                examples, [r.acts for r in chunk], tokenizer.pad_token_id, padding_side="left"
+            ).to(device)
+            logits = decoder_logits(model, batch, inject=settings.inject, logits_to_keep=1)[:, -1]
+            out += (logits[:, yes] - logits[:, no]).float().tolist()
+    finally:
+        hook.remove()
+    return out, torch.cat(captured).float().cpu()

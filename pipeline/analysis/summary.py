@@ -65,6 +65,17 @@ def probes_table(report: dict[str, Any], read_layers: Sequence[int] = ()) -> lis
             lines.append(
                 _row(["decoder", f"{where} (chosen on validation)", _pct(decoder["eval"]), *here])
             )
+            if "answer_state" in decoder:
+                by_layer = task.get("answer_state_by_layer") or (
+                    {str(decoder["layer"]): decoder["answer_state"]["eval"]}
+                    if "layer" in decoder
+                    else {}
+                )
+                here = [_pct(by_layer.get(str(layer))) for layer in read_layers]
+                lines.append(
+                    _row(["probe of the decoder's answer state", where,
+                          _pct(decoder["answer_state"]["eval"]), *here])
+                )  # fmt: skip
         lines.append("")
     return lines
 

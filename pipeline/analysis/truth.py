@@ -4,7 +4,9 @@ Readers, each scored by picking the true member of every pair of a split (chance
 per block, a logistic probe (supervised, fitted on the train statements one by one), CCS
 (unsupervised, fitted on the train pairs, sign fixed on them) and random directions (sign fixed
 on the train pairs too); once, the base model prompted "True or false?" and the decoder asked its
-question about the statement's activations (first answer token "Yes" against "No").
+question about the statement's activations (first answer token "Yes" against "No"), beside a
+logistic probe of the decoder's own state at that answer token (``answer_state``): where the probe
+reads truth and the answer does not, the decoder reads it but does not say it.
 """
 
 from __future__ import annotations
@@ -111,8 +113,8 @@ def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[s
     return out
 
 
-def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
-    """Zero-shot prompting of the base model and, given a decoder, the decoder; on one split."""
+def prompted_readers(model, tokenizer, pairs: Pairs, params: ProbeParams) -> dict:
+    """Zero-shot prompting of the base model, on one split."""
     from pipeline.analysis.prompting import zero_shot_true_minus_false
 
     truth = pairs.a_true.bool()
@@ -120,31 +122,43 @@ def prompted_readers(model, tokenizer, settings, pairs: Pairs, params: ProbePara
     scores = torch.tensor(
         zero_shot_true_minus_false(model, tokenizer, texts, params.batch_size)
     ).view(2, -1)
-    out = {
+    return {
         "zero_shot": {
             "prompt": 'the statement, then "True or false?"; logit of "True" minus "False"',
             "eval": _summary((scores[0] > scores[1]) == truth, params),
         }
     }
-    if settings is None:
-        return out
-    out["decoder"] = decoder_truth(model, tokenizer, settings, pairs, params)
-    return out
 
 
-def decoder_truth(model, tokenizer, settings, pairs: Pairs, params: ProbeParams) -> dict:
-    """The decoder asked the statements' question, reading at ``settings.read_layer``."""
+def decoder_truth(model, tokenizer, settings, pairs: dict[str, Pairs], params: ProbeParams) -> dict:
+    """The decoder asked the statements' question, reading at ``settings.read_layer``, on the eval
+    pairs: its answer (first token "Yes" against "No"), and a logistic probe of the state that
+    answer is projected from (fitted on the train pairs' states): whether what the decoder reads
+    reaches the place it answers from, where its answer does not say it."""
     from pipeline.analysis.prompting import decoder_yes_minus_no
 
-    truth = pairs.a_true.bool()
-    rows = pairs.rows_a + pairs.rows_b
-    dialogs = [(r["messages"], r["n_masked_turns"]) for r in rows]
-    question = rows[0]["qa"][0]["question"]
-    yes_minus_no = torch.tensor(
-        decoder_yes_minus_no(model, tokenizer, settings, dialogs, question, params.batch_size)
-    ).view(2, -1)
+    question = pairs["eval"].rows_a[0]["qa"][0]["question"]
+    margins, states = {}, {}
+    for split in ("train", "eval"):
+        rows = pairs[split].rows_a + pairs[split].rows_b
+        dialogs = [(r["messages"], r["n_masked_turns"]) for r in rows]
+        margin, state = decoder_yes_minus_no(
+            model, tokenizer, settings, dialogs, question, params.batch_size
+        )
+        margins[split] = torch.tensor(margin).view(2, -1)
+        states[split] = state.view(2, -1, state.shape[-1])
+    truth = pairs["eval"].a_true.bool()
+    a_true = pairs["train"].a_true.bool()
+    x_train = torch.cat(list(states["train"]))
+    train, held_a, held_b = readers.standardize(x_train, *states["eval"])
+    probe = readers.fit_logistic(train, torch.cat([a_true, ~a_true]), params.l2, params.max_iter)
     return {
         "question": question,
         "layer": settings.read_layer,
-        "eval": _summary((yes_minus_no[0] > yes_minus_no[1]) == truth, params),
+        "eval": _summary((margins["eval"][0] > margins["eval"][1]) == truth, params),
+        "answer_state": {
+            "description": "logistic probe of the decoder's state at its first answer token "
+            "(the vocabulary projection's input), fitted on the train pairs",
+            "eval": _summary(readers.score_choice(probe, held_a, held_b) == truth, params),
+        },
     }
