@@ -15,7 +15,7 @@ from test_layer_cache import build
 from pipeline.analysis import labels, truth
 from pipeline.analysis.params import LayerCacheParams, ProbeParams
 from pipeline.analysis.probes import best_layer, run
-from pipeline.analysis.prompting import decoder_yes_minus_no, load_reader_model
+from pipeline.analysis.prompting import decoder_yes_minus_no, first_token, load_reader_model
 from pipeline.analysis.summary import probes_table
 from pipeline.data.relations import load_relations
 from pipeline.data.schema import write_dialogs
@@ -191,8 +191,7 @@ def test_the_answer_state_is_what_the_yes_no_margin_is_projected_from(tmp_path, 
                ("Paris is in France.", "Paris is in Peru.", "The sky is green today.")]  # fmt: skip
     margins, states = decoder_yes_minus_no(model, tokenizer, settings, dialogs, "True?", 2)
     head = model.get_output_embeddings().weight.detach().float()
-    yes, no = (tokenizer("Yes", add_special_tokens=False)["input_ids"][0],
-               tokenizer("No", add_special_tokens=False)["input_ids"][0])  # fmt: skip
+    yes, no = first_token(tokenizer, "Yes"), first_token(tokenizer, "No")
     assert states.shape == (3, head.shape[1])
     assert torch.allclose(states @ (head[yes] - head[no]), torch.tensor(margins), atol=1e-4)
     assert not torch.allclose(states[0], states[1])  # each row its own dialog's state

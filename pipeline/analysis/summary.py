@@ -29,6 +29,21 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _decoder_row(
+    name: str,
+    where: str,
+    summary: dict,
+    by_layer: dict | None,
+    layer: int | None,
+    read_layers: Sequence[int],
+) -> str:
+    """A decoder reader's row: ``summary`` at ``where``, then its figure at each read layer
+    (without per-layer figures, the one layer read, if any, holds ``summary`` itself)."""
+    by_layer = by_layer or ({str(layer): summary} if layer is not None else {})
+    here = [_pct(by_layer.get(str(read))) for read in read_layers]
+    return _row([name, where, _pct(summary), *here])
+
+
 def probes_table(report: dict[str, Any], read_layers: Sequence[int] = ()) -> list[str]:
     """Per task and reader: best block and accuracy there, and accuracy at each block the decoder
     reads, where the decoder's own row gives its accuracy reading that block."""
@@ -57,24 +72,16 @@ def probes_table(report: dict[str, Any], read_layers: Sequence[int] = ()) -> lis
             )
         if "decoder" in task:
             decoder = task["decoder"]
-            by_layer = task.get("decoder_by_layer") or (
-                {str(decoder["layer"]): decoder["eval"]} if "layer" in decoder else {}
-            )
             where = f"block {decoder['layer']}" if "layer" in decoder else "every read block"
-            here = [_pct(by_layer.get(str(layer))) for layer in read_layers]
             lines.append(
-                _row(["decoder", f"{where} (chosen on validation)", _pct(decoder["eval"]), *here])
-            )
+                _decoder_row("decoder", f"{where} (chosen on validation)", decoder["eval"],
+                             task.get("decoder_by_layer"), decoder.get("layer"), read_layers)
+            )  # fmt: skip
             if "answer_state" in decoder:
-                by_layer = task.get("answer_state_by_layer") or (
-                    {str(decoder["layer"]): decoder["answer_state"]["eval"]}
-                    if "layer" in decoder
-                    else {}
-                )
-                here = [_pct(by_layer.get(str(layer))) for layer in read_layers]
                 lines.append(
-                    _row(["probe of the decoder's answer state", where,
-                          _pct(decoder["answer_state"]["eval"]), *here])
+                    _decoder_row("probe of the decoder's answer state", where,
+                                 decoder["answer_state"]["eval"], task.get("answer_state_by_layer"),
+                                 decoder.get("layer"), read_layers)
                 )  # fmt: skip
         lines.append("")
     return lines

@@ -70,6 +70,26 @@ def _summary(correct: torch.Tensor, params: ProbeParams) -> dict:
     return summarize(correct.float().tolist(), params.bootstrap, params.seed)
 
 
+def logistic_picks(
+    train: tuple[torch.Tensor, torch.Tensor],
+    a_true: torch.Tensor,
+    held: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    params: ProbeParams,
+) -> dict[str, torch.Tensor]:
+    """A logistic probe fitted on every train statement with its truth (standardised by the
+    train rows), and, per held-out split, whether it picks each pair's first member."""
+    xa, xb = train
+    scaled = readers.standardize(torch.cat([xa, xb]), *[t for pair in held.values() for t in pair])
+    a_true = a_true.bool()
+    probe = readers.fit_logistic(
+        scaled[0], torch.cat([a_true, ~a_true]), params.l2, params.max_iter
+    )
+    return {
+        split: readers.score_choice(probe, scaled[1 + 2 * i], scaled[2 + 2 * i])
+        for i, split in enumerate(held)
+    }
+
+
 def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[str, dict]:
     """Per method and block: the held-out splits' pair accuracy (summary with 95% CI)."""
     pool = params.statements_pooling
@@ -82,12 +102,7 @@ def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[s
         }
         xa, xb = feats["train"]
         a_true = train.a_true.bool()
-        # Logistic: every train statement with its truth, standardised by the train rows.
-        x_train = torch.cat([xa, xb])
-        y_train = torch.cat([a_true, ~a_true])
-        scaled = readers.standardize(x_train, *[t for s in HELD_OUT for t in feats[s]])
-        held = {s: (scaled[1 + 2 * i], scaled[2 + 2 * i]) for i, s in enumerate(HELD_OUT)}
-        logistic = readers.fit_logistic(scaled[0], y_train, params.l2, params.max_iter)
+        logistic = logistic_picks((xa, xb), a_true, {s: feats[s] for s in HELD_OUT}, params)
         # CCS and random directions: each split's members normalised per class on their own.
         normed = {s: readers.normalize_classes(*feats[s]) for s in feats}
         na, nb = normed["train"]
@@ -104,7 +119,7 @@ def layer_readers(cache, pairs: dict[str, Pairs], params: ProbeParams) -> dict[s
                 [(readers.score_choice(r, ca, cb) == truth).float() for r in randoms]
             ).mean(0)
             results = {
-                "logistic": readers.score_choice(logistic, *held[split]) == truth,
+                "logistic": logistic[split] == truth,
                 "ccs": readers.ccs_choice(ccs, ca, cb) == truth,
                 "random": random_correct,
             }
@@ -148,10 +163,9 @@ def decoder_truth(model, tokenizer, settings, pairs: dict[str, Pairs], params: P
         margins[split] = torch.tensor(margin).view(2, -1)
         states[split] = state.view(2, -1, state.shape[-1])
     truth = pairs["eval"].a_true.bool()
-    a_true = pairs["train"].a_true.bool()
-    x_train = torch.cat(list(states["train"]))
-    train, held_a, held_b = readers.standardize(x_train, *states["eval"])
-    probe = readers.fit_logistic(train, torch.cat([a_true, ~a_true]), params.l2, params.max_iter)
+    train_a, train_b = states["train"]
+    picks = logistic_picks((train_a, train_b), pairs["train"].a_true, {"eval": states["eval"]},
+                           params)  # fmt: skip
     return {
         "question": question,
         "layer": settings.read_layer,
@@ -159,6 +173,6 @@ def decoder_truth(model, tokenizer, settings, pairs: dict[str, Pairs], params: P
         "answer_state": {
             "description": "logistic probe of the decoder's state at its first answer token "
             "(the vocabulary projection's input), fitted on the train pairs",
-            "eval": _summary(readers.score_choice(probe, held_a, held_b) == truth, params),
+            "eval": _summary(picks["eval"] == truth, params),
         },
     }
