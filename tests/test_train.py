@@ -715,3 +715,70 @@ def test_training_and_reading_build_the_same_decoder_inputs(
         n = len(ex.decoder.placeholder_positions)
         torch.testing.assert_close(batch.patch_values[0, :n], read[0].acts, rtol=1e-5, atol=1e-5)
         assert batch.write_layers[0, :n].tolist() == list(ex.decoder.write_layers)
+
+
+def statement_records(n_facts: int = 6) -> list[dict]:
+    """Contrast pairs the way the statements stage writes them: two rows per fact, one label."""
+    rows = []
+    for k in range(n_facts):
+        for obj, answer in ((f"city {k}", "Yes."), (f"town {k + 1}", "No.")):
+            rows.append(
+                {
+                    "label": f"capital:land {k}",
+                    "kind": "text",
+                    "messages": [{"role": "user", "content": f"The capital of land {k} is {obj}."}],
+                    "n_masked_turns": 0,
+                    "qa": [{"question": "Is the statement true?", "answer": answer}],
+                    "source": "statements",
+                    "split": "train",
+                }
+            )
+    return rows
+
+
+def test_batch_units_pair_each_copy_of_a_contrast_pair(tokenizer):
+    from pipeline.training.train_data import batch_units
+
+    dialogs = [{**row, "id": f"d{i}"} for i, row in enumerate(dialog_records())]
+    dialogs += [{**row, "id": f"s{i}"} for i, row in enumerate(statement_records(3))]
+    # Statements at 0.5 of 60 examples: each of the six rows five times.
+    params = TrainParams(**{**BASE_PARAMS, "mix": {"test": 1, "statements": 1}})
+    train_set, _, _ = build_examples(dialogs, tokenizer, params)
+    units = batch_units(train_set, dialogs, ["statements"])
+    members: dict[tuple, list[str]] = {}
+    for ex, unit in zip(train_set.examples, units, strict=True):
+        members.setdefault(unit, []).append(train_set.dialog_ids[ex.dialog])
+    pairs = {unit: ids for unit, ids in members.items() if unit[0] == "statements"}
+    # Five copies of three pairs: each unit one copy of a true row and its false partner.
+    assert len(pairs) == 15
+    for ids in pairs.values():
+        assert len(ids) == 2 and int(ids[1][1:]) == int(ids[0][1:]) + 1
+    others = [unit for unit in members if unit[0] != "statements"]
+    assert all(len(members[unit]) == 1 for unit in others) and len(others) == 30
+    # Not named as pairs: every example alone.
+    assert len(set(batch_units(train_set, dialogs, []))) == len(train_set.examples)
+
+
+def test_pair_families_need_batches_by_family():
+    with pytest.raises(ParamsError, match="needs batching: by_family"):
+        TrainParams(**{**BASE_PARAMS, "pair_families": ["statements"]})
+
+
+def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dialogs(dialog_records() + statement_records(), data / "dialogs.parquet")
+    params = {
+        **BASE_PARAMS,
+        "mix": {"test": 0.5, "statements": 0.5},
+        "batching": "by_family",
+        "pair_families": ["statements"],
+        "per_device_batch_size": 4,
+    }
+    train(tmp_path / "train", tiny_model_dir, data, params)
+    steps = [r for r in metrics(tmp_path / "train") if "loss" in r]
+    families = [r["family"] for r in steps]
+    assert len(steps) == STEPS and set(families) == {"test", "statements"}
+    # 66 training examples resampled half and half: 33 each, eight batches of four a family an
+    # epoch, so each family takes half of the 16 steps.
+    assert families.count("statements") == families.count("test") == STEPS // 2

@@ -92,6 +92,14 @@ class TrainParams:
     mix: dict[str, float] | None = None
     """Share of training examples per data source (``template``, ``context``, ...; the part of
     ``source`` before a colon); None: every example once."""
+    batching: Literal["mixed", "by_family"] = "mixed"
+    """``mixed``: each global batch a seeded draw of every family's examples; ``by_family``:
+    each global batch from one family (as many of its steps as its share of the examples), so
+    that a family with short answers (a statement's "Yes."/"No.") is not a small part of every
+    step's per-token mean."""
+    pair_families: list[str] = field(default_factory=list)
+    """Families whose training rows sharing a label are contrast pairs (``statements``: a fact's
+    true and false statement), put in one batch together; needs ``batching: by_family``."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """``ddp`` (replicated model) or ``fsdp`` (decoder blocks sharded; for models too big)."""
     wandb: bool = False
@@ -122,6 +130,11 @@ class TrainParams:
                     f"family_layers.{family}: {layers} must be some of read_layers "
                     f"{self.read_layers}, each once"
                 )
+        if self.pair_families and self.batching != "by_family":
+            raise ParamsError(
+                f"pair_families {self.pair_families} keeps pairs in one batch of their family: "
+                "it needs batching: by_family"
+            )
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ParamsError(f"mix must give every named source a positive share, not {self.mix}")
 

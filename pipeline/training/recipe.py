@@ -30,7 +30,12 @@ from pipeline.training.optimizer import build_optimizer
 from pipeline.training.parallel import autocast, clip_gradients, no_grad_sync, wrap_model
 from pipeline.training.params import TrainParams
 from pipeline.training.sampling import BucketedBatchSampler
-from pipeline.training.train_data import ExampleSet, build_examples, read_dialogs_input
+from pipeline.training.train_data import (
+    ExampleSet,
+    batch_units,
+    build_examples,
+    read_dialogs_input,
+)
 
 
 class Interrupted(Exception):
@@ -97,13 +102,19 @@ class DecoderTraining:
     def _setup_optimizer(self) -> None:
         params, ctx = self.params, self.ctx
         self.optimizer, self.scheduler = build_optimizer(self.model, params)
+        examples = self.train_set.examples
+        by_family = params.batching == "by_family"
         self.sampler = BucketedBatchSampler(
-            [ex.length for ex in self.train_set.examples],
+            [ex.length for ex in examples],
             params.per_device_batch_size,
             world_size=ctx.world_size,
             rank=ctx.rank,
             grad_accum=params.grad_accum,
             seed=params.seed,
+            families=[ex.family for ex in examples] if by_family else None,
+            units=batch_units(self.train_set, self.dialogs, params.pair_families)
+            if by_family
+            else None,
         )
 
     def _setup_state(self) -> None:
@@ -187,6 +198,8 @@ class DecoderTraining:
             "tokens_per_s": tokens / seconds,
             "epoch": round(self.sampler.epoch, 4),
         }
+        if params.batching == "by_family":  # the step's loss is that family's
+            record["family"] = self.train_set.examples[global_batch[0]].family
         return record, bool(totals[3] > 0)
 
     def save_checkpoint(self, step: int, interrupted: bool = False) -> None:

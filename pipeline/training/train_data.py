@@ -5,6 +5,7 @@ target on the fly."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,23 @@ def layer_choice_examples(
         for d, qa in rng.sample(pool, min(per_family, len(pool))):
             examples += [build.example(d, qa, layer, family) for layer in params.read_layers]
     return build.set(examples)
+
+
+def batch_units(data: ExampleSet, dialogs: list[dict], pair_families: list[str]) -> list[tuple]:
+    """Per example of ``data``, the unit the sampler keeps in one batch: in ``pair_families``, its
+    contrast pair (the family and the label its rows share; the k-th copy of each member, where
+    ``mix`` repeats them, with the other's k-th), else the example alone."""
+    labels = {row["id"]: row["label"] for row in dialogs}
+    copies: Counter = Counter()
+    units = []
+    for i, ex in enumerate(data.examples):
+        if ex.family not in pair_families:
+            units.append(("", i))
+            continue
+        copies[ex.dialog, ex.question] += 1
+        label = labels[data.dialog_ids[ex.dialog]]
+        units.append((ex.family, label, ex.question, copies[ex.dialog, ex.question]))
+    return units
 
 
 def source_family(source: str) -> str:
