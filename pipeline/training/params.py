@@ -99,7 +99,8 @@ class TrainParams:
     step's per-token mean."""
     pair_families: list[str] = field(default_factory=list)
     """Families whose training rows sharing a label are contrast pairs (``statements``: a fact's
-    true and false statement), put in one batch together; needs ``batching: by_family``."""
+    true and false statement), put in one batch together; needs ``batching: by_family``. Each
+    member's read layer is drawn on its own: ``family_layers`` with one layer reads both there."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """``ddp`` (replicated model) or ``fsdp`` (decoder blocks sharded; for models too big)."""
     wandb: bool = False
