@@ -150,3 +150,22 @@ def test_by_family_refuses_what_cannot_batch_and_a_checkpoint_of_the_other_batch
     mixed = BucketedBatchSampler(lengths(), 8, seed=4).state_dict()
     with pytest.raises(ValueError, match="batches_per_epoch"):
         BucketedBatchSampler(lengths(), 8, seed=4, families=families_of()).load_state_dict(mixed)
+
+
+def test_runs_of_one_family_spread_evenly_over_the_epoch():
+    fams = ["template"] * 320 + ["statements"] * 80 + ["public"] * 40
+    sampler = BucketedBatchSampler(lengths(440), 4, seed=0, families=fams, run_length=5)
+    steps = [fams[batch[0]] for batch in sampler.epoch_batches(0)]
+    assert len(steps) == 110
+    # Runs of five steps of one family, starting every fifth step (every family's count is a
+    # multiple of five batches here).
+    runs = [steps[i : i + 5] for i in range(0, 110, 5)]
+    assert all(len(set(run)) == 1 for run in runs)
+    # Spread evenly: the first half of the epoch holds half of each family's runs, give or take
+    # one run (a random order of 22 runs would often hold all or none of public's two).
+    first = [run[0] for run in runs[:11]]
+    assert abs(first.count("template") - 8) <= 1 and abs(first.count("statements") - 2) <= 1
+    assert first.count("public") == 1
+    assert [len(set(run)) for run in (steps[i : i + 5] for i in range(2, 107, 5))] != [1] * 21
+    with pytest.raises(ValueError, match="give families too"):
+        BucketedBatchSampler(lengths(), 4, run_length=3)

@@ -760,8 +760,10 @@ def test_batch_units_pair_each_copy_of_a_contrast_pair(tokenizer):
 
 
 def test_pair_families_need_batches_by_family():
-    with pytest.raises(ParamsError, match="needs batching: by_family"):
+    with pytest.raises(ParamsError, match="need batching: by_family"):
         TrainParams(**{**BASE_PARAMS, "pair_families": ["statements"]})
+    with pytest.raises(ParamsError, match="family_run 4 .* need batching: by_family"):
+        TrainParams(**{**BASE_PARAMS, "family_run": 4})
 
 
 def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model_dir):
@@ -773,6 +775,7 @@ def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model
         "mix": {"test": 0.5, "statements": 0.5},
         "batching": "by_family",
         "pair_families": ["statements"],
+        "family_run": 2,
         "per_device_batch_size": 4,
     }
     train(tmp_path / "train", tiny_model_dir, data, params)
@@ -782,3 +785,4 @@ def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model
     # 66 training examples resampled half and half: 33 each, eight batches of four a family an
     # epoch, so each family takes half of the 16 steps.
     assert families.count("statements") == families.count("test") == STEPS // 2
+    assert all(families[i] == families[i + 1] for i in range(0, STEPS, 2))  # runs of two

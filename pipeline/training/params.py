@@ -97,6 +97,10 @@ class TrainParams:
     each global batch from one family (as many of its steps as its share of the examples), so
     that a family with short answers (a statement's "Yes."/"No.") is not a small part of every
     step's per-token mean."""
+    family_run: int = bounded(1, minimum=1)
+    """Under ``by_family``, a family's steps in runs of this many in a row (the runs spread
+    evenly over the epoch): Adam's momentum averages about ten steps' gradients, which a run keeps
+    on one family."""
     pair_families: list[str] = field(default_factory=list)
     """Families whose training rows sharing a label are contrast pairs (``statements``: a fact's
     true and false statement), put in one batch together; needs ``batching: by_family``. Each
@@ -131,10 +135,10 @@ class TrainParams:
                     f"family_layers.{family}: {layers} must be some of read_layers "
                     f"{self.read_layers}, each once"
                 )
-        if self.pair_families and self.batching != "by_family":
+        if self.batching != "by_family" and (self.pair_families or self.family_run != 1):
             raise ParamsError(
-                f"pair_families {self.pair_families} keeps pairs in one batch of their family: "
-                "it needs batching: by_family"
+                f"pair_families {self.pair_families} and family_run {self.family_run} shape the "
+                "batches of one family: they need batching: by_family"
             )
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ParamsError(f"mix must give every named source a positive share, not {self.mix}")

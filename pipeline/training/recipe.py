@@ -115,6 +115,7 @@ class DecoderTraining:
             units=batch_units(self.train_set, self.dialogs, params.pair_families)
             if by_family
             else None,
+            run_length=params.family_run,
         )
 
     def _setup_state(self) -> None:

@@ -12,7 +12,9 @@ number of global batches consumed) is all a checkpoint needs to resume.
 
 Given each example's family, every global batch holds one family only (``by_family``): the same
 examples per epoch, but a family's optimizer step is its own rather than a share of every step's
-mean, and each family takes steps in proportion to its examples. Examples that share a ``unit``
+mean, and each family takes steps in proportion to its examples, spread evenly over the epoch,
+alone or in runs of ``run_length`` consecutive steps (Adam's momentum averages the gradients of
+about ten steps: a run keeps it on one family). Examples that share a ``unit``
 (a contrast pair: the true and false statement of one fact) are kept next to each other, so that
 they land in one batch wherever the batch size allows.
 """
@@ -39,6 +41,7 @@ class BucketedBatchSampler:
         bucket_batches: int = 8,
         families: Sequence[str] | None = None,
         units: Sequence[Hashable] | None = None,
+        run_length: int = 1,
     ):
         if per_device_batch_size < 1 or world_size < 1 or grad_accum < 1 or bucket_batches < 1:
             raise ValueError("batch size, world size, grad_accum and bucket_batches must be >= 1")
@@ -48,8 +51,11 @@ class BucketedBatchSampler:
         for name, values in (("families", families), ("units", units)):
             if values is not None and len(values) != len(self.lengths):
                 raise ValueError(f"{len(values)} {name} for {len(self.lengths)} examples")
-        if units is not None and families is None:
-            raise ValueError("units keep examples together within a family: give families too")
+        if (units is not None or run_length != 1) and families is None:
+            raise ValueError("units and runs are within a family: give families too")
+        if run_length < 1:
+            raise ValueError(f"run_length must be >= 1, not {run_length}")
+        self.run_length = run_length
         self.families = list(families) if families is not None else None
         # Without units each example is its own.
         self.units = list(units) if units is not None else list(range(len(self.lengths)))
@@ -90,12 +96,20 @@ class BucketedBatchSampler:
             order = list(range(len(self.lengths)))
             rng.shuffle(order)
             batches = self._bucketed(order[: self.batches_per_epoch * self.global_batch_size])
+            rng.shuffle(batches)
         else:
-            batches = []
+            runs = []
             for family in sorted(set(self.families)):
                 members = [i for i, f in enumerate(self.families) if f == family]
-                batches += self._bucketed(self._unit_order(members, rng))
-        rng.shuffle(batches)
+                family_batches = self._bucketed(self._unit_order(members, rng))
+                rng.shuffle(family_batches)
+                runs.append(
+                    [
+                        family_batches[i : i + self.run_length]
+                        for i in range(0, len(family_batches), self.run_length)
+                    ]
+                )
+            batches = [batch for run in spread(runs, rng) for batch in run]
         self._epoch_cache = (epoch, batches)
         return batches
 
@@ -164,3 +178,18 @@ class BucketedBatchSampler:
                     f"{mine[name]}: the checkpoint belongs to another configuration"
                 )
         self.position = int(state["position"])
+
+
+def spread(runs: list[list], rng: random.Random) -> list:
+    """The runs of every family in one order where each family's runs are evenly spaced (the
+    j-th of a family's n at (j + u) / n of the epoch, u drawn per family): any stretch of steps,
+    such as the first part of an epoch that a run's max_steps reaches, holds each family's share."""
+    keyed = []
+    for family_runs in runs:
+        offset = rng.random()
+        keyed += [
+            ((j + offset) / len(family_runs), rng.random(), run)
+            for j, run in enumerate(family_runs)
+        ]
+    keyed.sort(key=lambda k: k[:2])
+    return [run for *_, run in keyed]
