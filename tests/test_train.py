@@ -764,6 +764,13 @@ def test_pair_families_need_batches_by_family():
         TrainParams(**{**BASE_PARAMS, "pair_families": ["statements"]})
     with pytest.raises(ParamsError, match="family_run 4 .* need batching: by_family"):
         TrainParams(**{**BASE_PARAMS, "family_run": 4})
+    with pytest.raises(ParamsError, match=r"pair_families \['statement'\] are not among"):
+        TrainParams(
+            **BASE_PARAMS,
+            mix={"test": 1, "statements": 1},
+            batching="by_family",
+            pair_families=["statement"],
+        )
 
 
 def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model_dir):

@@ -140,6 +140,9 @@ class TrainParams:
                 f"pair_families {self.pair_families} and family_run {self.family_run} shape the "
                 "batches of one family: they need batching: by_family"
             )
+        unmixed = sorted(set(self.pair_families) - set(self.mix or self.pair_families))
+        if unmixed:
+            raise ParamsError(f"pair_families {unmixed} are not among the mix's {sorted(self.mix)}")
         if self.mix is not None and (not self.mix or min(self.mix.values()) <= 0):
             raise ParamsError(f"mix must give every named source a positive share, not {self.mix}")
 
