@@ -793,3 +793,30 @@ def test_training_by_family_takes_each_step_from_one_family(tmp_path, tiny_model
     # epoch, so each family takes half of the 16 steps.
     assert families.count("statements") == families.count("test") == STEPS // 2
     assert all(families[i] == families[i + 1] for i in range(0, STEPS, 2))  # runs of two
+    # A one-family step's loss is that family's.
+    for r in steps:
+        assert r["loss_by_family"] == {r["family"]: pytest.approx(r["loss"])}
+
+
+def test_training_loss_by_family_in_mixed_batches(tmp_path, tiny_model_dir):
+    # Two families of the same lengths (length buckets would keep families of different lengths
+    # apart): half of the personas are "other".
+    rows = [
+        {**row, "source": "other"} if row["label"] in PERSONAS[::2] else row
+        for row in dialog_records()
+    ]
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dialogs(rows, data / "dialogs.parquet")
+    train(tmp_path / "train", tiny_model_dir, data, BASE_PARAMS)
+    steps = [r for r in metrics(tmp_path / "train") if "loss" in r]
+    assert all("family" not in r for r in steps)
+    both = [r for r in steps if sorted(r["loss_by_family"]) == ["other", "test"]]
+    assert len(both) >= 4, [sorted(r["loss_by_family"]) for r in steps]
+    # The step's loss is the token-weighted mean of its families': between theirs.
+    for r in both:
+        losses = r["loss_by_family"].values()
+        assert min(losses) - 1e-9 <= r["loss"] <= max(losses) + 1e-9
+    assert any(
+        max(r["loss_by_family"].values()) - min(r["loss_by_family"].values()) > 1e-3 for r in both
+    )

@@ -103,6 +103,8 @@ class DecoderTraining:
         params, ctx = self.params, self.ctx
         self.optimizer, self.scheduler = build_optimizer(self.model, params)
         examples = self.train_set.examples
+        # The families whose training loss each step's record gives apart.
+        self.families = sorted({ex.family for ex in examples})
         by_family = params.batching == "by_family"
         self.sampler = BucketedBatchSampler(
             [ex.length for ex in examples],
@@ -165,7 +167,10 @@ class DecoderTraining:
         global_batch = self.sampler.global_batch(step)
         global_tokens = sum(self.train_set.examples[i].n_answer for i in global_batch)
         micro = self.sampler.micro_batches(step)
-        totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+        n_families = len(self.families)
+        # Summed loss, tokens run, target tokens run, a stop request; then per family the summed
+        # loss and the answer tokens.
+        totals = torch.zeros(4 + 2 * n_families, dtype=torch.float64, device=ctx.device)
         for a, indices in enumerate(micro):
             batch, target_tokens = self._batch(self.train_set, indices)
             with no_grad_sync(self.train_model, params.parallel, active=a < len(micro) - 1):
@@ -177,6 +182,13 @@ class DecoderTraining:
                 # average gradients over processes, hence the world size factor.
                 (nll.sum() * (ctx.world_size / global_tokens)).backward()
             sums = [nll.detach().sum(), batch.attention_mask.sum(), target_tokens, 0.0]
+            sums += [0.0] * (2 * n_families)
+            for i, example_nll, example_count in zip(
+                indices, nll.detach().tolist(), count.tolist(), strict=True
+            ):
+                f = self.families.index(self.train_set.examples[i].family)
+                sums[4 + f] += example_nll
+                sums[4 + n_families + f] += example_count
             totals += torch.tensor([float(x) for x in sums], dtype=torch.float64, device=ctx.device)
         grad_norm = clip_gradients(self.trainable, params.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
@@ -198,6 +210,12 @@ class DecoderTraining:
             "grad_norm": grad_norm,
             "tokens_per_s": tokens / seconds,
             "epoch": round(self.sampler.epoch, 4),
+            # Each family's mean answer loss in this step (a family with no example left out).
+            "loss_by_family": {
+                family: float(totals[4 + f]) / float(totals[4 + n_families + f])
+                for f, family in enumerate(self.families)
+                if totals[4 + n_families + f] > 0
+            },
         }
         if params.batching == "by_family":  # the step's loss is that family's
             record["family"] = self.train_set.examples[global_batch[0]].family
